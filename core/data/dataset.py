@@ -1,0 +1,181 @@
+"""In-memory PyTorch dataset of one split: decode once, augment per item, deterministically.
+
+Each image is decoded once at construction, min-max stretched to the full 8-bit range
+(so a site's bit depth and exposure window do not matter), resized keeping its aspect
+ratio, centred on a black square and stored as uint8: 10k images at 128 px take ~220 MB
+when augmenting (147 px canvas), ~165 MB otherwise.
+
+Items are normalised as ``(x - 0.5) / 0.25`` with x in [0, 1], so background is -2 and
+white bone +2. Augmentation is seeded from (seed, epoch, index): two runs with the same
+seed see identical images in every epoch, with any number of workers. Call
+``set_epoch`` before each epoch (and rebuild worker processes, as a DataLoader without
+persistent workers does) to draw new augmentations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from core.data.config import DataError
+from core.data.images import ImageError, read_image
+from core.data.manifest import Record, Skip
+
+logger = logging.getLogger(__name__)
+
+NORM_MEAN = 0.5
+NORM_STD = 0.25
+CROP_MARGIN = 1.15  # stored canvas / crop size when random crops are on
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; a zero turns a transform off.
+
+    Flips are off by default: a flipped left hand looks like a right hand, which a
+    bone-age radiograph never is (the standard is the non-dominant, left hand).
+
+    Attributes:
+        crop: random crop of ``image_size`` from a canvas 15% larger (same scale as eval).
+        rotate_deg: maximum rotation either way, in degrees.
+        scale: maximum relative zoom either way (0.1 = 90%-110%).
+        brightness: maximum brightness change, as a fraction of the full range.
+        contrast: maximum relative contrast change.
+        hflip: horizontal flip with probability 0.5.
+    """
+
+    crop: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.rotate_deg, self.scale, self.brightness, self.contrast) < 0 or self.scale >= 1:
+            raise DataError(f"augmentation limits must be >= 0 (and scale < 1): {self}")
+
+
+def build_augment(config: AugmentConfig, image_size: int) -> A.Compose:
+    """Albumentations pipeline mapping a stored uint8 canvas to an ``image_size`` square."""
+    transforms: list[A.BasicTransform] = []
+    if config.rotate_deg > 0 or config.scale > 0:
+        transforms.append(A.Affine(
+            rotate=(-config.rotate_deg, config.rotate_deg),
+            scale=(1 - config.scale, 1 + config.scale),
+            border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0,
+        ))
+    if config.crop:
+        transforms.append(A.RandomCrop(image_size, image_size))
+    if config.brightness > 0 or config.contrast > 0:
+        transforms.append(A.RandomBrightnessContrast(config.brightness, config.contrast, p=1.0))
+    if config.hflip:
+        transforms.append(A.HorizontalFlip(p=0.5))
+    return A.Compose(transforms)
+
+
+def fit_to_square(image: np.ndarray, content_size: int, canvas_size: int) -> np.ndarray:
+    """Stretch to [0, 255], resize so the longer side is ``content_size``, centre on a black canvas.
+
+    Args:
+        image: 2-D float array (as from ``read_image``), not constant.
+        content_size: longer side of the resized image.
+        canvas_size: side of the square output, >= ``content_size``.
+
+    Returns:
+        uint8 array of shape (canvas_size, canvas_size).
+    """
+    low, high = float(image.min()), float(image.max())
+    stretched = (image - low) * (255.0 / (high - low))
+    h, w = image.shape
+    ratio = content_size / max(h, w)
+    new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
+    interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(stretched.astype(np.float32), (new_w, new_h), interpolation=interpolation)
+    canvas = np.zeros((canvas_size, canvas_size), dtype=np.uint8)
+    top, left = (canvas_size - new_h) // 2, (canvas_size - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return canvas
+
+
+class BoneAgeDataset(Dataset):
+    """Images, ages and sexes of one split, decoded once and held in memory.
+
+    Attributes:
+        records: the records kept (those whose image decoded), in input order.
+        skipped: records left out because their image could not be used.
+        images: uint8 array (N, C, C); C is ``image_size`` or 15% more when cropping.
+    """
+
+    def __init__(self, records: list[Record], image_size: int, augment: AugmentConfig | None = None,
+                 seed: int = 0, progress: bool = False) -> None:
+        if image_size < 8:
+            raise DataError(f"image size must be at least 8 pixels, got {image_size}")
+        self.image_size = image_size
+        self.seed = seed
+        self.epoch = 0
+        self._augment = build_augment(augment, image_size) if augment is not None else None
+        canvas = round(image_size * CROP_MARGIN) if augment is not None and augment.crop else image_size
+        images = np.zeros((len(records), canvas, canvas), dtype=np.uint8)
+        kept: list[int] = []
+        self.skipped: list[Skip] = []
+        for i, record in enumerate(tqdm(records, desc="decoding images", unit="img", disable=not progress)):
+            try:
+                images[i] = fit_to_square(read_image(record.path), image_size, canvas)
+            except ImageError as exc:
+                self.skipped.append(Skip(record.image_id, exc.reason, exc.detail))
+                continue
+            kept.append(i)
+        self.images = images if len(kept) == len(records) else images[kept]
+        self.records = [records[i] for i in kept]
+        self._ages = torch.tensor([r.age_months for r in self.records], dtype=torch.float32)
+        self._male = torch.tensor([float(r.male) for r in self.records], dtype=torch.float32)
+        for skip in self.skipped:
+            logger.warning("skipped image %s: %s %s", skip.image_id, skip.reason, skip.detail)
+        logger.info("decoded %d images (%d skipped) into %.1f MB", len(self.records),
+                    len(self.skipped), self.images.nbytes / 1e6)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentations of this epoch (no effect without augmentation)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """One item: ``image`` float32 [1, S, S] normalised, ``male`` 0./1., ``age`` in months."""
+        image = self.images[index]
+        if self._augment is not None:
+            item_seed = np.random.SeedSequence((self.seed, self.epoch, index)).generate_state(1)[0]
+            self._augment.set_random_seed(int(item_seed))
+            image = self._augment(image=image)["image"]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).float()
+        tensor = tensor.div_(255.0).sub_(NORM_MEAN).div_(NORM_STD).unsqueeze(0)
+        return {"image": tensor, "male": self._male[index], "age": self._ages[index]}
+
+
+def make_loader(dataset: BoneAgeDataset, batch_size: int, shuffle: bool, seed: int,
+                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """DataLoader whose order is fixed by ``seed`` (pass e.g. seed + round when rebuilt per round).
+
+    Args:
+        dataset: the split to load.
+        batch_size: items per batch.
+        shuffle: reshuffle at every pass over the loader.
+        seed: seeds the shuffling generator.
+        num_workers: worker processes; batches are identical for any value.
+        drop_last: drop the last incomplete batch.
+
+    Returns:
+        A DataLoader yielding dicts of batched tensors; pinned memory when CUDA is available.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      drop_last=drop_last, generator=generator, pin_memory=torch.cuda.is_available())

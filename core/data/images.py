@@ -1,0 +1,115 @@
+"""Decode one radiograph into a 2-D float32 array in [0, 1], bone bright (MONOCHROME2).
+
+Supports 8- and 16-bit PNG, JPEG and DICOM. Files are opened read-only and never written.
+DICOM window centre/width is ignored: the full stored range (BitsStored) is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+
+from core.data.config import DataError
+
+logger = logging.getLogger(__name__)
+
+UNREADABLE = "unreadable image"
+EMPTY = "empty image"
+CONSTANT = "constant image"
+
+# Full-scale value of each single-channel Pillow mode.
+_PIL_FULL_SCALE = {"L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
+
+
+# What Pillow and pydicom raise on broken, truncated or unsupported files.
+_DECODE_ERRORS = (
+    OSError, ValueError, TypeError, AttributeError, KeyError, IndexError, RuntimeError,
+    NotImplementedError, InvalidDicomError, Image.DecompressionBombError,
+)
+
+
+class ImageError(DataError):
+    """An image that cannot be used; ``reason`` is one of the skip reasons above."""
+
+    def __init__(self, path: Path, reason: str, detail: str = "") -> None:
+        message = f"{path}: {reason}" + (f" ({detail})" if detail else "")
+        super().__init__(message)
+        self.reason = reason
+        self.detail = detail
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as a 2-D float32 array in [0, 1], bone bright.
+
+    Args:
+        path: a PNG (8 or 16 bit), JPEG or DICOM file.
+
+    Returns:
+        Array of shape (H, W), dtype float32, values in [0, 1].
+
+    Raises:
+        ImageError: the file is unreadable, empty, has zero size or is constant.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(path, EMPTY, "0-byte file")
+        image = _read_dicom(path) if _is_dicom(path) else _read_pil(path)
+    except ImageError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ImageError(path, UNREADABLE, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    if image.ndim != 2 or image.size == 0:
+        raise ImageError(path, EMPTY, f"shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise ImageError(path, UNREADABLE, "non-finite pixel values")
+    if image.max() == image.min():
+        raise ImageError(path, CONSTANT, f"every pixel is {image.flat[0]:.3f}")
+    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with path.open("rb") as f:
+        return f.read(132)[128:132] == b"DICM"
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        if img.width == 0 or img.height == 0:
+            raise ImageError(path, EMPTY, f"size {img.width}x{img.height}")
+        if img.mode not in _PIL_FULL_SCALE:
+            img = img.convert("L")
+        full_scale = _PIL_FULL_SCALE[img.mode]
+        pixels = np.asarray(img)
+    return pixels.astype(np.float32) / full_scale
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path, force=True)
+    if "PixelData" not in ds:
+        raise ImageError(path, EMPTY, "no PixelData element")
+    pixels = ds.pixel_array.astype(np.float64)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if samples > 1:  # colour DICOM (rare for radiographs): average the channels
+        pixels = pixels.mean(axis=-1)
+    if pixels.ndim == 3:
+        raise ImageError(path, UNREADABLE, f"multi-frame DICOM with {pixels.shape[0]} frames")
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    low, high = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    pixels = pixels * slope + intercept
+    low, high = sorted((low * slope + intercept, high * slope + intercept))
+    image = (pixels - low) / (high - low)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        image = 1.0 - image
+    return image.astype(np.float32)

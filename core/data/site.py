@@ -1,0 +1,66 @@
+"""One call from a site's declared layout to its train/val/test datasets and summary."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from core.data.config import SiteDataConfig
+from core.data.dataset import AugmentConfig, BoneAgeDataset
+from core.data.manifest import Manifest, load_manifest, summarize
+from core.data.split import DEFAULT_FRACTIONS, split_records
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteData:
+    """A site's manifest and its three in-memory splits."""
+
+    manifest: Manifest
+    train: BoneAgeDataset
+    val: BoneAgeDataset
+    test: BoneAgeDataset
+
+    def summary(self) -> dict[str, Any]:
+        """Manifest summary updated with decode skips, plus the size of each split."""
+        splits = {"train": self.train, "val": self.val, "test": self.test}
+        records = [r for d in splits.values() for r in d.records]
+        skipped = self.manifest.skipped + [s for d in splits.values() for s in d.skipped]
+        summary = summarize(records, skipped, self.manifest.n_images_without_label)
+        summary["n_skipped_decode"] = sum(len(d.skipped) for d in splits.values())
+        summary["split_sizes"] = {name: len(d) for name, d in splits.items()}
+        return summary
+
+
+def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None,
+              seed: int, progress: bool = False) -> SiteData:
+    """Read a site's manifest, split it by id and decode every split.
+
+    Args:
+        config: the site's declared layout.
+        image_size: side of the square model input.
+        augment_train: augmentation of the training split (None: none); val/test are never augmented.
+        seed: seed of the training augmentation.
+        progress: show a progress bar while decoding.
+
+    Returns:
+        The site's manifest and datasets.
+
+    Raises:
+        DataError: a whole-file problem in the manifest (see ``load_manifest``).
+    """
+    manifest = load_manifest(config)
+    groups = split_records(manifest.records, DEFAULT_FRACTIONS)
+    site = SiteData(
+        manifest=manifest,
+        train=BoneAgeDataset(groups["train"], image_size, augment_train, seed, progress),
+        val=BoneAgeDataset(groups["val"], image_size, None, seed, progress),
+        test=BoneAgeDataset(groups["test"], image_size, None, seed, progress),
+    )
+    summary = site.summary()
+    logger.info("site %s: %d usable of %d rows, %d skipped %s, splits %s", config.root,
+                summary["n_usable"], summary["n_rows"], summary["n_skipped"],
+                summary["skipped_by_reason"], summary["split_sizes"])
+    return site
