@@ -1,0 +1,116 @@
+"""Central training ("the pretrained RSNA model") and checkpoint evaluation on a site folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.checkpoint import build_model, describe, load_checkpoint, save_checkpoint
+from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
+from core.data.dataset import BoneAgeDataset
+from core.loss import JointLoss, JointLossConfig, L1AgeLoss
+from core.metrics import compute_metrics
+from core.model.tjnet import TJNet
+from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """Everything a central training run needs."""
+
+    data: SiteDataConfig
+    out: Path
+    architecture: str = "tjnet"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = TrainConfig()
+    loss: JointLossConfig = JointLossConfig()
+    augment: AugmentConfig | None = AugmentConfig()
+    threads: int | None = None
+
+
+def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
+    """The joint loss for TJ-Net, the L1 loss for the regression baseline."""
+    if isinstance(model, TJNet):
+        return JointLoss(model.config.num_classes, model.config.class_step_months, config)
+    return L1AgeLoss()
+
+
+def pretrain(job: PretrainJob) -> dict[str, Any]:
+    """Train a model centrally on one site folder and save the best checkpoint (by val MAD)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    seed_everything(job.train.seed)
+    device = resolve_device(job.train.device)
+    model = build_model(job.architecture, job.model_config).to(device)
+    image_size = model.config.image_size
+    site = load_site(job.data, image_size, job.augment, job.train.seed, progress=job.train.progress)
+    if len(site.train) == 0 or len(site.val) == 0:
+        raise ValueError(f"{job.data.root}: no usable training or validation images")
+    train_loader = make_loader(site.train, job.train.batch_size, shuffle=True, seed=job.train.seed,
+                               num_workers=job.train.num_workers, drop_last=len(site.train) > job.train.batch_size)
+    val_loader = make_loader(site.val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
+    loss_fn = make_loss(model, job.loss)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("training %s (%d parameters) on %s: %d train / %d val images, %d px, device %s",
+                job.architecture, n_params, job.data.root, len(site.train), len(site.val), image_size, device)
+    started = time.perf_counter()
+    result = fit(model, train_loader, val_loader, loss_fn, job.train, device)
+    seconds = time.perf_counter() - started
+    model.load_state_dict(result.best_state)
+    metadata = describe(
+        model,
+        seed=job.train.seed,
+        train_config=asdict(job.train),
+        loss_config=asdict(job.loss),
+        loss_state=loss_fn.schedule.state_dict() if hasattr(loss_fn, "schedule") else {},
+        data={"root": str(job.data.root), "label_unit": job.data.label_unit, "summary": site.summary()},
+        best_epoch=result.best_epoch,
+        best_val_mad_months=result.best_val_mad,
+        history=result.history,
+        train_seconds=seconds,
+        n_parameters=n_params,
+    )
+    save_checkpoint(job.out, model, metadata)
+    logger.info("best val MAD %.2f months at epoch %d; saved %s (%.0f s, %.1f s/epoch)",
+                result.best_val_mad, result.best_epoch, job.out, seconds, seconds / max(job.train.epochs, 1))
+    return metadata
+
+
+def evaluate_model(
+    model: nn.Module, dataset: BoneAgeDataset, device: torch.device, label_unit: str = "months",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Metrics of `model` on `dataset` (see `core.metrics.compute_metrics`)."""
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
+    predictions = predict(model.to(device), loader, device, amp=device.type == "cuda")
+    step = getattr(model.config, "class_step_months", 3.0)
+    return compute_metrics(predictions, class_step_months=step, label_unit=label_unit)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, data: SiteDataConfig, split: str = "test", device: str = "auto", progress: bool = False
+) -> dict[str, Any]:
+    """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder."""
+    loaded = load_checkpoint(checkpoint)
+    torch_device = resolve_device(device)
+    site = load_site(data, loaded.model.config.image_size, None, seed=0, progress=progress)
+    if split == "all":
+        records = site.train.records + site.val.records + site.test.records
+        dataset = BoneAgeDataset(records, loaded.model.config.image_size, None, 0, progress)
+    else:
+        dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
+    if len(dataset) == 0:
+        raise ValueError(f"{data.root}: the {split} split has no usable images")
+    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit)
+    metrics["split"] = split
+    metrics["skipped"] = site.summary()["n_skipped"]
+    return metrics
+

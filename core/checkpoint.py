@@ -1,0 +1,111 @@
+"""Checkpoints: a model's weights plus the metadata needed to rebuild and trust it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from importlib import metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.model.baseline import ResNetConfig, ResNetRegressor
+from core.model.config import TJNetConfig
+from core.model.freeze import freeze_blocks
+from core.model.tjnet import BLOCK_NAMES, TJNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ARCHITECTURES = ("tjnet", "resnet")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or not an OssiFL checkpoint."""
+
+
+def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
+    """Instantiate a model from its architecture name and config dict."""
+    if architecture == "tjnet":
+        return TJNet(TJNetConfig.from_dict(config))
+    if architecture == "resnet":
+        return ResNetRegressor(ResNetConfig.from_dict(config))
+    raise CheckpointError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+
+
+def architecture_of(model: nn.Module) -> str:
+    return "tjnet" if isinstance(model, TJNet) else "resnet"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that determine a model's numbers (read from metadata, not imported)."""
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    for name in ("flwr", "opacus", "numpy", "albumentations"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class Checkpoint:
+    """A model and the metadata saved with it."""
+
+    model: nn.Module
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(model: nn.Module, **extra: Any) -> dict[str, Any]:
+    """Standard metadata for `model`; `extra` (seed, data summary, metrics...) is merged in."""
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture_of(model),
+        "model_config": model.config.to_dict(),
+        "frozen_blocks": list(getattr(model, "frozen_blocks", ())),
+        "package_versions": package_versions(),
+    }
+    if isinstance(model, TJNet):
+        meta["class_grid_months"] = model.class_centres_months.tolist()
+        meta["block_names"] = list(BLOCK_NAMES)
+    meta.update(extra)
+    return meta
+
+
+def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write atomically (temporary file then rename) so a crash never leaves a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    plain_metadata = json.loads(json.dumps(metadata, default=str))  # loadable with weights_only=True
+    torch.save({"state_dict": state, "metadata": plain_metadata}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model saved at `path` (frozen blocks re-applied) with its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload or "metadata" not in payload:
+        raise CheckpointError(f"{path} is not an OssiFL checkpoint (no state_dict/metadata)")
+    metadata = payload["metadata"]
+    model = build_model(metadata.get("architecture", "tjnet"), metadata.get("model_config", {}))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the saved model config ({exc})") from None
+    if isinstance(model, TJNet) and metadata.get("frozen_blocks"):
+        freeze_blocks(model, tuple(metadata["frozen_blocks"]))
+    return Checkpoint(model=model, metadata=metadata)

@@ -1,0 +1,144 @@
+"""The joint loss of TJ-Net (section 2.3) and the L1 loss of the regression baseline.
+
+    L = alpha * e^2 + sum_i (1 - |C_i|/|C_t|) H_i(sex) + sum_j (1 - |C_j|/|C_t|) H_j(age)
+
+Choices the paper leaves open, made explicit here:
+
+* e, the mean absolute difference, is computed on the *expected* bone age (the softmax
+  probabilities times the class centres), which is differentiable, unlike the arg-max. It is
+  measured in years, the unit of the paper's results, so that alpha * e^2 stays comparable
+  to the cross-entropy terms.
+* H_c is the cross-entropy of the samples of class c in the batch, averaged over those samples;
+  the sums run over the classes present in the batch, each weighted by 1 - |C_c| / |C_t| (the
+  batch share of the class), which levels the influence of frequent and rare classes.
+* alpha starts at 1.5 and is raised to the number of classes once the batch loss is stable,
+  by `AlphaSchedule`: the loss is stable when the mean of the last `window` batch losses is
+  within `tolerance` (relative) of the mean of the `window` before it. The switch happens once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.model.tjnet import AgeOutput
+
+
+@dataclass(frozen=True)
+class JointLossConfig:
+    """Settings of the joint loss and of its alpha schedule."""
+
+    alpha_start: float = 1.5
+    alpha_final: float | None = None  # None: the number of classes, as in the paper
+    window: int = 50
+    tolerance: float = 0.02
+    mad_unit_months: float = 12.0
+
+
+class AlphaSchedule:
+    """Raises alpha from its start value to its final value once the batch loss is stable."""
+
+    def __init__(self, start: float, final: float, window: int, tolerance: float) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.start, self.final, self.window, self.tolerance = start, final, window, tolerance
+        self.raised = False
+        self._recent: deque[float] = deque(maxlen=2 * window)
+
+    @property
+    def alpha(self) -> float:
+        return self.final if self.raised else self.start
+
+    def observe(self, batch_loss: float) -> bool:
+        """Record one batch loss; return True on the step alpha is raised."""
+        if self.raised:
+            return False
+        self._recent.append(float(batch_loss))
+        if len(self._recent) < 2 * self.window:
+            return False
+        values = list(self._recent)
+        before = sum(values[: self.window]) / self.window
+        after = sum(values[self.window :]) / self.window
+        if abs(before - after) <= self.tolerance * abs(before):
+            self.raised = True
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"raised": self.raised, "recent": list(self._recent)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raised = bool(state.get("raised", False))
+        self._recent = deque(state.get("recent", []), maxlen=2 * self.window)
+
+
+def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum over classes c present of (1 - n_c / B) * mean cross-entropy of the samples of class c."""
+    per_sample = F.cross_entropy(logits.float(), target, reduction="none")
+    batch = target.shape[0]
+    classes, inverse, counts = torch.unique(target, return_inverse=True, return_counts=True)
+    per_class_sum = torch.zeros(classes.shape[0], dtype=per_sample.dtype, device=per_sample.device)
+    per_class_sum = per_class_sum.index_add(0, inverse, per_sample)
+    weights = 1.0 - counts.to(per_sample.dtype) / batch
+    return torch.sum(weights * per_class_sum / counts.to(per_sample.dtype))
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    mad_months: float
+    terms: dict[str, float]
+
+
+class JointLoss(nn.Module):
+    """TJ-Net's joint loss; `forward(output, age_months, male)` returns `LossParts`."""
+
+    def __init__(self, num_classes: int, class_step_months: float, config: JointLossConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or JointLossConfig()
+        final = self.config.alpha_final if self.config.alpha_final is not None else float(num_classes)
+        self.schedule = AlphaSchedule(self.config.alpha_start, final, self.config.window, self.config.tolerance)
+        self.num_classes = num_classes
+        self.class_step_months = class_step_months
+
+    def age_classes(self, age_months: torch.Tensor) -> torch.Tensor:
+        """Nearest class on the grid; ages above the top class go to the top class."""
+        index = torch.round(age_months / self.class_step_months).long()
+        return torch.clamp(index, 0, self.num_classes - 1)
+
+    def forward(self, output: AgeOutput, age_months: torch.Tensor, male: torch.Tensor) -> LossParts:
+        if output.age_logits is None:
+            raise ValueError("the joint loss needs class logits")
+        error = torch.abs(output.expected_months - age_months)
+        mad_units = torch.mean(error) / self.config.mad_unit_months
+        alpha = self.schedule.alpha
+        mad_term = alpha * mad_units**2
+        age_term = class_balanced_cross_entropy(output.age_logits, self.age_classes(age_months))
+        total = mad_term + age_term
+        terms = {"alpha": alpha, "mad_term": float(mad_term.detach()), "age_ce": float(age_term.detach())}
+        if output.sex_logits is not None:
+            sex_term = class_balanced_cross_entropy(output.sex_logits, male.long())
+            total = total + sex_term
+            terms["sex_ce"] = float(sex_term.detach())
+        return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
+
+    def after_step(self, parts: LossParts) -> bool:
+        """Feed the schedule with a training batch loss; True when alpha was just raised."""
+        return self.schedule.observe(float(parts.total.detach()))
+
+
+class L1AgeLoss(nn.Module):
+    """Mean absolute error in months, for the regression baseline (2017 challenge recipe)."""
+
+    def forward(self, output: AgeOutput, age_months: torch.Tensor, male: torch.Tensor) -> LossParts:
+        error = torch.abs(output.expected_months - age_months)
+        loss = torch.mean(error)
+        return LossParts(total=loss / 12.0, mad_months=float(loss.detach()), terms={})
+
+    def after_step(self, parts: LossParts) -> bool:
+        return False

@@ -1,0 +1,72 @@
+"""Freezing TJ-Net block by block: parse a spec like "1-3", freeze, list what still trains."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from core.model.tjnet import BLOCK_NAMES
+
+FREEZE_CHOICES = ("none", "1", "1-2", "1-3", "1-4")
+_RANGE = re.compile(r"^(\d)(?:-(\d))?$")
+
+
+class FreezeSpecError(ValueError):
+    """A freeze spec that cannot be understood."""
+
+
+def parse_freeze_spec(spec: str | None) -> tuple[int, ...]:
+    """Turn "none", "1", "1-3" or "1,2,4" into a sorted tuple of block numbers (1-5)."""
+    text = (spec or "none").strip().lower()
+    if text in ("", "none", "0"):
+        return ()
+    blocks: set[int] = set()
+    for part in text.split(","):
+        match = _RANGE.match(part.strip())
+        if match is None:
+            raise FreezeSpecError(f"freeze spec {spec!r} is not like 'none', '1', '1-3' or '1,2'")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        if not 1 <= first <= last <= len(BLOCK_NAMES) - 1:
+            raise FreezeSpecError(
+                f"freeze spec {spec!r}: blocks run from 1 to {len(BLOCK_NAMES) - 1} (block 6 always trains)"
+            )
+        blocks.update(range(first, last + 1))
+    return tuple(sorted(blocks))
+
+
+def format_freeze_spec(blocks: tuple[int, ...]) -> str:
+    """Inverse of `parse_freeze_spec` for contiguous specs ("none", "1", "1-3")."""
+    if not blocks:
+        return "none"
+    if list(blocks) == list(range(blocks[0], blocks[-1] + 1)):
+        return str(blocks[0]) if len(blocks) == 1 else f"{blocks[0]}-{blocks[-1]}"
+    return ",".join(str(b) for b in blocks)
+
+
+def block_of_key(key: str) -> int:
+    """Block number (1-6) of a state-dict key such as "block3.0.project.0.weight"."""
+    head = key.split(".", 1)[0]
+    if head not in BLOCK_NAMES:
+        raise KeyError(f"{key!r} does not belong to a TJ-Net block")
+    return BLOCK_NAMES.index(head) + 1
+
+
+def freeze_blocks(model: nn.Module, blocks: tuple[int, ...]) -> None:
+    """Freeze the parameters of `blocks` and keep their normalisation statistics fixed.
+
+    The model's `train()` keeps frozen blocks in eval mode, so BatchNorm running statistics
+    are neither used from the batch nor updated. Blocks not listed are unfrozen.
+    """
+    for index, name in enumerate(BLOCK_NAMES, start=1):
+        for parameter in getattr(model, name).parameters():
+            parameter.requires_grad_(index not in blocks)
+    model.frozen_blocks = tuple(blocks)
+    model.train(model.training)
+
+
+def trainable_state_keys(model: nn.Module) -> list[str]:
+    """State-dict keys (parameters and buffers) of the blocks that are not frozen, in order."""
+    frozen = set(getattr(model, "frozen_blocks", ()))
+    return [key for key in model.state_dict() if block_of_key(key) not in frozen]

@@ -1,0 +1,205 @@
+"""Plain-PyTorch training and evaluation loops shared by central pretraining and site clients."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from core.loss import LossParts
+from core.metrics import Predictions
+
+logger = logging.getLogger(__name__)
+
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the paper: Adam, batch 16, lr 1e-3 decayed to 1/1000)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_final_factor: float = 1e-3
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" picks CUDA when present, else CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked (and supported), a no-op context otherwise."""
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return nullcontext()
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    non_blocking = device.type == "cuda"
+    return tuple(batch[key].to(device, non_blocking=non_blocking) for key in ("image", "male", "age"))
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    mad_months: float
+    steps: int
+    examples: int
+    alpha_raised_at: int | None = None
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    amp: bool = False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    extra_loss: ExtraLoss | None = None,
+    progress: bool = False,
+    description: str = "train",
+) -> EpochStats:
+    """One pass over `loader`; returns the mean loss and the mean training MAD (months)."""
+    model.train()
+    total_loss = total_abs = 0.0
+    steps = examples = 0
+    raised_at = None
+    bar = tqdm(loader, desc=description, leave=False, disable=not progress)
+    for batch in bar:
+        image, male, age = _to_device(batch, device)
+        if image.shape[0] == 0:  # Poisson sampling under DP can draw an empty batch
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_for(device, amp):
+            output = model(image, male)
+        parts: LossParts = loss_fn(output, age, male)
+        loss = parts.total if extra_loss is None else parts.total + extra_loss(model)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if loss_fn.after_step(parts):
+            raised_at = steps
+        batch_size = int(image.shape[0])
+        total_loss += float(parts.total.detach()) * batch_size
+        total_abs += parts.mad_months * batch_size
+        steps += 1
+        examples += batch_size
+        bar.set_postfix(loss=f"{float(parts.total.detach()):.3f}", mad=f"{parts.mad_months:.1f}")
+    if examples == 0:
+        return EpochStats(loss=float("nan"), mad_months=float("nan"), steps=0, examples=0)
+    return EpochStats(total_loss / examples, total_abs / examples, steps, examples, raised_at)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False) -> Predictions:
+    """Predicted bone ages (months) for every item of `loader`, in loader order."""
+    was_training = model.training
+    model.eval()
+    predicted, true, male = [], [], []
+    for batch in loader:
+        image, sex, age = _to_device(batch, device)
+        with autocast_for(device, amp):
+            output = model(image, sex)
+        predicted.append(output.expected_months.float().cpu())
+        true.append(age.float().cpu())
+        male.append(sex.float().cpu())
+    model.train(was_training)
+    if not predicted:
+        empty = np.zeros(0, dtype=np.float32)
+        return Predictions(empty, empty, empty)
+    return Predictions(torch.cat(predicted).numpy(), torch.cat(true).numpy(), torch.cat(male).numpy())
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam(W) over the parameters that require gradients (frozen blocks are left out)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (is every block frozen?)")
+    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, final_factor: float):
+    """Cosine decay from the optimiser's lr to lr * final_factor over `total_steps` steps."""
+    total = max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        progress = min(step / total, 1.0)
+        return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_mad: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loss_fn: nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train for `config.epochs`, validating each epoch; keeps the state with the best val MAD."""
+    optimizer = make_optimizer(model, config)
+    scheduler = cosine_schedule(optimizer, config.epochs * max(len(train_loader), 1), config.lr_final_factor)
+    amp = config.amp and device.type == "cuda"
+    best = FitResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_mad=float("inf"))
+    for epoch in range(1, config.epochs + 1):
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(epoch)
+        stats = train_epoch(model, train_loader, loss_fn, optimizer, device, amp, scheduler,
+                            progress=config.progress, description=f"epoch {epoch}/{config.epochs}")
+        val = predict(model, val_loader, device, amp)
+        val_mad = float(np.mean(np.abs(val.predicted_months - val.true_months))) if len(val.true_months) else float("nan")
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_mad_months": stats.mad_months, "val_mad_months": val_mad}
+        best.history.append(row)
+        logger.info("epoch %d/%d  train loss %.4f  train MAD %.2f mo  val MAD %.2f mo",
+                    epoch, config.epochs, stats.loss, stats.mad_months, val_mad)
+        if stats.alpha_raised_at is not None:
+            logger.info("batch loss stable: alpha raised to %.1f", loss_fn.schedule.alpha)
+        if on_epoch is not None:
+            on_epoch(row)
+        if val_mad < best.best_val_mad or math.isnan(best.best_val_mad):
+            best.best_state = copy.deepcopy(model.state_dict())
+            best.best_epoch, best.best_val_mad = epoch, val_mad
+    return best

@@ -1,0 +1,99 @@
+"""Command line of the coordinating side: `pretrain` and `evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from core.central import PretrainJob, evaluate_checkpoint, pretrain
+from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
+from core.data import AugmentConfig
+from core.training import TrainConfig
+
+logger = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("pretrain", help="train a model centrally on one site folder")
+    add_data_arguments(train)
+    train.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    train.add_argument("--arch", choices=("tjnet", "resnet"), default="tjnet",
+                       help="TJ-Net (joint loss) or the ResNet-style L1 regression baseline")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--image-size", type=int, default=128)
+    train.add_argument("--width", type=float, default=0.5, help="channel multiplier (paper scale: 1.0)")
+    train.add_argument("--depth", type=int, default=18, help="ResNet depth for --arch resnet (18, 34, 50)")
+    train.add_argument("--norm", choices=("group", "batch"), default="group")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    train.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    train.add_argument("--no-cbam", action="store_true", help="ablation: remove the CBAM modules")
+    train.add_argument("--no-residual", action="store_true", help="ablation: remove the IncRes shortcuts")
+    train.add_argument("--no-joint-sex", action="store_true", help="ablation: remove the sex head and its loss")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--no-progress", action="store_true")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a site folder")
+    add_data_arguments(evaluate)
+    evaluate.add_argument("--model", type=Path, required=True, help="checkpoint file")
+    evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default="test")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _model_config(args: argparse.Namespace) -> dict:
+    config = {"image_size": args.image_size, "width": args.width, "norm": args.norm}
+    if args.arch == "tjnet":
+        config.update(use_cbam=not args.no_cbam, use_residual=not args.no_residual, joint_sex=not args.no_joint_sex)
+    else:
+        config["depth"] = args.depth
+    return config
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    if args.epochs < 1:
+        raise ValueError("--epochs must be at least 1")
+    job = PretrainJob(
+        data=data_config_from_args(args),
+        out=args.out,
+        architecture=args.arch,
+        model_config=_model_config(args),
+        train=replace(TrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      device=args.device, num_workers=args.workers, progress=not args.no_progress),
+        augment=None if args.no_augment else AugmentConfig(),
+        threads=args.threads,
+    )
+    pretrain(job)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    metrics = evaluate_checkpoint(args.model, data_config_from_args(args), args.split, args.device)
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    print(f"{args.split} split of {args.data}: n={metrics['n']} (skipped {metrics['skipped']})")
+    print(f"  MAD {metrics['mad_months']:.2f} months   RMSE {metrics['rmse_months']:.2f} months   "
+          f"bias {metrics['bias_months']:+.2f} months")
+    print(f"  accuracy {metrics['accuracy']:.3f}   within 1 year {metrics['accuracy_1y']:.3f}")
+    for group, mad in metrics["mad_by_age_group"].items():
+        print(f"  MAD {group:>7}: {mad:6.2f} months")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    handler = {"pretrain": run_pretrain, "evaluate": run_evaluate}[args.command]
+    return run_command(handler, args)
