@@ -93,15 +93,15 @@ def fit_to_square(image: np.ndarray, content_size: int, canvas_size: int) -> np.
         uint8 array of shape (canvas_size, canvas_size).
     """
     low, high = float(image.min()), float(image.max())
-    stretched = (image - low) * (255.0 / (high - low))
     h, w = image.shape
     ratio = content_size / max(h, w)
     new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
     interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(stretched.astype(np.float32), (new_w, new_h), interpolation=interpolation)
+    resized = cv2.resize(image.astype(np.float32, copy=False), (new_w, new_h), interpolation=interpolation)
+    stretched = (resized - low) * (255.0 / (high - low))  # after resizing: same result, fewer pixels
     canvas = np.zeros((canvas_size, canvas_size), dtype=np.uint8)
     top, left = (canvas_size - new_h) // 2, (canvas_size - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    canvas[top:top + new_h, left:left + new_w] = np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
     return canvas
 
 

@@ -66,11 +66,9 @@ def read_image(path: Path) -> np.ndarray:
         raise ImageError(path, UNREADABLE, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
     if image.ndim != 2 or image.size == 0:
         raise ImageError(path, EMPTY, f"shape {image.shape}")
-    if not np.isfinite(image).all():
-        raise ImageError(path, UNREADABLE, "non-finite pixel values")
     if image.max() == image.min():
         raise ImageError(path, CONSTANT, f"every pixel is {image.flat[0]:.3f}")
-    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    return image
 
 
 def _is_dicom(path: Path) -> bool:
@@ -88,8 +86,9 @@ def _read_pil(path: Path) -> np.ndarray:
         if img.mode not in _PIL_FULL_SCALE:
             img = img.convert("L")
         full_scale = _PIL_FULL_SCALE[img.mode]
-        pixels = np.asarray(img)
-    return pixels.astype(np.float32) / full_scale
+        pixels = np.asarray(img).astype(np.float32)
+    pixels *= 1.0 / full_scale
+    return np.clip(pixels, 0.0, 1.0, out=pixels) if img.mode == "I" else pixels
 
 
 def _read_dicom(path: Path) -> np.ndarray:
@@ -112,4 +111,6 @@ def _read_dicom(path: Path) -> np.ndarray:
     image = (pixels - low) / (high - low)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         image = 1.0 - image
-    return image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise ImageError(path, UNREADABLE, "non-finite pixel values")
+    return np.clip(image, 0.0, 1.0).astype(np.float32)

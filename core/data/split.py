@@ -39,7 +39,9 @@ def split_of(image_id: str, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> s
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-def split_records(records: list[Record], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, list[Record]]:
+def split_records(
+    records: list[Record], fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, list[Record]]:
     """Group records by split, keeping their order within each split.
 
     Args:
