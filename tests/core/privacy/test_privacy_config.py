@@ -1,0 +1,40 @@
+"""DPConfig validation and the default delta."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core.privacy import DPConfig, default_delta
+
+
+def test_disabled_config_needs_nothing() -> None:
+    assert not DPConfig().enabled
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"enabled": True},
+    {"enabled": True, "noise_multiplier": 1.0, "target_epsilon": 3.0},
+    {"enabled": True, "noise_multiplier": -1.0},
+    {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 0.0},
+    {"enabled": True, "target_epsilon": math.inf},
+    {"enabled": True, "noise_multiplier": 1.0, "delta": 1.0},
+    {"enabled": True, "noise_multiplier": 1.0, "accountant": "gdp"},
+])
+def test_bad_settings_raise_one_line(kwargs: dict) -> None:
+    with pytest.raises(ValueError) as info:
+        DPConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_budget_defaults_to_target_then_to_none() -> None:
+    assert DPConfig(enabled=True, target_epsilon=4.0).budget == 4.0
+    assert DPConfig(enabled=True, target_epsilon=4.0, max_epsilon=5.0).budget == 5.0
+    assert DPConfig(enabled=True, noise_multiplier=1.0).budget == math.inf
+
+
+@pytest.mark.parametrize("size, delta", [(1, 0.1), (40, 1e-3), (100, 1e-3), (1000, 1e-4), (1200, 1e-5), (10000, 1e-5)])
+def test_default_delta_is_a_power_of_ten_below_one_over_ten_n(size: int, delta: float) -> None:
+    assert default_delta(size) == pytest.approx(delta)
+    assert default_delta(size) <= 1.0 / (10 * size)
