@@ -124,9 +124,12 @@ def history_epsilon(history: list[tuple[float, float, int]], delta: float, accou
     """Epsilon at `delta` of a composition of (sigma, q, steps) subsampled Gaussian segments."""
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
-    history = [segment for segment in history if segment[2] > 0]
-    if not history:
+    merged: dict[tuple[float, float], int] = {}
+    for sigma, rate, steps in history:  # composition is commutative: one term per (sigma, q)
+        if steps > 0:
+            merged[(sigma, rate)] = merged.get((sigma, rate), 0) + int(steps)
+    if not merged:
         return 0.0
     engine = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    engine.history = list(history)
+    engine.history = [(sigma, rate, steps) for (sigma, rate), steps in merged.items()]
     return float(engine.get_epsilon(delta=delta))
