@@ -33,7 +33,7 @@ CARPALS = {
 }
 # Distal radius and ulna: end of the slot (x, y), shaft half-width, metaphysis flare, epiphysis tilt (deg).
 FOREARM = {"radius": ((0.060, 0.000), 0.040, 1.9, -14.0), "ulna": ((-0.088, -0.020), 0.026, 1.5, 0.0)}
-FOREARM_LENGTH = 0.7
+FOREARM_LENGTH = 0.45
 TIMING_SD = 4.0  # months of per-centre timing scatter
 
 
@@ -75,7 +75,7 @@ class _Builder:
 
     def tubular(self, base: np.ndarray, u: np.ndarray, length: float, r: float, timing: tuple[float, ...],
                 proximal_epi: bool, *, epi_depth: float = 1.1, head: float = 1.0, flare: float = 1.3,
-                tilt: float = 0.0) -> np.ndarray:
+                waist: float = 0.2, tilt: float = 0.0) -> np.ndarray:
         """Draw a tubular bone in the slot ``base -> base + length*u``; return its far (non-physeal) end."""
         onset, equal, f0, f1 = timing
         m = self.local_m()
@@ -86,7 +86,7 @@ class _Builder:
         near_epi = joint + depth + gap
         at = (lambda s: base + s * u) if proximal_epi else (lambda s: base + (length - s) * u)
         r_far = head * r
-        self.bones.capsule(at(near_epi), at(far - r_far), r_meta, r_far, self.density, waist=0.2 * r,
+        self.bones.capsule(at(near_epi), at(far - r_far), r_meta, r_far, self.density, waist=waist * r,
                            hollow=0.45, flat0=True)
         if w > 0.0:
             a = w * r_meta
@@ -143,7 +143,7 @@ class _Builder:
             top = np.array(end) * np.array([self.width, 1.0])
             base = top - np.array([0.0, FOREARM_LENGTH])
             self.tubular(base, np.array([0.0, 1.0]), FOREARM_LENGTH, r * self.width, mat.EPIPHYSIS_TIMING[name],
-                         proximal_epi=False, epi_depth=0.8, flare=flare, tilt=tilt)
+                         proximal_epi=False, epi_depth=0.8, flare=flare, waist=0.5, tilt=tilt)
 
     def soft_tissue(self, heads: dict[int, np.ndarray], tips: dict[int, np.ndarray]) -> None:
         """Silhouette: fingers, thenar eminence, palm, wrist and forearm."""
@@ -154,11 +154,11 @@ class _Builder:
             u /= np.linalg.norm(u)
             self.soft.capsule(heads[k] - 0.03 * u, tips[k] + 0.1 * r * u, r * 1.1, r * 0.85, 1.0)
             if k > 1:
-                wrist = np.array([0.6 * MC_BASE[k][0] * self.width, 0.08])
+                wrist = np.array([0.6 * MC_BASE[k][0] * self.width, 0.02])
                 self.soft.capsule(wrist, heads[k], 0.06 * fat, 0.06 * fat, 1.1)
         self.soft.ellipse(np.array([0.11, 0.22]) * [self.width, 1.0], 0.17, 0.075 * fat, np.radians(62.0), 0.9)
-        self.soft.capsule(np.array([-0.01, 0.08]), np.array([-0.01, -FOREARM_LENGTH]),
-                          0.15 * fat * self.width, 0.16 * fat * self.width, 0.55)
+        self.soft.capsule(np.array([-0.01, 0.13]), np.array([-0.01, -2.0 * FOREARM_LENGTH]),
+                          0.155 * fat * self.width, 0.165 * fat * self.width, 0.75)
 
 
 def build_hand(bone_age_months: float, male: bool, rng: np.random.Generator) -> Hand:

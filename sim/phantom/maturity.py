@@ -92,3 +92,23 @@ def hand_length_cm(m: float, male: bool) -> float:
     """Physical hand length; only used for framing, so small children fill less of the image."""
     adult = 19.0 if male else 17.5
     return adult * (0.36 + 0.64 * _unit(m / 190.0) ** 0.8)
+
+
+def indicators(bone_age_months: float, male: bool) -> dict[str, float]:
+    """Indicators of an average subject (no individual scatter), as a radiologist would read them.
+
+    Returns:
+        carpals: number of ossified carpal centres (0-8); carpal_size: their mean size (fraction of adult);
+        epiphysis_width: mean epiphysis/metaphysis width ratio over the tubular bones (0 if absent);
+        fusion: mean physeal fusion (0 open, 1 fused); density: bone density relative to an adult.
+    """
+    m = maturity(bone_age_months, male)
+    sizes = [carpal_size(m, onset) for onset in CARPAL_ONSET.values()]
+    timings = EPIPHYSIS_TIMING.values()
+    return {
+        "carpals": float(sum(size > 0.0 for size in sizes)),
+        "carpal_size": float(np.mean(sizes)),
+        "epiphysis_width": float(np.mean([epiphysis_width(m, t[0], t[1]) for t in timings])),
+        "fusion": float(np.mean([fusion(m, t[2], t[3]) for t in timings])),
+        "density": bone_density(m),
+    }

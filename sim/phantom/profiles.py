@@ -198,7 +198,7 @@ PRESETS: dict[str, SiteProfile] = {
         population=PopulationProfile(age_range_months=(12.0, 216.0), mean_months=(120.0, 132.0),
                                      sd_months=(44.0, 46.0), female_fraction=0.42,
                                      maturation_offset_months=-6.0, maturation_sd_months=12.0),
-        scanner=ScannerProfile(exposure=2.6, exposure_jitter=0.25, contrast=3.2, gamma=1.35, noise=0.06,
+        scanner=ScannerProfile(exposure=2.6, exposure_jitter=0.25, contrast=3.2, gamma=1.35, noise=0.045,
                                blur_px=1.6, background=0.22, background_jitter=0.1, heel=0.12),
         acquisition=AcquisitionProfile(fill=0.78, scale_jitter=0.1, rotation_deg=45.0, rotation_90_fraction=0.15,
                                        mirror_fraction=0.05, translate=0.08, collimation_fraction=0.7,

@@ -59,27 +59,62 @@ def _boxes(lo_x: np.ndarray, hi_x: np.ndarray, lo_y: np.ndarray, hi_y: np.ndarra
     return np.clip(boxes, 0, size).astype(np.int64)
 
 
+def upsample2(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear x2 upsampling of a half-resolution render (pixel i of ``image`` is pixel 2i), cut to ``size``."""
+    h, w = image.shape
+    out = np.empty((2 * h, 2 * w), dtype=image.dtype)
+    out[0::2, 0::2] = image
+    out[0::2, 1:-1:2] = image[:, :-1] + image[:, 1:]
+    out[0::2, 1:-1:2] *= 0.5
+    out[0::2, -1] = image[:, -1]
+    out[1:-1:2] = out[0:-2:2] + out[2::2]
+    out[1:-1:2] *= 0.5
+    out[-1] = out[-2]
+    return out[:size, :size]
+
+
+def _split(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Small and large boxes, so that padding each batch to its largest box wastes little."""
+    area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
+    small = area <= 2 * np.median(area)
+    return small, ~small
+
+
+def _merge_patches(canvas: np.ndarray, boxes: np.ndarray, values: np.ndarray, merge: np.ufunc) -> None:
+    for (r_lo, r_hi, c_lo, c_hi), value in zip(boxes.tolist(), values):
+        if r_hi > r_lo and c_hi > c_lo:
+            patch = canvas[r_lo:r_hi, c_lo:c_hi]
+            merge(patch, value[:r_hi - r_lo, :c_hi - c_lo], out=patch)
+
+
+def _offsets(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x (N, 1, W) and y (N, H, 1) of each padded box."""
+    height = max(int((boxes[:, 1] - boxes[:, 0]).max()), 1)
+    width = max(int((boxes[:, 3] - boxes[:, 2]).max()), 1)
+    xs = (boxes[:, 2:3] + np.arange(width, dtype=np.float32)).astype(np.float32)[:, None, :]
+    ys = (boxes[:, 0:1] + np.arange(height, dtype=np.float32)).astype(np.float32)[:, :, None]
+    return xs, ys
+
+
 def _draw_capsules(canvas: np.ndarray, capsules: np.ndarray, merge: np.ufunc) -> None:
-    size = canvas.shape[0]
-    grid = np.arange(size, dtype=np.float32)
+    """Capsules one at a time (their boxes differ too much in shape to batch well)."""
+    grid = np.arange(canvas.shape[0], dtype=np.float32)
     x0, y0, x1, y1, ra, rb = capsules[:, :6].T
     reach = np.maximum(ra, rb) + 1.0
     boxes = _boxes(np.minimum(x0, x1) - reach, np.maximum(x0, x1) + reach, np.minimum(y0, y1) - reach,
-                   np.maximum(y0, y1) + reach, size)
+                   np.maximum(y0, y1) + reach, canvas.shape[0])
     for (r_lo, r_hi, c_lo, c_hi), (x0, y0, x1, y1, ra, rb, waist, hollow, flat0, flat1, density) in zip(
             boxes.tolist(), capsules.tolist()):
         if r_hi <= r_lo or c_hi <= c_lo:
             continue
         dx, dy = x1 - x0, y1 - y0
         inv = 1.0 / max(dx * dx + dy * dy, 1e-9)
-        px = grid[c_lo:c_hi] - x0
-        py = grid[r_lo:r_hi] - y0
-        t_raw = (px * (dx * inv))[None, :] + (py * (dy * inv))[:, None]
-        t = np.minimum(np.maximum(t_raw, 0.0), 1.0)
-        ex = px[None, :] - t * dx
-        ey = py[:, None] - t * dy
+        px, py = grid[c_lo:c_hi] - x0, grid[r_lo:r_hi] - y0
+        t_raw = (px * (dx * inv))[None, :] + (py * (dy * inv))[:, None]  # (H, W) position along the axis
+        t = np.clip(t_raw, 0.0, 1.0)
+        ex, ey = px[None, :] - t * dx, py[:, None] - t * dy
         d2 = ex * ex
-        d2 += ey * ey
+        d2 += ey * ey                                                      # squared distance to the axis
         r = t * ((rb - ra - 4.0 * waist) + (4.0 * waist) * t)
         r += ra
         r2 = r * r
@@ -96,34 +131,26 @@ def _draw_capsules(canvas: np.ndarray, capsules: np.ndarray, merge: np.ufunc) ->
 
 
 def _draw_ellipses(canvas: np.ndarray, ellipses: np.ndarray, merge: np.ufunc) -> None:
-    """Ellipses evaluated in two batches (small, large) on padded boxes, merged one patch at a time."""
-    size = canvas.shape[0]
+    """Ellipses evaluated in two batches (small, large boxes), merged one patch at a time."""
     cx, cy, ux, uy, vx, vy = ellipses[:, :6].T
     reach_x, reach_y = np.hypot(ux, vx) + 1.0, np.hypot(uy, vy) + 1.0
-    boxes = _boxes(cx - reach_x, cx + reach_x, cy - reach_y, cy + reach_y, size)
-    sides = np.maximum(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2])
-    small = sides <= 2 * np.median(sides)
-    for group in (small, ~small):
+    boxes = _boxes(cx - reach_x, cx + reach_x, cy - reach_y, cy + reach_y, canvas.shape[0])
+    for group in _split(boxes):
         if group.any():
-            _draw_ellipse_batch(canvas, ellipses[group], boxes[group], int(max(sides[group].max(), 1)), merge)
+            _draw_ellipse_batch(canvas, ellipses[group], boxes[group], merge)
 
 
-def _draw_ellipse_batch(canvas: np.ndarray, ellipses: np.ndarray, boxes: np.ndarray, side: int,
-                        merge: np.ufunc) -> None:
-    cx, cy, ux, uy, vx, vy, depth, density = ellipses.astype(np.float32).T
-    steps = np.arange(side, dtype=np.float32)
-    px = (boxes[:, 2:3] + steps - cx[:, None])[:, None, :]
-    py = (boxes[:, 0:1] + steps - cy[:, None])[:, :, None]
+def _draw_ellipse_batch(canvas: np.ndarray, ellipses: np.ndarray, boxes: np.ndarray, merge: np.ufunc) -> None:
+    cx, cy, ux, uy, vx, vy, depth, density = (column[:, None, None] for column in ellipses.astype(np.float32).T)
+    xs, ys = _offsets(boxes)
+    px, py = xs - cx, ys - cy
     inv_u, inv_v = 1.0 / (ux * ux + uy * uy), 1.0 / (vx * vx + vy * vy)
-    qu = px * (ux * inv_u)[:, None, None] + py * (uy * inv_u)[:, None, None]
-    qv = px * (vx * inv_v)[:, None, None] + py * (vy * inv_v)[:, None, None]
+    qu = px * (ux * inv_u) + py * (uy * inv_u)               # (N, H, W) coordinate along the first axis
+    qv = px * (vx * inv_v) + py * (vy * inv_v)
     inside = 1.0 - qu * qu - qv * qv
     values = np.sqrt(np.maximum(inside, 0.0, out=inside), out=inside)
-    values *= (depth * density)[:, None, None]
-    for (r_lo, r_hi, c_lo, c_hi), value in zip(boxes.tolist(), values):
-        if r_hi > r_lo and c_hi > c_lo:
-            patch = canvas[r_lo:r_hi, c_lo:c_hi]
-            merge(patch, value[:r_hi - r_lo, :c_hi - c_lo], out=patch)
+    values *= depth * density
+    _merge_patches(canvas, boxes, values, merge)
 
 
 def draw(canvas: np.ndarray, capsules: np.ndarray, ellipses: np.ndarray, combine: str = "add") -> None:

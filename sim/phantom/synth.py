@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ from sim.phantom.acquisition import add_noise, blur, burn_marker, collimate, exp
 from sim.phantom.anatomy import build_hand
 from sim.phantom.population import Subject, read_label, sample_subject
 from sim.phantom.profiles import SiteProfile
-from sim.phantom.render import draw
+from sim.phantom.render import draw, upsample2
 
 
 @dataclass(frozen=True)
@@ -34,19 +35,26 @@ class Sample:
     keypoints: np.ndarray
 
 
-def synthesize(profile: SiteProfile, seed: int, index: int) -> Sample:
-    """Draw subject, label, hand, placement and scanner effects from ``default_rng([seed, index])``."""
-    rng = np.random.default_rng([seed, index])
+def synthesize(profile: SiteProfile, seed: int, index: int, subject: Subject | None = None) -> Sample:
+    """Draw subject, label, hand, placement and scanner effects from one random stream.
+
+    The stream is seeded by (seed, index, site name), so sites sharing a seed are still independent.
+    ``subject`` replaces the drawn one (same random stream otherwise), e.g. to image a chosen bone age.
+    """
+    rng = np.random.default_rng([seed, index, zlib.crc32(profile.name.encode())])
     scanner, acq = profile.scanner, profile.acquisition
-    subject = sample_subject(profile.population, rng)
+    drawn = sample_subject(profile.population, rng)
+    subject = drawn if subject is None else subject
     label = read_label(profile.labelling, subject.bone_age_months, profile.population.age_range_months, rng)
     hand = build_hand(subject.bone_age_months, subject.male, rng)
     size = scanner.image_size
     placement = place(hand, acq, size, rng)
     bone = np.zeros((size, size), dtype=np.float32)
-    soft = np.zeros((size, size), dtype=np.float32)
     draw(bone, *hand.bones.transformed(placement.matrix, placement.offset), combine="add")
-    draw(soft, *hand.soft.transformed(placement.matrix, placement.offset), combine="max")
+    half = np.zeros(((size + 1) // 2, (size + 1) // 2), dtype=np.float32)  # smooth: drawn at half resolution
+    draw(half, *hand.soft.transformed(0.5 * placement.matrix, 0.5 * placement.offset), combine="max")
+    soft = upsample2(half, size)
+    soft *= 2.0
     mask = soft > 0.0
     keypoints = placement.apply(hand.keypoints)
     image = expose(bone, soft, placement.scale, scanner, rng)
