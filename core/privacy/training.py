@@ -87,6 +87,8 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
         raise ValueError("a private round needs local_epochs >= 1, planned_rounds >= 1 and training examples")
     if isinstance(loss_fn, JointLoss) and not loss_fn.config.per_sample:
         raise ValueError("under DP use JointLossConfig(per_sample=True): the paper's loss couples a batch's samples")
+    model.to(device).train()
+    check_dp_compatible(model)
     segment = len(ledger.entries())
     sampler_seed, noise_seed, torch_seed = _round_seeds(dp.seed, train_config.seed, segment)
     loader = DataLoader(dataset, batch_size=train_config.batch_size, shuffle=True,
@@ -99,8 +101,6 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
         logger.warning("dp: refusing the round: epsilon %.4g -> %.4g, budget %.4g", current, projected, dp.budget)
         raise BudgetExceeded(current, projected, dp.budget)
 
-    model.to(device).train()
-    check_dp_compatible(model)
     torch.manual_seed(torch_seed)
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     try:
@@ -110,39 +110,51 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
             noise_generator=_generator(device, noise_seed), grad_sample_mode="hooks", wrap_model=False)
     except UnsupportedModuleError as exc:
         raise DPIncompatibleModel(f"Opacus cannot train this model: {str(exc).splitlines()[-1].strip()}") from None
-    taken, totals = 0, [0.0, 0.0, 0, 0]
+    tally = _Tally()
     try:
         with warnings.catch_warnings():  # the first trainable block's input needs no gradient: harmless
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for epoch in range(local_epochs):
                 if hasattr(dataset, "set_epoch"):
                     dataset.set_epoch(segment * local_epochs + epoch + 1)
-                taken += _private_epoch(model, private_loader, loss_fn, optimizer, device, extra_loss, totals)
-    finally:
+                _private_epoch(model, private_loader, loss_fn, optimizer, device, extra_loss, tally)
+    finally:  # draws taken before a failure were noised steps too: they are recorded
         hooks.cleanup()
-        if taken:
-            ledger.record(noise.noise_multiplier, sample_rate, taken, delta=noise.delta, **(context or {}))
+        if tally.draws:
+            ledger.record(noise.noise_multiplier, sample_rate, tally.draws, delta=noise.delta, **(context or {}))
     epsilon = ledger.epsilon(noise.delta, dp.accountant)
-    logger.info("dp: %d steps at sigma %.4g, q %.4g: epsilon %.4g -> %.4g (delta %.3g)", taken,
+    logger.info("dp: %d steps at sigma %.4g, q %.4g: epsilon %.4g -> %.4g (delta %.3g)", tally.draws,
                 noise.noise_multiplier, sample_rate, current, epsilon, noise.delta)
-    loss_sum, abs_sum, updates, examples = totals
-    stats = (EpochStats(loss_sum / examples, abs_sum / examples, updates, examples) if examples
-             else EpochStats(float("nan"), float("nan"), updates, 0))
-    return PrivateRoundResult(stats, epsilon, noise.delta, noise.noise_multiplier, sample_rate, taken)
+    return PrivateRoundResult(tally.stats(), epsilon, noise.delta, noise.noise_multiplier, sample_rate, tally.draws)
+
+
+@dataclass
+class _Tally:
+    """Running totals of a private round: draws (noised steps), updates, examples, sums for the means."""
+
+    draws: int = 0
+    updates: int = 0
+    examples: int = 0
+    loss_sum: float = 0.0
+    abs_sum: float = 0.0
+
+    def stats(self) -> EpochStats:
+        if self.examples == 0:
+            return EpochStats(float("nan"), float("nan"), self.updates, 0)
+        return EpochStats(self.loss_sum / self.examples, self.abs_sum / self.examples, self.updates, self.examples)
 
 
 def _private_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: DPOptimizer,
-                   device: torch.device, extra_loss: ExtraLoss | None, totals: list) -> int:
-    """One pass of Poisson batches; returns the number of draws (each one is a noised step).
+                   device: torch.device, extra_loss: ExtraLoss | None, tally: _Tally) -> None:
+    """One pass of Poisson batches, counted in `tally`; every draw is a noised step.
 
     An empty draw still takes a noise-only step, as the accountant assumes. The alpha schedule of
     the joint loss is not fed: switching on unnoised batch losses would leak outside the accounting.
     `extra_loss` (e.g. a proximal term) depends on no data: its gradient is added after the noise.
     """
     model.train()
-    draws = 0
     for batch in loader:
-        draws += 1
+        tally.draws += 1
         optimizer.zero_grad(set_to_none=True)
         size = int(batch["image"].shape[0]) if isinstance(batch, dict) else 0
         if size == 0:
@@ -152,16 +164,15 @@ def _private_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, opt
             image, male, age = (batch[key].to(device) for key in ("image", "male", "age"))
             parts = loss_fn(model(image, male), age, male)
             parts.total.backward()
-            totals[0] += float(parts.total.detach()) * size
-            totals[1] += parts.mad_months * size
-            totals[3] += size
+            tally.loss_sum += float(parts.total.detach()) * size
+            tally.abs_sum += parts.mad_months * size
+            tally.examples += size
         if not optimizer.pre_step():
             continue
         if extra_loss is not None:
             _add_public_gradient(optimizer.params, extra_loss(model))
         optimizer.original_optimizer.step()
-        totals[2] += 1
-    return draws
+        tally.updates += 1
 
 
 def _add_public_gradient(parameters: list[nn.Parameter], loss: torch.Tensor) -> None:

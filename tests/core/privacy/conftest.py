@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,22 @@ def tiny_tjnet(frozen: tuple[int, ...] = (1, 2, 3), norm: str = "group", seed: i
 
 def per_sample_loss() -> JointLoss:
     return JointLoss(TINY.num_classes, TINY.class_step_months, JointLossConfig(per_sample=True))
+
+
+@pytest.fixture
+def make_tjnet() -> Callable[..., TJNet]:
+    """`make_tjnet(frozen=(1, 2, 3), norm="group", seed=0)`: a tiny TJ-Net with those blocks frozen."""
+    return tiny_tjnet
+
+
+@pytest.fixture
+def make_hands() -> Callable[..., RandomHands]:
+    return RandomHands
+
+
+@pytest.fixture
+def make_loss() -> Callable[[], JointLoss]:
+    return per_sample_loss
 
 
 @pytest.fixture(autouse=True)
