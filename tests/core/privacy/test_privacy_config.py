@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from core.privacy import DPConfig, default_delta
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_disabled_config_needs_nothing() -> None:
@@ -38,3 +43,8 @@ def test_budget_defaults_to_target_then_to_none() -> None:
 def test_default_delta_is_a_power_of_ten_below_one_over_ten_n(size: int, delta: float) -> None:
     assert default_delta(size) == pytest.approx(delta)
     assert default_delta(size) <= 1.0 / (10 * size)
+
+
+def test_core_privacy_imports_no_flower() -> None:
+    code = "import sys, core.privacy; sys.exit('flwr' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
