@@ -173,3 +173,34 @@ def test_strategy_state_dict_delegates_to_aggregator() -> None:
     resumed = build_strategy("fedadam")
     resumed.load_state_dict(strategy.state_dict())
     assert resumed.aggregator.step == {"block6.weight": 1}
+
+
+class LoopbackGrid(FakeGrid):
+    """Answers each message at once: node 1 trains block 6 only, node 2 always fails."""
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            if msg.metadata.dst_node_id == 2:
+                replies.append(Message(Error(code=0, reason="site offline"), reply_to=msg))
+                continue
+            content = {"metrics": MetricRecord({"num-examples": 8, "site-id": 1, "mae": 5.0})}
+            if msg.metadata.message_type.startswith("train"):
+                trained = msg.content["arrays"]["block6.weight"].numpy() + 1.0
+                content["arrays"] = array_record({"block6.weight": trained})
+            replies.append(Message(RecordDict(content), reply_to=msg))
+        return replies
+
+
+def test_start_runs_rounds_with_a_partial_site_and_a_failing_site() -> None:
+    reports = Reports()
+    strategy = build_strategy("fedavg", round_offset=5, on_site_reports=reports)
+    result = strategy.start(grid=LoopbackGrid([1, 2]), initial_arrays=array_record(GLOBAL), num_rounds=2)
+    out = {k: a.numpy() for k, a in result.arrays.items()}
+    np.testing.assert_allclose(out["block6.weight"], 3.0)  # 1 + 1 per round
+    np.testing.assert_array_equal(out["block5.weight"], GLOBAL["block5.weight"])
+    assert [(phase, rnd) for phase, rnd, _ in reports.calls] == [
+        ("train", 6), ("evaluate", 6), ("train", 7), ("evaluate", 7)
+    ]
+    assert {r.status for _, _, rs in reports.calls for r in rs} == {"ok", "error"}
+    assert dict(result.evaluate_metrics_clientapp[2]) == pytest.approx({"mae": 5.0})
