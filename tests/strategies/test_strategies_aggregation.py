@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import strategies.aggregation
 from strategies import STRATEGY_NAMES, SiteUpdate, build_aggregator, validate_update
 from strategies.aggregation import AGGREGATORS
 
@@ -147,3 +150,10 @@ def test_state_dict_round_trip_continues_identically(name: str, through_torch: b
 def test_state_of_another_aggregator_is_refused() -> None:
     with pytest.raises(ValueError, match="fedavgm"):
         build_aggregator("fedadam").load_state_dict(build_aggregator("fedavgm").state_dict())
+
+
+def test_aggregation_module_imports_only_numpy_and_the_standard_library() -> None:
+    tree = ast.parse(Path(strategies.aggregation.__file__).read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported == {"__future__", "dataclasses", "typing", "numpy"}
