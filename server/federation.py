@@ -1,0 +1,114 @@
+"""One federated run: start from the pretrained model, send the unfrozen arrays, aggregate,
+evaluate every round, checkpoint the merged model every round, resume after a crash."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from client.config import file_sha256
+from core.central import evaluate_model
+from core.checkpoint import describe, load_checkpoint, save_checkpoint
+from core.data import SiteDataConfig, load_site
+from core.finetune import norm_layer_keys
+from core.model.freeze import freeze_blocks, parse_freeze_spec, trainable_state_keys
+from core.training import resolve_device
+from server.config import FederationConfig
+from server.tracking import MetricsTracker
+from strategies import build_strategy
+
+logger = logging.getLogger("ossifl.server")
+
+LATEST = "federated_latest.pt"
+FINAL = "federated_final.pt"
+DEFAULT_PROXIMAL_MU = 0.01
+
+
+@dataclass
+class FederationOutcome:
+    final_checkpoint: Path
+    rounds_done: int
+    shared_keys: list[str]
+    bytes_per_site_per_round: int
+
+
+def shared_keys(model: torch.nn.Module, local_layers: str) -> list[str]:
+    """State keys the server sends: the unfrozen blocks, minus site-local layers in FedBN mode."""
+    keys = trainable_state_keys(model)
+    if local_layers == "norm":
+        local = set(norm_layer_keys(model))
+        keys = [k for k in keys if k not in local]
+    return keys
+
+
+def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
+    """Run `config.num_rounds` rounds (fewer when resuming) and save the merged model."""
+    pretrained = load_checkpoint(config.pretrained)
+    model = pretrained.model
+    freeze_blocks(model, parse_freeze_spec(config.freeze))
+    start_round = 0
+    strategy_state: dict[str, Any] | None = None
+    latest = config.out_dir / LATEST
+    if config.resume and latest.exists():
+        resumed = load_checkpoint(latest)
+        model.load_state_dict(resumed.model.state_dict())
+        start_round = int(resumed.metadata["round"])
+        strategy_state = resumed.metadata.get("strategy_state")
+        logger.info("resuming after round %d from %s", start_round, latest)
+    keys = shared_keys(model, config.local_layers)
+    tracker = MetricsTracker(config.out_dir, config.wandb, run_name=f"{config.strategy}-freeze{config.freeze}",
+                             config={k: str(v) for k, v in asdict(config).items()})
+    options = {"proximal_mu": config.proximal_mu or DEFAULT_PROXIMAL_MU} if config.strategy == "fedprox" else {}
+    strategy = build_strategy(config.strategy, round_offset=start_round, on_site_reports=tracker.site_reports,
+                              min_nodes=config.min_nodes, **options)
+    if strategy_state is not None:
+        strategy.load_state_dict(strategy_state)
+    central = _central_set(config, model.config.image_size)
+    device = resolve_device(str(config.forwarded.get("device", "auto")))
+    site_config = {**config.site_config(), "pretrained-sha256": file_sha256(config.pretrained)}
+
+    def merge_and_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        real_round = server_round + start_round
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        metrics: dict[str, float] = {}
+        if central is not None:
+            result = evaluate_model(model, central, device, config.central_label_unit)
+            metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+            tracker.central(real_round, metrics)
+            logger.info("round %d: central MAD %.2f months", real_round, metrics["mad_months"])
+        if server_round > 0:
+            save_checkpoint(latest, model, describe(model, round=real_round, strategy=config.strategy,
+                                                    strategy_state=strategy.state_dict(), seed=config.seed,
+                                                    run_config={k: str(v) for k, v in asdict(config).items()}))
+        return MetricRecord(metrics) if metrics else None
+
+    initial = ArrayRecord({k: model.state_dict()[k] for k in keys})
+    remaining = config.num_rounds - start_round
+    try:
+        if remaining > 0:
+            strategy.start(grid=grid, initial_arrays=initial, num_rounds=remaining, timeout=config.timeout,
+                           train_config=ConfigRecord(site_config), evaluate_config=ConfigRecord(site_config),
+                           evaluate_fn=merge_and_checkpoint)
+    finally:
+        tracker.close()
+    final = config.out_dir / FINAL
+    save_checkpoint(final, model, describe(model, round=config.num_rounds, strategy=config.strategy,
+                                           seed=config.seed, pretrained=str(config.pretrained)))
+    nbytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k in set(keys))
+    logger.info("federation done: %d rounds, %d arrays (%.1f kB) per site and round, final model %s",
+                config.num_rounds, len(keys), nbytes / 1024, final)
+    return FederationOutcome(final, config.num_rounds, keys, nbytes)
+
+
+def _central_set(config: FederationConfig, image_size: int):
+    if config.central_data is None:
+        return None
+    data = load_site(SiteDataConfig(root=config.central_data, label_unit=config.central_label_unit),
+                     image_size, None, seed=0)
+    return data.test
