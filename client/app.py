@@ -12,7 +12,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.audit import append_audit, update_digest
+from client.audit import app_identity, append_audit, update_digest
 from client.config import SiteConfig
 from client.site import SITE_ERRORS, SiteSession
 
@@ -50,6 +50,7 @@ def _reply(msg: Message, context: Context, kind: str, work: Callable[[SiteSessio
     nbytes, digest = update_digest(numpy_arrays) if kind == "train" else (0, "")
     append_audit(site.state_dir, {
         "kind": kind, "run_id": msg.metadata.run_id, "round": int(server_config.get("server-round", 0)),
+        "app": app_identity(),
         "message_id": msg.metadata.message_id, "array_keys": list(numpy_arrays) if kind == "train" else [],
         "bytes": nbytes, "sha256": digest, "metrics": metrics, "epsilon": metrics.get("epsilon"),
     })

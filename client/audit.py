@@ -10,8 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli
 
 AUDIT_FILENAME = "audit.jsonl"
+APP_DIR = Path(__file__).resolve().parents[1]  # the installed FAB ($FLWR_HOME/apps/...) in deployment
+
+
+def app_identity(app_dir: Path = APP_DIR) -> dict[str, str]:
+    """The Flower App that produced an update: FAB id and version from the app's pyproject.toml,
+    and the FAB hash prefix Flower puts in the install folder name (`<publisher>.<name>.<version>.<hash>`;
+    empty when the code runs from a source checkout)."""
+    try:
+        with open(app_dir / "pyproject.toml", "rb") as handle:
+            config = tomli.load(handle)
+        publisher, name = config["tool"]["flwr"]["app"]["publisher"], config["project"]["name"]
+        version = str(config["project"]["version"])
+    except (OSError, KeyError, tomli.TOMLDecodeError):
+        return {"fab_id": "unknown", "fab_version": "", "fab_hash": ""}
+    prefix = f"{publisher}.{name}.{version}."
+    fab_hash = app_dir.name[len(prefix):] if app_dir.name.startswith(prefix) else ""
+    return {"fab_id": f"{publisher}/{name}", "fab_version": version, "fab_hash": fab_hash}
 
 
 def update_digest(arrays: dict[str, np.ndarray]) -> tuple[int, str]:
