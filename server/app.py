@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -22,17 +23,22 @@ def main(grid: Grid, context: Context) -> None:
     run_federation(grid, config)
 
 
-def make_server_app(config: FederationConfig, outcome: list | None = None) -> ServerApp:
-    """A ServerApp bound to `config` (the simulation engine gives apps an empty run config).
+def make_server_app(configs: Sequence[FederationConfig], outcomes: list | None = None) -> ServerApp:
+    """A ServerApp that runs `configs` one after the other on the same sites.
 
-    When `outcome` is given, the run's `FederationOutcome` is appended to it.
+    The simulation engine gives apps an empty run config, so the configs are bound here; running
+    several federations in one engine session saves its start-up per run. Each run's
+    `FederationOutcome` is appended to `outcomes` when given.
     """
     bound = ServerApp()
 
     @bound.main()
     def bound_main(grid: Grid, context: Context) -> None:
-        result = run_federation(grid, config)
-        if outcome is not None:
-            outcome.append(result)
+        for config in configs:
+            logger.info("federation: strategy %s, freeze %s, %d rounds -> %s", config.strategy, config.freeze,
+                        config.num_rounds, config.out_dir)
+            result = run_federation(grid, config)
+            if outcomes is not None:
+                outcomes.append(result)
 
     return bound

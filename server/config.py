@@ -63,8 +63,8 @@ class FederationConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "FederationConfig":
         """Read kebab-case keys (`num-rounds`, `local-epochs`...); unknown keys are refused."""
-        if "pretrained" not in run_config:
-            raise ValueError("run config has no 'pretrained' checkpoint path")
+        if not str(run_config.get("pretrained", "")):
+            raise ValueError("run config has no 'pretrained' checkpoint: pass --run-config \"pretrained='PATH'\"")
         names = {f.name for f in fields(cls)} - {"forwarded"}
         values: dict[str, Any] = {}
         forwarded: dict[str, Any] = {}

@@ -1,21 +1,54 @@
-"""``python -m sim``: command-line entry point (only ``generate`` for now)."""
+"""`python -m sim`: simulate hospitals and compare freezing strategies; `python -m sim generate`: phantom sites."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from pathlib import Path
 
+from core.cli import run_command, setup_logging
+from sim.config import PRESETS, preset
 from sim.generate import add_generate_parser
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="default (~15 min on 2 CPU cores), smoke (CI, ~3 min), paper (500 px, GPU)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/sim)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache of sites and pretrained models")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--strategy", default=None,
+                        help="fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg")
+    parser.add_argument("--freeze", default=None, help="comma-separated freeze specs, e.g. '1-3,none'")
+    parser.add_argument("--dp", default=None,
+                        help="comma-separated DP noise multipliers: adds one DP federation per value (freeze 1-3)")
+    parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    add_generate_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    from sim.run import run_experiment
+
+    config = preset(
+        args.preset, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
+        strategy=args.strategy, wandb=args.wandb or None,
+        freeze_specs=tuple(s.strip() for s in args.freeze.split(",")) if args.freeze else None,
+        dp_noise_multipliers=tuple(float(v) for v in args.dp.split(",")) if args.dp else None,
+    )
+    run_experiment(config)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen sub-command; return its exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(prog="python -m sim")
-    add_generate_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    if args.command == "generate":
+        return args.func(args)
+    return run_command(run_sim, args)
 
 
 if __name__ == "__main__":

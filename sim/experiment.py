@@ -1,0 +1,148 @@
+"""The comparison `python -m sim` runs: pretrained, site alone, pooled, and federated per freeze spec."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.data import AugmentConfig, load_site, make_loader
+from core.data.dataset import BoneAgeDataset
+from core.finetune import RoundSettings, train_site_round
+from core.metrics import Predictions, compute_metrics
+from core.model.freeze import parse_freeze_spec
+from core.training import predict
+from server.config import FederationConfig
+from sim.config import SimConfig
+from sim.sites import PreparedSite
+
+logger = logging.getLogger("ossifl.sim")
+CPU = torch.device("cpu")
+
+
+@dataclass
+class Evaluation:
+    """One model on one site's test split."""
+
+    site: str
+    strategy: str
+    freeze: str
+    metrics: dict
+    predictions: Predictions
+    extra: dict = field(default_factory=dict)
+
+
+def _test_sets(sites: list[PreparedSite], image_size: int) -> dict[str, BoneAgeDataset]:
+    return {site.name: load_site(site.data, image_size, None, seed=0).test for site in sites}
+
+
+def evaluate_everywhere(model: torch.nn.Module, sites: list[PreparedSite], tests: dict[str, BoneAgeDataset],
+                        strategy: str, freeze: str) -> list[Evaluation]:
+    rows = []
+    for site in sites:
+        predictions = predict(model, make_loader(tests[site.name], 64, shuffle=False, seed=0), CPU)
+        metrics = compute_metrics(predictions, model.config.class_step_months, site.label_unit)
+        rows.append(Evaluation(site.name, strategy, freeze, metrics, predictions))
+    return rows
+
+
+def _settings(config: SimConfig) -> RoundSettings:
+    return RoundSettings(local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+                         seed=config.seed, freeze=parse_freeze_spec(config.baseline_freeze),
+                         planned_rounds=config.rounds)
+
+
+def _fine_tune(pretrained: Path, train: BoneAgeDataset, val: BoneAgeDataset, config: SimConfig) -> torch.nn.Module:
+    """The same rounds of local training a site does in the federation, without averaging."""
+    model = load_checkpoint(pretrained).model
+    for round_number in range(1, config.rounds + 1):
+        train_site_round(model, train, val, _settings(config), CPU, round_number)
+    return model
+
+
+def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path,
+                  tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
+    """Pretrained without adaptation, each site fine-tuned alone, all sites pooled centrally."""
+    size = config.image_size
+    rows = evaluate_everywhere(load_checkpoint(pretrained).model, sites, tests, "pretrained", "all")
+    pooled_train, pooled_val = [], []
+    for site in sites:
+        data = load_site(site.data, size, AugmentConfig(), seed=config.seed)
+        pooled_train += data.train.records
+        pooled_val += data.val.records
+        logger.info("baseline: %s fine-tuned alone (freeze %s, %d rounds)", site.name, config.baseline_freeze,
+                    config.rounds)
+        model = _fine_tune(pretrained, data.train, data.val, config)
+        rows += [r for r in evaluate_everywhere(model, [site], tests, "site-alone", config.baseline_freeze)]
+    logger.info("baseline: all %d sites pooled centrally (%d training images)", len(sites), len(pooled_train))
+    model = _fine_tune(pretrained, BoneAgeDataset(pooled_train, size, AugmentConfig(), config.seed),
+                       BoneAgeDataset(pooled_val, size, None, config.seed), config)
+    rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze)
+    return rows
+
+
+def federation_configs(config: SimConfig, sites: list[PreparedSite], pretrained: Path) -> list[FederationConfig]:
+    """One federated run per freeze spec (and per DP noise level when asked)."""
+    forwarded = {"sim-site-paths": ";".join(str(s.path) for s in sites),
+                 "sim-site-units": ";".join(s.label_unit for s in sites), "device": "cpu"}
+    runs: list[tuple[str, str, dict]] = [(spec, f"{config.strategy}_freeze-{spec}", {}) for spec in config.freeze_specs]
+    for sigma in config.dp_noise_multipliers:
+        runs.append((config.baseline_freeze, f"{config.strategy}_freeze-{config.baseline_freeze}_dp-{sigma:g}",
+                     {"dp-noise-multiplier": sigma, "dp-max-grad-norm": config.dp_max_grad_norm,
+                      "dp-seed": config.seed}))
+    configs = []
+    for spec, name, extra in runs:
+        out = config.out_dir / "federations" / name
+        configs.append(FederationConfig(
+            pretrained=pretrained, out_dir=out, num_rounds=config.rounds, strategy=config.strategy, freeze=spec,
+            local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+            min_nodes=len(sites), wandb=config.wandb,
+            forwarded={**forwarded, "sim-state-dir": str(out / "site-state"), **extra}))
+    return configs
+
+
+def run_federations(configs: list[FederationConfig], num_sites: int) -> None:
+    """All federated runs in one session of Flower's simulation engine."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from server.app import make_server_app
+
+    outcomes: list = []
+    run_simulation(server_app=make_server_app(configs, outcomes), client_app=client_app,
+                   num_supernodes=num_sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    if len(outcomes) != len(configs):
+        raise RuntimeError(f"only {len(outcomes)} of {len(configs)} federated runs finished; see the log above")
+
+
+def per_round_mad(out_dir: Path, sites: list[PreparedSite]) -> dict[str, list[float]]:
+    """Test MAD per site and round from a federation's metrics.csv (site ids are partition indices)."""
+    by_site: dict[str, dict[int, float]] = {s.name: {} for s in sites}
+    with open(out_dir / "metrics.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["phase"] == "evaluate" and row["metric"] == "mad-months" and row["site"].isdigit():
+                index = int(row["site"])
+                if index < len(sites):
+                    by_site[sites[index].name][int(row["round"])] = float(row["value"])
+    return {name: [rounds[r] for r in sorted(rounds)] for name, rounds in by_site.items()}
+
+
+def epsilon_by_site(out_dir: Path, sites: list[PreparedSite]) -> dict[str, float]:
+    """The last cumulative epsilon each site reported."""
+    result: dict[str, float] = {}
+    with open(out_dir / "metrics.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["phase"] == "train" and row["metric"] == "epsilon" and row["site"].isdigit():
+                result[sites[int(row["site"])].name] = float(row["value"])
+    return result
+
+
+def mean_mad(rows: list[Evaluation]) -> float:
+    return float(np.mean([r.metrics["mad_months"] for r in rows])) if rows else float("nan")

@@ -1,0 +1,71 @@
+"""Phantom sites and the pretrained source model of a simulation, generated once and cached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.central import PretrainJob, pretrain
+from core.data import AugmentConfig, SiteDataConfig
+from core.training import TrainConfig
+from sim.config import SimConfig, SiteSpec
+from sim.phantom.writer import generate_site
+
+logger = logging.getLogger("ossifl.sim")
+
+
+@dataclass(frozen=True)
+class PreparedSite:
+    name: str
+    path: Path
+    label_unit: str
+
+    @property
+    def data(self) -> SiteDataConfig:
+        return SiteDataConfig(root=self.path, label_unit=self.label_unit)
+
+
+def prepare_site(spec: SiteSpec, image_size: int, seed: int, cache_dir: Path, name: str) -> PreparedSite:
+    """Generate the phantom site, or reuse the cached copy made with the same settings."""
+    folder = cache_dir / "sites" / f"{spec.preset}_n{spec.n}_px{image_size}_seed{seed}"
+    marker = folder / "site.json"
+    if marker.exists() and (folder / "labels.csv").exists():
+        logger.info("reusing cached site %s (%s)", name, folder)
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)  # an interrupted generation; the folder is ours, in the cache
+        logger.info("generating site %s: %d %s images at %d px", name, spec.n, spec.preset, image_size)
+        generate_site(spec.preset, spec.n, folder, seed=seed, image_size=image_size)
+    unit = json.loads(marker.read_text())["label_unit"]
+    return PreparedSite(name=name, path=folder, label_unit=unit)
+
+
+def prepare_sites(config: SimConfig) -> tuple[PreparedSite, list[PreparedSite]]:
+    """The source site and the hospital sites (each with its own seed)."""
+    base = config.seed * 1000
+    source = prepare_site(config.source, config.image_size, base, config.cache_dir, f"source-{config.source.preset}")
+    sites = [prepare_site(spec, config.image_size, base + index + 1, config.cache_dir, f"{index}-{spec.preset}")
+             for index, spec in enumerate(config.sites)]
+    return source, sites
+
+
+def pretrained_model(config: SimConfig, source: PreparedSite) -> Path:
+    """Pretrain TJ-Net on the source site, or reuse the checkpoint cached for this config."""
+    path = config.cache_dir / f"pretrained_{config.pretrain_key()}.pt"
+    if path.exists():
+        logger.info("reusing cached pretrained model %s", path)
+        return path
+    logger.info("pretraining TJ-Net on %s for %d epochs (cached afterwards as %s)", source.name,
+                config.pretrain_epochs, path)
+    job = PretrainJob(
+        data=source.data, out=path, architecture="tjnet",
+        model_config={"image_size": config.image_size, "width": config.width},
+        train=TrainConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, lr=config.pretrain_lr,
+                          seed=config.seed, progress=True),
+        augment=AugmentConfig(),
+    )
+    pretrain(job)
+    return path
