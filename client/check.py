@@ -1,0 +1,166 @@
+"""`python -m client check`: can this site's data and machine take part in a federation?
+
+Reads the manifest and decodes every image (files are opened read-only, nothing is written),
+then times a few real TJ-Net training steps on this machine to estimate the cost of a round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.central import make_loss
+from core.checkpoint import load_checkpoint
+from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
+from core.data.dataset import BoneAgeDataset
+from core.data.manifest import summarize
+from core.data.split import split_records
+from core.loss import JointLossConfig
+from core.model.config import TJNetConfig
+from core.model.freeze import freeze_blocks, parse_freeze_spec
+from core.model.tjnet import TJNet
+from core.training import TrainConfig, make_optimizer, resolve_device, train_epoch
+
+logger = logging.getLogger("ossifl.client")
+
+SHOWN_SKIPS = 20
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """The training a round runs: model size, frozen blocks, batch size, timed steps."""
+
+    image_size: int = 128
+    width: float = 0.5
+    freeze: str = "1-3"
+    batch_size: int = 32
+    local_epochs: int = 1
+    steps: int = 3
+    device: str = "auto"
+    pretrained: Path | None = None
+
+
+@dataclass
+class CheckReport:
+    """What `check` found; `summary` holds counts and the age and sex distribution."""
+
+    data_path: str
+    label_unit: str
+    summary: dict[str, Any]
+    skipped: list[dict[str, str]]
+    split_sizes: dict[str, int]
+    decode_seconds: float
+    device: str = ""
+    image_size: int = 0
+    batch_size: int = 0
+    steps_per_epoch: int = 0
+    step_seconds: float = 0.0
+    round_seconds: float = 0.0
+    timing: dict[str, Any] = field(default_factory=dict)
+
+
+def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
+    """Validate a site folder and estimate the training time of one round on this machine.
+
+    Raises:
+        DataError: the site is not usable (whole-file problem, no usable image, empty training split).
+    """
+    manifest = load_manifest(config)
+    start = time.perf_counter()
+    usable, skipped = [], list(manifest.skipped)
+    for record in manifest.records:
+        try:
+            read_image(record.path)
+        except ImageError as exc:
+            skipped.append(Skip(record.image_id, exc.reason, exc.detail))
+            continue
+        usable.append(record)
+    decode_seconds = time.perf_counter() - start
+    summary = summarize(usable, skipped, manifest.n_images_without_label)
+    if not usable:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in summary["skipped_by_reason"].items())
+        raise DataError(f"{config.root}: no usable images ({summary['n_rows']} rows; skipped: {reasons or 'none'})")
+    splits = split_records(usable)
+    if not splits["train"]:
+        raise DataError(f"{config.root}: {len(usable)} usable image(s), none in the training split; add images")
+    report = CheckReport(str(config.root), config.label_unit, summary,
+                         [{"id": s.image_id, "reason": s.reason, "detail": s.detail} for s in skipped],
+                         {name: len(records) for name, records in splits.items()}, decode_seconds)
+    _time_training(report, splits["train"], settings)
+    return report
+
+
+def _time_training(report: CheckReport, train_records: list, settings: TimingSettings) -> None:
+    """Time `settings.steps` training steps (after one warm-up step) on real, augmented images."""
+    if settings.pretrained is not None:
+        model = load_checkpoint(settings.pretrained).model
+    else:
+        model = TJNet(TJNetConfig(image_size=settings.image_size, width=settings.width))
+    freeze_blocks(model, parse_freeze_spec(settings.freeze))
+    device = resolve_device(settings.device)
+    model.to(device)
+    image_size = model.config.image_size
+    batch = min(settings.batch_size, len(train_records))
+    sample = [train_records[i % len(train_records)] for i in range(batch * (settings.steps + 1))]
+    dataset = BoneAgeDataset(sample, image_size, AugmentConfig(), seed=0)
+    loss_fn = make_loss(model, JointLossConfig())
+    optimizer = make_optimizer(model, TrainConfig())
+    warm_up = torch.utils.data.Subset(dataset, range(batch))
+    timed = torch.utils.data.Subset(dataset, range(batch, len(dataset)))
+    train_epoch(model, make_loader(warm_up, batch, shuffle=False, seed=0), loss_fn, optimizer, device)
+    start = time.perf_counter()
+    stats = train_epoch(model, make_loader(timed, batch, shuffle=False, seed=0), loss_fn, optimizer, device)
+    step_seconds = (time.perf_counter() - start) / max(stats.steps, 1)
+    n_train = report.split_sizes["train"]
+    steps = n_train // settings.batch_size if n_train > settings.batch_size else 1
+    report.device, report.image_size, report.batch_size = str(device), image_size, settings.batch_size
+    report.steps_per_epoch, report.step_seconds = steps, step_seconds
+    report.round_seconds = report.decode_seconds + settings.local_epochs * steps * step_seconds
+    report.timing = {"width": model.config.width, "freeze": settings.freeze, "local_epochs": settings.local_epochs,
+                     "timed_steps": stats.steps, "threads": torch.get_num_threads()}
+
+
+def format_report(report: CheckReport) -> str:
+    """A readable, multi-line report."""
+    s = report.summary
+    lines = [
+        f"site folder     {report.data_path} (ages in {report.label_unit})",
+        f"rows            {s['n_rows']}: {s['n_usable']} usable, {s['n_skipped']} skipped"
+        + (f", {s['n_images_without_label']} image(s) without a label row" if s["n_images_without_label"] else ""),
+        "splits          " + ", ".join(f"{k} {v}" for k, v in report.split_sizes.items()),
+        f"sex             {s['n_male']} male, {s['n_female']} female",
+        f"age (months)    min {s['age_min_months']:.1f}, mean {s['age_mean_months']:.1f}, "
+        f"max {s['age_max_months']:.1f}",
+        "age histogram   (years: images)",
+    ]
+    peak = max(s["age_histogram_years"].values())
+    for year, count in s["age_histogram_years"].items():
+        lines.append(f"  {year:>3}-{year + 1:<3} {count:>6}  " + "#" * max(1, round(30 * count / peak)))
+    if report.skipped:
+        lines.append("skipped         " + ", ".join(f"{n} {r}" for r, n in s["skipped_by_reason"].items()))
+        for skip in report.skipped[:SHOWN_SKIPS]:
+            lines.append(f"  {skip['id'] or '(empty id)'}: {skip['reason']}" + (f" ({skip['detail']})"
+                                                                                  if skip["detail"] else ""))
+        if len(report.skipped) > SHOWN_SKIPS:
+            lines.append(f"  ... and {len(report.skipped) - SHOWN_SKIPS} more (use --json for all)")
+    t = report.timing
+    lines += [
+        f"reading images  {report.decode_seconds:.1f} s (repeated at every round)",
+        f"training step   {report.step_seconds:.2f} s on {report.device} ({t['threads']} threads; TJ-Net "
+        f"{report.image_size} px, width {t['width']}, blocks {t['freeze']} frozen, batch {report.batch_size})",
+        f"estimate        {report.steps_per_epoch} steps x {t['local_epochs']} local epoch(s): "
+        f"about {report.round_seconds:.0f} s per round (reading + training), plus evaluation and start-up",
+        "result          usable",
+    ]
+    return "\n".join(lines)
+
+
+def report_json(report: CheckReport) -> str:
+    """The report as one JSON object (histogram keys are whole years)."""
+    return json.dumps({**asdict(report), "usable": True}, default=str)
