@@ -71,7 +71,12 @@ class Aggregator:
     name = "base"
 
     def aggregate(self, global_arrays: Arrays, updates: list[SiteUpdate]) -> Arrays:
-        """Return a new global dict: same keys, order and dtypes as `global_arrays`."""
+        """Return a new global dict: same keys, order and dtypes as `global_arrays`.
+
+        Updates are combined in the order of their site names, not of their arrival, so that the
+        floating-point result does not depend on which site answered first.
+        """
+        updates = sorted(updates, key=lambda u: u.site)
         result: Arrays = {}
         for key, current in global_arrays.items():
             contributors = [u for u in updates if key in u.arrays]
