@@ -1,0 +1,1 @@
+"""Deployment tools: certificates, site keys, the per-site report, sample configurations (docs/deployment.md)."""
