@@ -1,0 +1,65 @@
+"""`python -m server pretrain` and `evaluate` on a tiny phantom site."""
+
+import json
+
+import pytest
+
+from core.checkpoint import load_checkpoint
+from server.cli import main
+from sim.phantom.writer import generate_site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    return generate_site("rsna", 48, tmp_path_factory.mktemp("cli") / "site", seed=3, image_size=48)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(site, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "model.pt"
+    code = main(["pretrain", "--data", str(site), "--out", str(out), "--epochs", "2", "--image-size", "48",
+                 "--width", "0.25", "--batch-size", "8", "--no-progress", "--no-cbam", "--seed", "5"])
+    assert code == 0
+    return out
+
+
+def test_pretrain_saves_the_best_checkpoint_with_its_metadata(checkpoint):
+    loaded = load_checkpoint(checkpoint)
+    meta = loaded.metadata
+    assert meta["model_config"]["use_cbam"] is False and meta["model_config"]["image_size"] == 48
+    assert meta["seed"] == 5 and len(meta["history"]) == 2
+    assert meta["best_epoch"] in (1, 2)
+    assert meta["data"]["summary"]["n_usable"] == 48
+    assert meta["block_names"] == ["block1", "block2", "block3", "block4", "block5", "block6"]
+
+
+def test_evaluate_json_has_the_documented_keys(checkpoint, site, capsys):
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(site), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"mad_months", "rmse_months", "n", "accuracy", "bias_months", "mad_by_age_group"} <= set(result)
+    assert result["n"] > 0 and result["rmse_months"] >= result["mad_months"]
+
+
+def test_evaluate_prints_a_readable_summary(checkpoint, site, capsys):
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(site), "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "MAD" in out and "n=48" in out
+
+
+def test_a_wrong_column_is_one_line_and_exit_code_2(checkpoint, site, capsys):
+    code = main(["evaluate", "--model", str(checkpoint), "--data", str(site), "--age-column", "age"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "age" in err and "\n" not in err
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_code_2(site, tmp_path, capsys):
+    code = main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(site)])
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_pretraining_twice_with_one_seed_gives_identical_weights(site, checkpoint, tmp_path):
+    again = tmp_path / "again.pt"
+    assert main(["pretrain", "--data", str(site), "--out", str(again), "--epochs", "2", "--image-size", "48",
+                 "--width", "0.25", "--batch-size", "8", "--no-progress", "--no-cbam", "--seed", "5"]) == 0
+    first, second = load_checkpoint(checkpoint).model.state_dict(), load_checkpoint(again).model.state_dict()
+    assert all((first[k] == second[k]).all() for k in first)
