@@ -119,6 +119,16 @@ class Processes:
             grew = bool(children)
         return found
 
+    def command_lines(self) -> list[str]:
+        """Command lines of our live processes."""
+        lines = []
+        for pid in self.ours():
+            try:
+                lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+        return lines
+
     def stop_all(self, grace: float = 5.0) -> None:
         """SIGTERM every process group of ours, SIGKILL what is left after `grace` seconds."""
         for sig in (signal.SIGTERM, signal.SIGKILL):

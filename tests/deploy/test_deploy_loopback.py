@@ -128,6 +128,12 @@ def test_unreachable_superlink_gives_up(federation: Federation) -> None:
     assert "Connection refused" in result.stdout, result.stdout
 
 
+def test_nothing_installs_dependencies_at_run_time(federation: Federation) -> None:
+    commands = federation.processes.command_lines()
+    assert sum("flower-superexec" in command for command in commands) == 1 + len(SITES), commands
+    assert not any("--allow-runtime-dependency-installation" in command for command in commands)
+
+
 def test_one_round_over_tls_with_two_authenticated_sites(federation: Federation) -> None:
     root = federation.root
     (root / "run.toml").write_text(
