@@ -35,7 +35,9 @@ def federation(tmp_path_factory):
                                 forwarded={**forwarded, "sim-state-dir": str(root / name / "state"), **extra})
 
     configs = [config("straight", 2), config("crashed", 1), config("crashed", 2, resume=True),
-               config("mixed", 1, **{"sim-site-freeze": ";1-4"})]
+               config("mixed", 1, **{"sim-site-freeze": ";1-4"}),
+               config("private", 2, **{"dp-noise-multiplier": 1.0, "dp-seed": 3}),
+               config("exhausted", 1, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01})]
     run_federations(configs, num_sites=2)
     return root, pretrained
 
@@ -91,3 +93,34 @@ def test_a_site_freezing_deeper_returns_fewer_blocks_and_is_aggregated_per_key(f
     before = load_checkpoint(pretrained).model.state_dict()
     after = load_checkpoint(root / "mixed" / "federated_final.pt").model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if block_of_key(k) == 4)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_dp_sites_report_a_growing_cumulative_epsilon_from_their_ledgers(federation):
+    root, _ = federation
+    rows = [r for r in _rows(root / "private" / "metrics.csv") if r["metric"] == "epsilon"]
+    by_site: dict[str, list[float]] = {}
+    for r in rows:
+        by_site.setdefault(r["site"], []).append(float(r["value"]))
+    assert set(by_site) == {"0", "1"}
+    assert all(len(v) == 2 and 0 < v[0] < v[1] for v in by_site.values())
+    for state in (root / "private" / "state").iterdir():
+        assert len((state / "privacy_ledger.jsonl").read_text().splitlines()) == 2
+    train = [r for r in _rows(root / "private" / "metrics.csv") if r["phase"] == "train"]
+    assert not any(r["metric"] in ("train-loss", "train-mad-months") for r in train)  # noiseless, kept local
+
+
+def test_a_site_over_its_budget_refuses_and_the_server_sees_why(federation):
+    root, pretrained = federation
+    refusals = [r for r in _rows(root / "exhausted" / "metrics.csv") if r["status"] == "error"]
+    assert {r["site"] for r in refusals} and all("BudgetExceeded" in r["reason"] for r in refusals)
+    before = load_checkpoint(pretrained).model.state_dict()
+    after = load_checkpoint(root / "exhausted" / "federated_final.pt").model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for state in (root / "exhausted" / "state").iterdir():
+        ledger = state / "privacy_ledger.jsonl"
+        assert not ledger.exists() or ledger.read_text() == ""
