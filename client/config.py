@@ -57,7 +57,7 @@ class SiteConfig:
 
     @classmethod
     def _from_simulation(cls, node: Mapping[str, Any], server: Mapping[str, Any]) -> "SiteConfig":
-        if "partition-id" not in node or "sim-site-paths" not in server:
+        if "partition-id" not in node or not server.get("sim-site-paths"):
             raise SiteConfigError("node config has no 'data-path' (deployment) and no simulated site list")
         index = int(node["partition-id"])
         paths = str(server["sim-site-paths"]).split(";")
@@ -66,7 +66,7 @@ class SiteConfig:
             raise SiteConfigError(f"simulated node {index} has no site (only {len(paths)} site folders)")
         root = Path(paths[index])
         unit = units[index] if index < len(units) and units[index] else "months"
-        state_dir = Path(str(server.get("sim-state-dir", DEFAULT_STATE_ROOT))) / root.name
+        state_dir = Path(str(server.get("sim-state-dir") or DEFAULT_STATE_ROOT)) / root.name
         freezes = str(server.get("sim-site-freeze", "")).split(";")
         site_freeze = parse_freeze_spec(freezes[index]) if index < len(freezes) and freezes[index] else ()
         return cls(str(index), SiteDataConfig(root=root, label_unit=unit), Path(str(server["pretrained"])),

@@ -36,7 +36,7 @@ def table(rows: list[Evaluation]) -> str:
     lines: list[str] = []
     for site in dict.fromkeys(r.site for r in rows):
         site_rows = [r for r in rows if r.site == site]
-        best = min((r for r in site_rows if r.strategy.startswith("fed")), key=lambda r: r.metrics["mad_months"],
+        best = min((r for r in site_rows if r.strategy.startswith("fed") and "_dp-" not in r.strategy), key=lambda r: r.metrics["mad_months"],
                    default=None)
         lines += [f"### {site} (test n = {site_rows[0].metrics['n']})", "",
                   "| strategy | frozen blocks | MAD (mo) | MAD (y) | RMSE (mo) | accuracy | within 1 y | bias (mo) |",

@@ -59,7 +59,8 @@ def _write_outputs(config: SimConfig, rows: list[Evaluation], curves: dict, priv
     write_results(rows, out / "results.csv")
     baselines = {name: mean_mad([r for r in rows if r.strategy == name]) for name in ("pretrained", "site-alone", "pooled")}
     plot_rounds(curves, baselines, out / "mad_per_round.png")
-    best = min(curves, key=lambda n: mean_mad([r for r in rows if r.strategy == n])) if curves else None
+    plain = [name for name in curves if "_dp-" not in name]
+    best = min(plain, key=lambda n: mean_mad([r for r in rows if r.strategy == n])) if plain else None
     compare = ["pretrained", "site-alone"] + ([best] if best else []) + ["pooled"]
     plot_age_groups(rows, compare, out / "error_by_age_group.png")
     if privacy_points:
@@ -89,7 +90,7 @@ def summarise(rows: list[Evaluation]) -> str:
         lines.append(f"| {name} | {mean_mad([r for r in rows if r.strategy == name]):.2f} |")
     wins: dict[str, int] = {}
     for site in dict.fromkeys(r.site for r in rows):
-        federated = [r for r in rows if r.site == site and r.strategy.startswith("fed") and "dp-" not in r.strategy]
+        federated = [r for r in rows if r.site == site and r.strategy.startswith("fed") and "_dp-" not in r.strategy]
         if federated:
             winner = min(federated, key=lambda r: r.metrics["mad_months"]).freeze
             wins[winner] = wins.get(winner, 0) + 1
