@@ -19,7 +19,7 @@ from core.central import make_loss
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
 from core.data.dataset import BoneAgeDataset
-from core.data.manifest import summarize
+from core.data.manifest import Record, summarize
 from core.data.split import split_records
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
@@ -96,7 +96,7 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
     return report
 
 
-def _time_training(report: CheckReport, train_records: list, settings: TimingSettings) -> None:
+def _time_training(report: CheckReport, train_records: list[Record], settings: TimingSettings) -> None:
     """Time `settings.steps` training steps (after one warm-up step) on real, augmented images."""
     if settings.pretrained is not None:
         model = load_checkpoint(settings.pretrained).model

@@ -2,11 +2,14 @@
 
 Every process is started in its own session with a marker in its environment. Teardown kills the
 process groups of everything started, of their descendants (the SuperLink starts its SuperExec in a
-separate session) and of any process still carrying the marker (orphans re-parented to init).
+separate session) and of any process still carrying the marker (orphans re-parented to init). If the
+test process itself is killed, the processes it started get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+and Flower's helpers exit with their parents.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -20,6 +23,12 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 MARKER_KEY = "OSSIFL_DEPLOY_TEST"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the test process dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -83,7 +92,8 @@ class Processes:
         flwr_home.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "wb") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=self.env(flwr_home), cwd=self.log_dir, start_new_session=True)
+                                       env=self.env(flwr_home), cwd=self.log_dir, start_new_session=True,
+                                       preexec_fn=_die_with_parent)
         self.started[name] = process
         return process
 

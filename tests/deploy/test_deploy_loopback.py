@@ -130,7 +130,7 @@ def test_unreachable_superlink_gives_up(federation: Federation) -> None:
 
 def test_nothing_installs_dependencies_at_run_time(federation: Federation) -> None:
     commands = federation.processes.command_lines()
-    assert sum("flower-superexec" in command for command in commands) == 1 + len(SITES), commands
+    assert sum("flower-superexec" in command for command in commands) >= 1 + len(SITES), commands
     assert not any("--allow-runtime-dependency-installation" in command for command in commands)
 
 
