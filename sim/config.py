@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from core.model.freeze import parse_freeze_spec
+from strategies import STRATEGY_NAMES
+
 FREEZE_SPECS = ("1", "1-2", "1-3", "1-4", "none")
 
 
@@ -52,6 +55,12 @@ class SimConfig:
             raise ValueError("a simulation needs at least one hospital site")
         if self.rounds < 1 or self.local_epochs < 1 or self.pretrain_epochs < 1:
             raise ValueError("rounds, local epochs and pretraining epochs must be at least 1")
+        for spec in (*self.freeze_specs, self.baseline_freeze):
+            parse_freeze_spec(spec)
+        if self.strategy not in STRATEGY_NAMES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
+        if any(sigma <= 0 for sigma in self.dp_noise_multipliers):
+            raise ValueError("DP noise multipliers must be positive")
 
     def pretrain_key(self) -> str:
         """Cache key of the pretrained model: everything that changes its weights."""
