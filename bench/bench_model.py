@@ -15,7 +15,8 @@ What it measures (random inputs, no data loader: `bench.bench_data` covers the d
 - torch.set_num_threads 1 vs 2, torch.inference_mode vs torch.no_grad, training batch 16/32/64, input side 64/96/128.
 
 The machine is shared: variants are interleaved round-robin within one process, and medians are reported with
-the load average they ran under. Compare ratios, not absolute images/s, across runs.
+the load average they ran under; in each turn a variant runs one untimed call before its timed one. Compare
+ratios, not absolute images/s, across runs.
 """
 
 from __future__ import annotations
@@ -132,13 +133,19 @@ def infer_fn(model: nn.Module, n: int, size: int, mode: str = "inference") -> Ca
 
 
 def interleaved(variants: dict[str, tuple[Callable[[], None], Callable[[], None] | None]], reps: int,
-                warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant, run round-robin. A variant is (call, set-up before each call)."""
+                warmup: int = 1, settle: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, run round-robin. A variant is (call, set-up before each turn).
+
+    In each turn a variant first runs `settle` untimed calls, so that the allocator and thread-pool state left by
+    the previous variant (a large network frees hundreds of MB) is not charged to it.
+    """
     times: dict[str, list[float]] = {name: [] for name in variants}
     for rep in range(warmup + reps):
         for name, (call, setup) in variants.items():
             if setup is not None:
                 setup()
+            for _ in range(settle):
+                call()
             start = time.perf_counter()
             call()
             if rep >= warmup:

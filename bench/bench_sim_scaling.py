@@ -155,7 +155,8 @@ def run_default(out: Path, cache: Path, log: Path) -> dict:
 
 
 _SCALING_CHILD = """
-import json, sys, time
+import json, logging, sys, time
+logging.basicConfig(level=logging.INFO, format="%(created).3f %(name)s %(message)s")
 from pathlib import Path
 from sim.config import SiteSpec, preset
 from sim.run import run_experiment
@@ -196,7 +197,10 @@ def run_scaling(site_counts: list[int], rounds: int, root: Path) -> list[dict]:
             print(output[-3000:])
             raise RuntimeError(f"{n} sites: exit code {child.returncode}")
         inner = float(re.search(r"BENCH_WALL ([\d.]+)", output).group(1))
+        stage = {m.group(2): float(m.group(1)) for m in re.finditer(r"^([\d.]+) ossifl.sim \[(\d)/5\]", output, re.M)}
+        federation_s = stage["5"] - stage["4"] if "4" in stage and "5" in stage else float("nan")
         row = {"sites": n, "wall_s": round(wall, 1), "experiment_s": round(inner, 1),
+               "federation_s": round(federation_s, 1),
                "peak_tree_rss_mb": round(sampler.peak_rss_kb / 1024), "peak_tree_pss_mb": round(sampler.peak_pss_kb / 1024),
                "peak_processes": sampler.peak_processes, "load_before": load_before, "load_after": _load()}
         results.append(row)
@@ -219,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = [2] if args.quick else [int(s) for s in args.sites.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_sim_scaling_") as root:
-        print(f"torch threads default, load before {_load()}")
+        print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load before {_load()}")
         rows = run_scaling(counts, 1 if args.quick else args.rounds, Path(root))
-    print("\n| sites | experiment wall s | peak tree RSS MB | peak tree PSS MB | processes | load 1/5/15 before |")
-    print("|---|---|---|---|---|---|")
+    print("\n| sites | experiment wall s | of which federation s | peak tree RSS MB | peak tree PSS MB | processes "
+          "| load 1/5/15 before |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sites']} | {r['experiment_s']} | {r['peak_tree_rss_mb']} | {r['peak_tree_pss_mb']} | "
+        print(f"| {r['sites']} | {r['experiment_s']} | {r['federation_s']} | {r['peak_tree_rss_mb']} | {r['peak_tree_pss_mb']} | "
               f"{r['peak_processes']} | {r['load_before']} |")
     return 0
 
