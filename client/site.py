@@ -64,8 +64,8 @@ class SiteSession:
         state = self.model.state_dict()
         # a site that freezes deeper than the run returns only the blocks it trained
         keys = [k for k in self.received_keys if block_of_key(k) not in settings.freeze]
-        metrics: dict[str, float] = {
-            "num-examples": result.num_examples,
+        metrics: dict[str, float] = {  # central DP averages sites uniformly: the real count stays here
+            "num-examples": 1 if self.config.get("central-dp", False) else result.num_examples,
             "val-mad-months": result.val_mad_months,
             "frozen-depth": max(settings.freeze, default=0),
         }

@@ -31,6 +31,11 @@ class FederationConfig:
         central_data, central_label_unit: optional site folder evaluated on the server each round.
         wandb: also log to Weights & Biases (offline unless WANDB_MODE says otherwise).
         timeout: seconds to wait for the sites' replies.
+        central_dp_noise_multiplier: client-level DP on the server (0 = off): Gaussian noise of std
+            multiplier * clipping norm / min-nodes on the mean of the clipped site updates.
+        central_dp_clipping_norm: L2 bound of each site's update under central DP.
+        central_dp_max_epsilon: stop before a round would push the central epsilon past this (0 = no limit).
+        central_dp_delta: delta of the central (epsilon, delta) guarantee; keep it well below 1/min-nodes.
         forwarded: site settings passed through to the sites (simulation site list, DP, device).
     """
 
@@ -51,6 +56,10 @@ class FederationConfig:
     central_label_unit: str = "months"
     wandb: bool = False
     timeout: float = 3600.0
+    central_dp_noise_multiplier: float = 0.0
+    central_dp_clipping_norm: float = 1.0
+    central_dp_max_epsilon: float = 0.0
+    central_dp_delta: float = 1e-5
     forwarded: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +68,15 @@ class FederationConfig:
             raise ValueError("num-rounds and local-epochs must be at least 1")
         if self.local_layers not in ("none", "norm"):
             raise ValueError(f"local-layers must be 'none' or 'norm', got {self.local_layers!r}")
+        if self.central_dp_noise_multiplier < 0 or self.central_dp_max_epsilon < 0:
+            raise ValueError("central-dp-noise-multiplier and central-dp-max-epsilon must be >= 0")
+        if self.central_dp_clipping_norm <= 0 or not 0 < self.central_dp_delta < 1:
+            raise ValueError("central-dp-clipping-norm must be > 0 and central-dp-delta in (0, 1)")
+
+    @property
+    def central_dp(self) -> bool:
+        """Whether the server adds client-level DP noise (Flower's fixed-clipping wrapper)."""
+        return self.central_dp_noise_multiplier > 0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "FederationConfig":
@@ -82,7 +100,9 @@ class FederationConfig:
             elif name == "central_data":
                 values[name] = None
         for name, kind in (("num_rounds", int), ("local_epochs", int), ("batch_size", int), ("seed", int),
-                           ("min_nodes", int), ("lr", float), ("proximal_mu", float), ("timeout", float)):
+                           ("min_nodes", int), ("lr", float), ("proximal_mu", float), ("timeout", float),
+                           ("central_dp_noise_multiplier", float), ("central_dp_clipping_norm", float),
+                           ("central_dp_max_epsilon", float), ("central_dp_delta", float)):
             if name in values:
                 values[name] = kind(values[name])
         for name in ("resume", "wandb"):
@@ -96,5 +116,5 @@ class FederationConfig:
             "freeze": self.freeze, "local-epochs": self.local_epochs, "lr": self.lr,
             "batch-size": self.batch_size, "proximal-mu": self.proximal_mu, "local-layers": self.local_layers,
             "seed": self.seed, "num-rounds": self.num_rounds, "pretrained": str(self.pretrained),
-            **self.forwarded,
+            "central-dp": self.central_dp, **self.forwarded,
         }
