@@ -117,7 +117,7 @@ def test_uneven_rounds_release_nothing_and_the_accounting_resumes(tmp_path, monk
         return wrapper.aggregate_train(server_round, replies)
 
     assert round_(1, {"block6.weight": np.ones(3, np.float32)}, 1.0) == (None, None)  # deeper freeze
-    assert round_(2, {k: v - 0.1 for k, v in global_arrays.items()}, 40.0) == (None, None)  # real example count instead of 1
+    assert round_(2, {k: v - 0.1 for k, v in global_arrays.items()}, 40.0) == (None, None)  # a real count, not 1
     assert wrapper.accountant.num_releases == 0 and wrapper.epsilon() == 0.0
     arrays, _ = round_(3, {k: v - 0.1 for k, v in global_arrays.items()}, 1.0)
     assert arrays is not None and list(arrays.keys()) == list(global_arrays)
