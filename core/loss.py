@@ -14,6 +14,11 @@ Choices the paper leaves open, made explicit here:
 * alpha starts at 1.5 and is raised to the number of classes once the batch loss is stable,
   by `AlphaSchedule`: the loss is stable when the mean of the last `window` batch losses is
   within `tolerance` (relative) of the mean of the `window` before it. The switch happens once.
+* `per_sample=True` gives the variant DP-SGD needs: a mean of per-sample terms,
+  alpha * (|g_i - p_i| in years)^2 plus the plain cross-entropies, with no batch-dependent class
+  weights. The paper's form couples the samples of a batch (e^2 and the class shares), so one
+  patient would move the gradient of the others and per-sample clipping would not bound that
+  patient's influence.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class JointLossConfig:
     window: int = 50
     tolerance: float = 0.02
     mad_unit_months: float = 12.0
+    per_sample: bool = False
 
 
 class AlphaSchedule:
@@ -115,17 +121,24 @@ class JointLoss(nn.Module):
         if output.age_logits is None:
             raise ValueError("the joint loss needs class logits")
         error = torch.abs(output.expected_months - age_months)
-        mad_units = torch.mean(error) / self.config.mad_unit_months
         alpha = self.schedule.alpha
-        mad_term = alpha * mad_units**2
-        age_term = class_balanced_cross_entropy(output.age_logits, self.age_classes(age_months))
+        cross_entropy = self._per_sample_ce if self.config.per_sample else class_balanced_cross_entropy
+        if self.config.per_sample:
+            mad_term = alpha * torch.mean((error / self.config.mad_unit_months) ** 2)
+        else:
+            mad_term = alpha * (torch.mean(error) / self.config.mad_unit_months) ** 2
+        age_term = cross_entropy(output.age_logits, self.age_classes(age_months))
         total = mad_term + age_term
         terms = {"alpha": alpha, "mad_term": float(mad_term.detach()), "age_ce": float(age_term.detach())}
         if output.sex_logits is not None:
-            sex_term = class_balanced_cross_entropy(output.sex_logits, male.long())
+            sex_term = cross_entropy(output.sex_logits, male.long())
             total = total + sex_term
             terms["sex_ce"] = float(sex_term.detach())
         return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
+
+    @staticmethod
+    def _per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target)
 
     def after_step(self, parts: LossParts) -> bool:
         """Feed the schedule with a training batch loss; True when alpha was just raised."""
