@@ -29,12 +29,12 @@ class SimConfig:
     federated once per freeze spec, alone (site-alone), and pooled centrally (upper reference).
     """
 
-    source: SiteSpec = SiteSpec("rsna", 2000)
+    source: SiteSpec = SiteSpec("rsna", 3000)
     sites: tuple[SiteSpec, ...] = (SiteSpec("tongji", 300), SiteSpec("eu_clinic", 300),
                                    SiteSpec("rural_cr", 300), SiteSpec("peds_referral", 300))
     image_size: int = 96
     width: float = 0.5
-    pretrain_epochs: int = 12
+    pretrain_epochs: int = 30
     pretrain_lr: float = 1e-3
     rounds: int = 4
     local_epochs: int = 1
