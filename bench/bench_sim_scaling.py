@@ -1,11 +1,12 @@
 """Cost of `python -m sim` as the number of hospital sites grows, and of the default run.
 
 Usage:
-    python -m bench.bench_sim_scaling [--sites 2,4,8] [--rounds 1] [--quick]
+    OMP_NUM_THREADS=1 python -m bench.bench_sim_scaling [--sites 2,4,8] [--rounds 2] [--reps 2] [--quick]
     python -m bench.bench_sim_scaling --default --out /tmp/simdefault --cache /tmp/simcache_default
 
 Scaling mode: for each site count, one reduced experiment (smoke-sized sites at 64 px, width 0.25, one freeze
-spec) runs in a fresh child process through `sim.run.run_experiment`; the phantom source, sites and pretrained
+spec) runs in a fresh child process through `sim.run.run_experiment` (site counts interleaved, --reps times,
+medians reported; the federation stage is timed separately from the log); the phantom source, sites and pretrained
 model are built once in a shared cache before timing. Wall time covers the whole experiment (baselines and the
 federation in Flower's simulation engine); memory is sampled every 0.5 s over the child's whole process tree
 (Ray's GCS, raylet and workers included) from /proc: the sum of resident set sizes (RSS, which counts shared
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,19 +177,19 @@ else:
 """
 
 
-def run_scaling(site_counts: list[int], rounds: int, root: Path) -> list[dict]:
-    """One reduced experiment per site count, each in a fresh child process, sampled as a tree."""
+def run_scaling(site_counts: list[int], rounds: int, root: Path, reps: int = 1) -> list[dict]:
+    """Reduced experiments per site count, each in a fresh child process sampled as a tree; counts interleaved."""
     cache = root / "cache"
     # build every site and the pretrained model once, untimed (sites with the same preset share a seed stream
     # per index, so the largest count covers the smaller ones)
     subprocess.run([sys.executable, "-c", _SCALING_CHILD, str(max(site_counts)), str(rounds), str(root / "prep"),
                     str(cache), "1"], check=True, env=_env(tempfile.mkdtemp(dir="/tmp")), capture_output=True)
     results = []
-    for n in site_counts:
+    for n in [count for _ in range(reps) for count in site_counts]:
         ray_tmp = tempfile.mkdtemp(prefix="ray_bench_scaling_", dir="/tmp")
         load_before = _load()
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", _SCALING_CHILD, str(n), str(rounds), str(root / f"out{n}"),
+        child = subprocess.Popen([sys.executable, "-c", _SCALING_CHILD, str(n), str(rounds), str(root / f"out{n}_{len(results)}"),
                                   str(cache), "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  env=_env(ray_tmp), text=True)
         with TreeSampler(child.pid, marker=ray_tmp) as sampler:
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/simcache_default"))
     parser.add_argument("--sites", default="2,4,8")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=1, help="runs per site count (interleaved); medians reported")
     parser.add_argument("--quick", action="store_true", help="2 sites, 1 round")
     args = parser.parse_args(argv)
     if args.default:
@@ -224,9 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     counts = [2] if args.quick else [int(s) for s in args.sites.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_sim_scaling_") as root:
         print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load before {_load()}")
-        rows = run_scaling(counts, 1 if args.quick else args.rounds, Path(root))
+        runs = run_scaling(counts, 1 if args.quick else args.rounds, Path(root), 1 if args.quick else args.reps)
+    rows = []
+    for n in counts:
+        mine = [r for r in runs if r["sites"] == n]
+        row = {k: statistics.median(r[k] for r in mine) for k in ("experiment_s", "federation_s", "peak_tree_rss_mb",
+                                                                   "peak_tree_pss_mb", "peak_processes")}
+        rows.append({**row, "sites": n, "load_before": mine[0]["load_before"]})
     print("\n| sites | experiment wall s | of which federation s | peak tree RSS MB | peak tree PSS MB | processes "
-          "| load 1/5/15 before |")
+          "| load 1/5/15 before first run |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sites']} | {r['experiment_s']} | {r['federation_s']} | {r['peak_tree_rss_mb']} | {r['peak_tree_pss_mb']} | "
