@@ -51,13 +51,13 @@ class SiteSession:
         )
         return with_freeze(settings, self.site.freeze)
 
-    def _data(self, augment: bool) -> SiteData:
+    def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
         return load_site(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
-                         seed=int(self.config.get("seed", 0)))
+                         seed=int(self.config.get("seed", 0)), splits=splits)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         settings = self._settings()
-        data = self._data(augment=True)
+        data = self._data(augment=True, splits=("train", "val"))
         result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
                                   self.site.dp, self.site.state_dir, self.site.data.label_unit)
         self._keep_local_layers()
@@ -82,7 +82,7 @@ class SiteSession:
         return {k: state[k] for k in keys}, metrics
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        data = self._data(augment=False)
+        data = self._data(augment=False, splits=("test",))
         if len(data.test) == 0:
             raise DataError(f"{self.site.data.root}: the test split has no usable images")
         metrics = evaluate_model(self.model, data.test, self.device, self.site.data.label_unit)

@@ -39,7 +39,7 @@ class Evaluation:
 
 
 def _test_sets(sites: list[PreparedSite], image_size: int) -> dict[str, BoneAgeDataset]:
-    return {site.name: load_site(site.data, image_size, None, seed=0).test for site in sites}
+    return {site.name: load_site(site.data, image_size, None, seed=0, splits=("test",)).test for site in sites}
 
 
 def evaluate_everywhere(model: torch.nn.Module, sites: list[PreparedSite], tests: dict[str, BoneAgeDataset],

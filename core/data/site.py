@@ -35,7 +35,7 @@ class SiteData:
 
 
 def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None,
-              seed: int, progress: bool = False) -> SiteData:
+              seed: int, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test")) -> SiteData:
     """Read a site's manifest, split it by id and decode every split.
 
     Args:
@@ -44,6 +44,7 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
         augment_train: augmentation of the training split (None: none); val/test are never augmented.
         seed: seed of the training augmentation.
         progress: show a progress bar while decoding.
+        splits: the splits to decode; the others are left empty (a site evaluating needs only "test").
 
     Returns:
         The site's manifest and datasets.
@@ -53,12 +54,11 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
     """
     manifest = load_manifest(config)
     groups = split_records(manifest.records, DEFAULT_FRACTIONS)
-    site = SiteData(
-        manifest=manifest,
-        train=BoneAgeDataset(groups["train"], image_size, augment_train, seed, progress),
-        val=BoneAgeDataset(groups["val"], image_size, None, seed, progress),
-        test=BoneAgeDataset(groups["test"], image_size, None, seed, progress),
-    )
+    def decoded(name: str, augment: AugmentConfig | None) -> BoneAgeDataset:
+        return BoneAgeDataset(groups[name] if name in splits else [], image_size, augment, seed, progress)
+
+    site = SiteData(manifest=manifest, train=decoded("train", augment_train), val=decoded("val", None),
+                    test=decoded("test", None))
     summary = site.summary()
     logger.info("site %s: %d usable of %d rows, %d skipped %s, splits %s", config.root,
                 summary["n_usable"], summary["n_rows"], summary["n_skipped"],
