@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, default=None, help="cache of sites and pretrained models")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--local-epochs", type=int, default=None, help="local epochs per round (and per baseline round)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
     parser.add_argument("--strategy", default=None,
                         help="fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg")
     parser.add_argument("--freeze", default=None, help="comma-separated freeze specs, e.g. '1-3,none'")
@@ -35,6 +37,7 @@ def run_sim(args: argparse.Namespace) -> int:
 
     config = preset(
         args.preset, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
+        local_epochs=args.local_epochs, lr=args.lr,
         strategy=args.strategy, wandb=args.wandb or None,
         freeze_specs=tuple(s.strip() for s in args.freeze.split(",")) if args.freeze else None,
         dp_noise_multipliers=tuple(float(v) for v in args.dp.split(",")) if args.dp else None,

@@ -62,8 +62,11 @@ def plot_rounds(curves: dict[str, dict[str, list[float]]], baselines: dict[str, 
         length = min(len(v) for v in series)
         mean = np.mean([v[:length] for v in series], axis=0)
         ax.plot(range(1, length + 1), mean, marker="o", label=name)
+    styles = {"pretrained": ("grey", "--"), "site-alone": ("black", ":"), "pooled": ("black", "-.")}
     for name, value in baselines.items():
-        ax.axhline(value, linestyle="--", linewidth=1, color="grey" if name == "pretrained" else None, label=name)
+        color, line = styles.get(name, ("grey", "--"))
+        ax.axhline(value, linestyle=line, linewidth=1.2, color=color, label=f"{name} ({value:.1f})")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("round")
     ax.set_ylabel("test MAD, mean over sites (months)")
     ax.set_title("Federated adaptation per freeze strategy")
