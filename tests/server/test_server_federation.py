@@ -12,6 +12,7 @@ import torch
 
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
 from core.model.config import TJNetConfig
+from core.finetune import norm_layer_keys
 from core.model.freeze import block_of_key
 from core.model.tjnet import TJNet
 from server.config import FederationConfig
@@ -29,15 +30,16 @@ def federation(tmp_path_factory):
     forwarded = {"sim-site-paths": ";".join(str(s) for s in sites), "sim-site-units": "months;months",
                  "device": "cpu"}
 
-    def config(name: str, rounds: int, resume: bool = False, **extra) -> FederationConfig:
+    def config(name: str, rounds: int, resume: bool = False, local_layers: str = "none", **extra) -> FederationConfig:
         return FederationConfig(pretrained=pretrained, out_dir=root / name, num_rounds=rounds, strategy="fedavg",
-                                freeze="1-3", batch_size=8, min_nodes=2, resume=resume,
+                                freeze="1-3", batch_size=8, min_nodes=2, resume=resume, local_layers=local_layers,
                                 forwarded={**forwarded, "sim-state-dir": str(root / name / "state"), **extra})
 
     configs = [config("straight", 2), config("crashed", 1), config("crashed", 2, resume=True),
                config("mixed", 1, **{"sim-site-freeze": ";1-4"}),
                config("private", 2, **{"dp-noise-multiplier": 1.0, "dp-seed": 3}),
-               config("exhausted", 1, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01})]
+               config("exhausted", 1, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01}),
+               config("fedbn", 2, local_layers="norm")]
     run_federations(configs, num_sites=2)
     return root, pretrained
 
@@ -124,3 +126,16 @@ def test_a_site_over_its_budget_refuses_and_the_server_sees_why(federation):
     for state in (root / "exhausted" / "state").iterdir():
         ledger = state / "privacy_ledger.jsonl"
         assert not ledger.exists() or ledger.read_text() == ""
+
+
+def test_fedbn_keeps_normalisation_layers_at_the_sites(federation):
+    root, pretrained = federation
+    norm_keys = set(norm_layer_keys(load_checkpoint(pretrained).model))
+    for state in (root / "fedbn" / "state").iterdir():
+        train = [json.loads(x) for x in (state / "audit.jsonl").read_text().splitlines() if '"train"' in x]
+        sent = {k for e in train for k in e["array_keys"]}
+        assert sent and not sent & norm_keys
+    before = load_checkpoint(pretrained).model.state_dict()
+    after = load_checkpoint(root / "fedbn" / "federated_final.pt").model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in norm_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in before if block_of_key(k) >= 4 and k not in norm_keys)
