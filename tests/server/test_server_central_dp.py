@@ -13,28 +13,22 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from core.checkpoint import describe, load_checkpoint, save_checkpoint
+from core.checkpoint import load_checkpoint
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
 from server.federation import shared_keys
 from sim.experiment import run_federations
-from sim.phantom.writer import generate_site
 from strategies import build_strategy
 
 pytest.importorskip("dp_accounting", reason="central DP accounting needs flwr[dp]")
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def federation(tmp_path_factory, tiny_federation):
     root = tmp_path_factory.mktemp("central_dp")
-    sites = [generate_site(p, 30, root / p, seed=i + 1, image_size=48) for i, p in enumerate(("rsna", "eu_clinic"))]
-    torch.manual_seed(0)
-    model = TJNet(TJNetConfig(image_size=48, width=0.25))
-    pretrained = save_checkpoint(root / "pretrained.pt", model, describe(model))
-    forwarded = {"sim-site-paths": ";".join(str(s) for s in sites), "sim-site-units": "months;months",
-                 "device": "cpu"}
+    pretrained, forwarded = tiny_federation(root, 30)
 
     def config(name: str, rounds: int, max_epsilon: float) -> FederationConfig:
         return FederationConfig(pretrained=pretrained, out_dir=root / name, num_rounds=rounds, freeze="1-4",

@@ -10,25 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import describe, load_checkpoint, save_checkpoint
-from core.model.config import TJNetConfig
+from core.checkpoint import load_checkpoint
 from core.finetune import norm_layer_keys
 from core.model.freeze import block_of_key
-from core.model.tjnet import TJNet
 from server.config import FederationConfig
 from sim.experiment import run_federations
-from sim.phantom.writer import generate_site
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
+def federation(tmp_path_factory, tiny_federation):
     root = tmp_path_factory.mktemp("fed")
-    sites = [generate_site(p, 40, root / p, seed=i + 1, image_size=48) for i, p in enumerate(("rsna", "eu_clinic"))]
-    torch.manual_seed(0)
-    model = TJNet(TJNetConfig(image_size=48, width=0.25))
-    pretrained = save_checkpoint(root / "pretrained.pt", model, describe(model))
-    forwarded = {"sim-site-paths": ";".join(str(s) for s in sites), "sim-site-units": "months;months",
-                 "device": "cpu"}
+    pretrained, forwarded = tiny_federation(root, 40)
 
     def config(name: str, rounds: int, resume: bool = False, local_layers: str = "none", **extra) -> FederationConfig:
         return FederationConfig(pretrained=pretrained, out_dir=root / name, num_rounds=rounds, strategy="fedavg",
