@@ -17,7 +17,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from client.config import file_sha256
 from core.central import evaluate_model
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
-from core.data import SiteDataConfig, load_site
+from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.finetune import norm_layer_keys
 from core.model.freeze import freeze_blocks, parse_freeze_spec, trainable_state_keys
 from core.training import resolve_device
@@ -123,16 +123,18 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
                                           "central_delta": config.central_dp_delta}
     save_checkpoint(final, model, describe(model, round=rounds_done, strategy=config.strategy,
                                            seed=config.seed, pretrained=str(config.pretrained), **dp_meta))
-    nbytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k in set(keys))
+    shared = set(keys)
+    nbytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k in shared)
     logger.info("federation done: %d rounds, %d arrays (%.1f kB) per site and round, final model %s%s",
                 rounds_done, len(keys), nbytes / 1024, final,
                 "" if private is None else f", central epsilon {private.epsilon():.3f}")
     return FederationOutcome(final, rounds_done, keys, nbytes)
 
 
-def _central_set(config: FederationConfig, image_size: int):
+def _central_set(config: FederationConfig, image_size: int) -> BoneAgeDataset | None:
+    """The test split of the central set the server evaluates every round, if one is given."""
     if config.central_data is None:
         return None
     data = load_site(SiteDataConfig(root=config.central_data, label_unit=config.central_label_unit),
-                     image_size, None, seed=0)
+                     image_size, None, seed=0, splits=("test",))
     return data.test
