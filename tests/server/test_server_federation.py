@@ -22,13 +22,16 @@ def federation(tmp_path_factory, tiny_federation):
     root = tmp_path_factory.mktemp("fed")
     pretrained, forwarded = tiny_federation(root, 40)
 
-    def config(name: str, rounds: int, resume: bool = False, local_layers: str = "none", **extra) -> FederationConfig:
+    def config(name: str, rounds: int, resume: bool = False, local_layers: str = "none", central: Path | None = None,
+               **extra) -> FederationConfig:
         return FederationConfig(pretrained=pretrained, out_dir=root / name, num_rounds=rounds, strategy="fedavg",
                                 freeze="1-3", batch_size=8, min_nodes=2, resume=resume, local_layers=local_layers,
+                                central_data=central,
                                 forwarded={**forwarded, "sim-state-dir": str(root / name / "state"), **extra})
 
     configs = [config("straight", 2), config("crashed", 1), config("crashed", 2, resume=True),
-               config("mixed", 1, **{"sim-site-freeze": ";1-4"}),
+               config("mixed", 1, central=Path(forwarded["sim-site-paths"].split(";")[0]),
+                      **{"sim-site-freeze": ";1-4"}),
                config("private", 2, **{"dp-noise-multiplier": 1.0, "dp-seed": 3}),
                config("exhausted", 1, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01}),
                config("fedbn", 2, local_layers="norm")]
@@ -131,3 +134,9 @@ def test_fedbn_keeps_normalisation_layers_at_the_sites(federation):
     after = load_checkpoint(root / "fedbn" / "federated_final.pt").model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in norm_keys)
     assert any(not torch.equal(before[k], after[k]) for k in before if block_of_key(k) >= 4 and k not in norm_keys)
+
+
+def test_the_server_evaluates_a_central_set_before_and_after_each_round(federation):
+    root, _ = federation
+    central = [r for r in _rows(root / "mixed" / "metrics.csv") if r["phase"] == "central" and r["metric"] == "mad_months"]
+    assert [r["round"] for r in central] == ["0", "1"] and all(float(r["value"]) > 0 for r in central)
