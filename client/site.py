@@ -58,6 +58,8 @@ class SiteSession:
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         settings = self._settings()
         data = self._data(augment=True, splits=("train", "val"))
+        if len(data.train) == 0:
+            raise DataError(f"{self.site.data.root}: the training split has no usable images")
         result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
                                   self.site.dp, self.site.state_dir, self.site.data.label_unit)
         self._keep_local_layers()
