@@ -38,7 +38,7 @@ class Evaluation:
     extra: dict = field(default_factory=dict)
 
 
-def _test_sets(sites: list[PreparedSite], image_size: int) -> dict[str, BoneAgeDataset]:
+def load_test_splits(sites: list[PreparedSite], image_size: int) -> dict[str, BoneAgeDataset]:
     return {site.name: load_site(site.data, image_size, None, seed=0, splits=("test",)).test for site in sites}
 
 

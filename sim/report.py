@@ -67,14 +67,8 @@ def plot_rounds(curves: dict[str, dict[str, list[float]]], baselines: dict[str, 
         color, line = styles.get(name, ("grey", "--"))
         ax.axhline(value, linestyle=line, linewidth=1.2, color=color, label=f"{name} ({value:.1f})")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test MAD, mean over sites (months)")
-    ax.set_title("Federated adaptation per freeze strategy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_line_plot(fig, ax, path, "round", "test MAD, mean over sites (months)",
+                      "Federated adaptation per freeze strategy")
 
 
 def plot_age_groups(rows: list[Evaluation], strategies: list[str], path: Path) -> None:
@@ -121,9 +115,14 @@ def plot_privacy(points: list[tuple[str, float, float]], path: Path) -> None:
         xs.sort()
         ax.plot([e for e, _ in xs], [m for _, m in xs], marker="o", label=site)
     ax.set_xscale("log")
-    ax.set_xlabel("epsilon spent (log scale)")
-    ax.set_ylabel("test MAD (months)")
-    ax.set_title("Privacy / utility per site")
+    _finish_line_plot(fig, ax, path, "epsilon spent (log scale)", "test MAD (months)", "Privacy / utility per site")
+
+
+def _finish_line_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, legend and grid of a line plot, then write it and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

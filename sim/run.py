@@ -11,7 +11,7 @@ import numpy as np
 
 from core.checkpoint import load_checkpoint
 from sim.config import SimConfig
-from sim.experiment import (Evaluation, _test_sets, epsilon_by_site, evaluate_everywhere, federation_configs,
+from sim.experiment import (Evaluation, load_test_splits, epsilon_by_site, evaluate_everywhere, federation_configs,
                             mean_mad, per_round_mad, run_baselines, run_federations)
 from sim.report import plot_age_groups, plot_privacy, plot_rounds, table, write_results
 from sim.sites import prepare_sites, pretrained_model
@@ -29,7 +29,7 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     source, sites = prepare_sites(config)
     logger.info("[2/%d] pretrained source model", stages)
     pretrained = pretrained_model(config, source)
-    tests = _test_sets(sites, config.image_size)
+    tests = load_test_splits(sites, config.image_size)
     logger.info("[3/%d] baselines: pretrained, each site alone, all sites pooled", stages)
     rows = run_baselines(config, sites, pretrained, tests)
     configs = federation_configs(config, sites, pretrained)
