@@ -7,6 +7,7 @@ audit log. Settings come from the node config (see `client.config.SiteConfig`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -35,6 +36,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _reply(msg: Message, context: Context, kind: str, work: Callable[[SiteSession], tuple]) -> Message:
+    start = time.perf_counter()
     server_config = msg.content["config"]
     try:
         site = SiteConfig.resolve(context.node_config, server_config)
@@ -43,6 +45,7 @@ def _reply(msg: Message, context: Context, kind: str, work: Callable[[SiteSessio
     except SITE_ERRORS as exc:
         logger.error("site refused the %s request: %s", kind, exc)
         return Message(Error(code=REFUSED, reason=f"{exc.__class__.__name__}: {exc}"), reply_to=msg)
+    metrics["site-seconds"] = time.perf_counter() - start  # the whole message at the site, training included
     content = RecordDict({"metrics": MetricRecord(metrics)})
     numpy_arrays = {key: value.detach().cpu().numpy() for key, value in arrays.items()}
     if kind == "train":

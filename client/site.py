@@ -8,9 +8,10 @@ from typing import Any, Mapping
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from client.config import SiteConfig, SiteConfigError, file_sha256
-from core.checkpoint import CheckpointError, load_checkpoint
-from core.data import AugmentConfig, DataError, SiteData, load_site
+from client.config import SiteConfig, SiteConfigError
+from core.checkpoint import CheckpointCache, CheckpointError
+from core.data import AugmentConfig, DataError, SiteData
+from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.finetune import ArrayMismatch, RoundSettings, load_arrays, norm_layer_keys, train_site_round, with_freeze
 from core.central import evaluate_model
 from core.model.freeze import FreezeSpecError, block_of_key, parse_freeze_spec
@@ -23,6 +24,13 @@ SITE_ERRORS = (SiteConfigError, CheckpointError, DataError, ArrayMismatch, Freez
                DPIncompatibleModel, FileNotFoundError)
 LOCAL_LAYERS_KEY = "ossifl-local-layers"
 
+# One of each per ClientApp process. A simulation actor answers every round's messages in the same process,
+# so the pretrained model is read and the site's images are decoded once, not once per message; both caches
+# check the files' size and modification time on every use. OSSIFL_DECODE_CACHE_MB bounds the decoded
+# images held (default 2 GiB; 0 turns that cache off).
+PRETRAINED = CheckpointCache()
+DECODED = SiteDataCache(cache_budget_from_env())
+
 
 class SiteSession:
     """The site's model for one message: pretrained weights, then the server's arrays on top."""
@@ -31,10 +39,11 @@ class SiteSession:
                  state: RecordDict) -> None:
         self.site, self.config, self.state = site, server_config, state
         self.received_keys = list(arrays)
+        checkpoint, digest = PRETRAINED.load(site.pretrained)
         expected = server_config.get("pretrained-sha256")
-        if expected and file_sha256(site.pretrained) != expected:
+        if expected and digest != expected:
             raise CheckpointError(f"{site.pretrained} is not the pretrained model of this run (SHA-256 differs)")
-        self.model = load_checkpoint(site.pretrained).model
+        self.model = checkpoint.model
         load_arrays(self.model, arrays)
         if LOCAL_LAYERS_KEY in state.array_records:
             load_arrays(self.model, state.array_records[LOCAL_LAYERS_KEY].to_torch_state_dict())
@@ -52,8 +61,8 @@ class SiteSession:
         return with_freeze(settings, self.site.freeze)
 
     def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
-        return load_site(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
-                         seed=int(self.config.get("seed", 0)), splits=splits)
+        return DECODED.load(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
+                            seed=int(self.config.get("seed", 0)), splits=splits)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         settings = self._settings()
@@ -70,6 +79,7 @@ class SiteSession:
             "num-examples": 1 if self.config.get("central-dp", False) else result.num_examples,
             "val-mad-months": result.val_mad_months,
             "frozen-depth": max(settings.freeze, default=0),
+            "train-seconds": result.train_seconds,
         }
         if result.epsilon is None:  # under DP, the noiseless training loss stays at the site
             metrics["train-loss"] = result.train_loss

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import io
 import json
 import logging
 import os
 import platform
+import threading
+from collections import OrderedDict
 from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +99,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    return _rebuild(path, path, map_location)
+
+
+def _rebuild(path: Path, source: Path | io.BytesIO, map_location: str | torch.device) -> Checkpoint:
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "metadata" not in payload:
@@ -109,3 +118,51 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     if isinstance(model, TJNet) and metadata.get("frozen_blocks"):
         freeze_blocks(model, tuple(metadata["frozen_blocks"]))
     return Checkpoint(model=model, metadata=metadata)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CheckpointCache:
+    """Checkpoints read once per process; each use gets its own copy of the model.
+
+    A site rebuilds the pretrained model for every message it answers. The cache keys a file by its
+    resolved path, size, modification time and inode, so a rewritten or replaced file is read again; the
+    SHA-256 is taken of the very bytes the model is loaded from. At most `max_entries` files are kept.
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple, tuple[Checkpoint, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, path: Path) -> tuple[Checkpoint, str]:
+        """(a private copy of the checkpoint at `path`, the file's SHA-256)."""
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError:
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is None:
+                self.misses += 1
+                data = path.read_bytes()
+                cached = (_rebuild(path, io.BytesIO(data), "cpu"), hashlib.sha256(data).hexdigest())
+                self._entries[key] = cached
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            else:
+                self.hits += 1
+                self._entries.move_to_end(key)
+        checkpoint, digest = cached
+        return Checkpoint(copy.deepcopy(checkpoint.model), copy.deepcopy(checkpoint.metadata)), digest

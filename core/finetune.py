@@ -5,6 +5,7 @@ by the "site alone" baseline of the simulation."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -83,6 +84,7 @@ class SiteRoundResult:
     train_loss: float
     train_mad_months: float
     val_mad_months: float
+    train_seconds: float = 0.0
     epsilon: float | None = None
     delta: float | None = None
 
@@ -111,6 +113,7 @@ def train_site_round(
         loss_fn.schedule.raised = True  # a pretrained model's loss is already stable: alpha = K
     extra = proximal_term(model, settings.proximal_mu) if settings.proximal_mu > 0 else None
     epsilon = delta = None
+    start = time.perf_counter()
     if private:
         if ledger_dir is None:
             raise ValueError("differential privacy needs a state folder for the privacy ledger")
@@ -126,8 +129,10 @@ def train_site_round(
         for epoch in range(settings.local_epochs):
             train_set.set_epoch(round_number * settings.local_epochs + epoch)
             stats = train_epoch(model, loader, loss_fn, optimizer, device, scheduler=scheduler, extra_loss=extra)
+    train_seconds = time.perf_counter() - start
     val = evaluate_model(model, val_set, device, label_unit)
-    return SiteRoundResult(len(train_set), stats.loss, stats.mad_months, val["mad_months"], epsilon, delta)
+    return SiteRoundResult(len(train_set), stats.loss, stats.mad_months, val["mad_months"], train_seconds,
+                           epsilon, delta)
 
 
 def with_freeze(settings: RoundSettings, site_freeze: tuple[int, ...]) -> RoundSettings:

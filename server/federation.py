@@ -5,6 +5,7 @@ under central (client-level) DP, stopping cleanly when its budget is reached."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from client.config import file_sha256
 from core.central import evaluate_model
-from core.checkpoint import describe, load_checkpoint, save_checkpoint
+from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.finetune import norm_layer_keys
 from core.model.freeze import freeze_blocks, parse_freeze_spec, trainable_state_keys
@@ -82,10 +82,13 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
     central = _central_set(config, model.config.image_size)
     device = resolve_device(str(config.forwarded.get("device", "auto")))
     site_config = {**config.site_config(), "pretrained-sha256": file_sha256(config.pretrained)}
+    last_merge = time.perf_counter()
 
     def merge_and_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        nonlocal rounds_done
+        nonlocal rounds_done, last_merge
         real_round = server_round + start_round
+        if server_round > 0:  # since the last merge: the previous round's evaluation, this round's training
+            tracker.round_timing(real_round, time.perf_counter() - last_merge)
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         metrics: dict[str, float] = {}
         if central is not None:
@@ -103,6 +106,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
                                                     strategy_state=strategy.state_dict(), seed=config.seed,
                                                     run_config={k: str(v) for k, v in asdict(config).items()},
                                                     **dp_meta))
+        last_merge = time.perf_counter()
         return MetricRecord(metrics) if metrics else None
 
     initial = ArrayRecord({k: model.state_dict()[k] for k in keys})

@@ -26,6 +26,8 @@ class MetricsTracker:
         if new:
             self._writer.writerow(COLUMNS)
         self._wandb = _start_wandb(out_dir, run_name, config or {}) if use_wandb else None
+        self._train_seconds: dict[int, float] = {}
+        self._site_seconds = 0.0  # summed over the messages answered since the last round_timing
 
     def site_reports(self, phase: str, server_round: int, reports: list[Any]) -> None:
         """Callback for the strategy: one call per aggregation with a `SiteReport` per site."""
@@ -38,6 +40,9 @@ class MetricsTracker:
             for metric, value in report.metrics.items():
                 self._writer.writerow((server_round, phase, report.site, report.status, "", metric, value))
                 logged[f"{phase}/site-{report.site}/{metric}"] = value
+        if phase == "train":
+            self._train_seconds[server_round] = sum(r.metrics.get("train-seconds", 0.0) for r in reports)
+        self._site_seconds += sum(r.metrics.get("site-seconds", 0.0) for r in reports)
         self._file.flush()
         if self._wandb is not None and logged:
             self._wandb.log(logged, step=server_round)
@@ -50,6 +55,19 @@ class MetricsTracker:
         if self._wandb is not None:
             self._wandb.log({f"central/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
                             step=server_round)
+
+    def round_timing(self, server_round: int, seconds: float) -> None:
+        """A round's wall time beside what the sites spent, summed over sites.
+
+        `sites-train-seconds` is local training; `sites-seconds` is the sites' whole work on the messages
+        answered in the interval (training, their validation and test evaluation, reading the model and data);
+        the rest of `round-seconds` is the framework: messaging, aggregation, checkpointing.
+        """
+        trained = self._train_seconds.pop(server_round, 0.0)
+        busy, self._site_seconds = self._site_seconds, 0.0
+        self.central(server_round, {"round-seconds": seconds, "sites-train-seconds": trained, "sites-seconds": busy})
+        logger.info("round %d took %.1f s; the sites trained for %.1f s and worked for %.1f s in total",
+                    server_round, seconds, trained, busy)
 
     def close(self) -> None:
         self._file.close()

@@ -107,8 +107,12 @@ def federation_configs(config: SimConfig, sites: list[PreparedSite], pretrained:
     return configs
 
 
-def run_federations(configs: list[FederationConfig], num_sites: int) -> None:
-    """All federated runs in one session of Flower's simulation engine."""
+def run_federations(configs: list[FederationConfig], num_sites: int, cpus_per_site: int = 1) -> None:
+    """All federated runs in one session of Flower's simulation engine.
+
+    Each simulated site claims `cpus_per_site` of the machine's cores, so cores // cpus_per_site sites train
+    at once (2 sites on 2 cores by default; `cpus_per_site=2` there runs them one after the other).
+    """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
@@ -116,8 +120,9 @@ def run_federations(configs: list[FederationConfig], num_sites: int) -> None:
     from server.app import make_server_app
 
     outcomes: list = []
+    resources = {"num_cpus": cpus_per_site, "num_gpus": 0.0}
     run_simulation(server_app=make_server_app(configs, outcomes), client_app=client_app,
-                   num_supernodes=num_sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+                   num_supernodes=num_sites, backend_config={"client_resources": resources})
     if len(outcomes) != len(configs):
         raise RuntimeError(f"only {len(outcomes)} of {len(configs)} federated runs finished; see the log above")
 

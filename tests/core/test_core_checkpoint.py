@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
+from core.checkpoint import CheckpointCache, CheckpointError, describe, file_sha256, load_checkpoint, save_checkpoint
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks
@@ -42,3 +42,29 @@ def test_missing_and_foreign_files_give_clear_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an OssiFL checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_the_checkpoint_cache_gives_private_copies_and_rereads_a_rewritten_file(tmp_path):
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=48, width=0.25))
+    path = save_checkpoint(tmp_path / "m.pt", model, describe(model, seed=1))
+    cache = CheckpointCache()
+    first, digest = cache.load(path)
+    assert digest == file_sha256(path) and first.metadata["seed"] == 1
+    with torch.no_grad():
+        next(first.model.parameters()).add_(1.0)  # a site training its copy
+    first.metadata["seed"] = 99
+    second, _ = cache.load(path)
+    assert (cache.hits, cache.misses) == (1, 1) and second.metadata["seed"] == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    freeze_blocks(model, (1, 2))
+    save_checkpoint(path, model, describe(model, seed=2))  # replaced: new inode and mtime
+    third, new_digest = cache.load(path)
+    assert cache.misses == 2 and third.metadata["seed"] == 2 and third.model.frozen_blocks == (1, 2)
+    assert new_digest == file_sha256(path) != digest
+    with pytest.raises(CheckpointError, match="not found"):
+        cache.load(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        cache.load(tmp_path / "junk.pt")

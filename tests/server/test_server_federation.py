@@ -67,6 +67,12 @@ def test_metrics_are_tracked_per_site_and_round(federation):
     assert evaluated == {("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")}
     trained = [r for r in rows if r["phase"] == "train" and r["metric"] == "num-examples"]
     assert len(trained) == 4 and all(float(r["value"]) > 0 for r in trained)
+    timing = {(r["round"], r["metric"]): float(r["value"]) for r in rows if r["phase"] == "central"}
+    for round_number in ("1", "2"):  # the framework's share of a round can be read from every run
+        assert timing[(round_number, "round-seconds")] > 0
+        assert timing[(round_number, "sites-seconds")] >= timing[(round_number, "sites-train-seconds")] > 0
+    site_seconds = [r for r in rows if r["metric"] == "site-seconds"]
+    assert {r["phase"] for r in site_seconds} == {"train", "evaluate"} and len(site_seconds) == 8
 
 
 def test_audit_log_records_what_left_each_site(federation):
