@@ -8,7 +8,8 @@ What it measures (random inputs, no data loader: `bench.bench_data` covers the d
   ResNet-50-style baseline (ResNetRegressor depth 50, width 1.0) at the default size. FLOPs are counted with
   forward hooks on Conv2d and Linear (2 x multiply-adds), cross-checked with torch.utils.flop_counter.
 - training step (forward, loss, backward, AdamW) and inference throughput in images/s for both networks at the
-  default size; their ratio per GFLOP ("TJ-Net seconds per GFLOP / ResNet-50-style seconds per GFLOP").
+  default size, in channels-last and standard layout; their ratio per GFLOP ("TJ-Net seconds per GFLOP /
+  ResNet-50-style seconds per GFLOP").
 - peak memory: growth of the kernel's peak resident set size (VmHWM, reset through /proc/self/clear_refs) over
   the RSS after model and inputs are built, for one inference pass and for two training steps, in a fresh child
   process per network (so allocator caches of one network do not hide the other's).
@@ -104,12 +105,16 @@ def batch(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return image, male, age
 
 
-def train_step_fn(model: nn.Module, n: int, size: int) -> Callable[[], None]:
-    """One full training step (forward, loss, backward, AdamW) on a fixed random batch."""
+def train_step_fn(model: nn.Module, n: int, size: int, channels_last: bool = True) -> Callable[[], None]:
+    """One full training step (forward, loss, backward, AdamW) on a fixed random batch, in the layout the
+    training loops use (channels-last, `core.training.channels_last_layout`) or the standard one."""
     model.train()
     loss_fn = make_loss(model, JointLossConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     image, male, age = batch(n, size)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -119,10 +124,14 @@ def train_step_fn(model: nn.Module, n: int, size: int) -> Callable[[], None]:
     return step
 
 
-def infer_fn(model: nn.Module, n: int, size: int, mode: str = "inference") -> Callable[[], None]:
+def infer_fn(model: nn.Module, n: int, size: int, mode: str = "inference",
+             channels_last: bool = True) -> Callable[[], None]:
     """One evaluation forward pass under torch.inference_mode or torch.no_grad."""
     model.eval()
     image, male, _ = batch(n, size)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
     context = torch.inference_mode if mode == "inference" else torch.no_grad
 
     def step() -> None:
@@ -234,27 +243,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {side} px | {width} | {params:,} | {hooks / 1e9:.4f} | "
               f"{'n/a' if check is None else f'{check / 1e9:.4f}'} |")
 
-    # 2. TJ-Net vs ResNet-50-style, training and inference, interleaved
+    # 2. TJ-Net vs ResNet-50-style, training and inference, interleaved, in both memory layouts
     torch.set_num_threads(args.threads)
-    tj, rn = build("tjnet", size), build("resnet50", size)
-    tj_eval, rn_eval = build("tjnet", size), build("resnet50", size)
+    variants = {}
+    for key, kind in (("tj", "tjnet"), ("rn", "resnet50")):
+        for suffix, channels_last in (("", True), ("-std", False)):
+            variants[f"{key}-train{suffix}"] = (train_step_fn(build(kind, size), n, size, channels_last), None)
+            variants[f"{key}-infer{suffix}"] = (infer_fn(build(kind, size), n, size, channels_last=channels_last), None)
     load_before = load()
-    secs = interleaved({"tj-train": (train_step_fn(tj, n, size), None), "rn-train": (train_step_fn(rn, n, size), None),
-                        "tj-infer": (infer_fn(tj_eval, n, size), None), "rn-infer": (infer_fn(rn_eval, n, size), None)},
-                       reps)
+    secs = interleaved(variants, reps)
     print(f"\nTJ-Net vs ResNet-50-style at {size} px, batch {n}, {args.threads} thread(s) (load {load_before} -> {load()})")
-    print("| network | train img/s | infer img/s | train s per GFLOP (3x fwd) | infer s per GFLOP |")
-    print("|---|---|---|---|---|")
+    print("| network | layout | train img/s | infer img/s | train s per GFLOP (3x fwd) | infer s per GFLOP |")
+    print("|---|---|---|---|---|---|")
     per_gflop = {}
-    for key, label, gf in (("tj", "TJ-Net", flops["default"]), ("rn", "ResNet-50-style", flops["resnet50"])):
-        train_s, infer_s = secs[f"{key}-train"], secs[f"{key}-infer"]
-        per_gflop[key] = (train_s / (3 * gf * n), infer_s / (gf * n))
-        print(f"| {label} | {n / train_s:.1f} | {n / infer_s:.1f} | {per_gflop[key][0]:.4f} | {per_gflop[key][1]:.4f} |")
-    train_ratio = per_gflop["tj"][0] / per_gflop["rn"][0]
-    infer_ratio = per_gflop["tj"][1] / per_gflop["rn"][1]
-    verdict = "within" if train_ratio <= 2 else "NOT within"
-    print(f"TJ-Net / ResNet-50-style time per GFLOP: training {train_ratio:.2f}x ({verdict} the 2x target), "
-          f"inference {infer_ratio:.2f}x")
+    for suffix, layout in (("", "channels-last (the training loops' default)"), ("-std", "standard (NCHW)")):
+        for key, label, gf in (("tj", "TJ-Net", flops["default"]), ("rn", "ResNet-50-style", flops["resnet50"])):
+            train_s, infer_s = secs[f"{key}-train{suffix}"], secs[f"{key}-infer{suffix}"]
+            per_gflop[key + suffix] = (train_s / (3 * gf * n), infer_s / (gf * n))
+            print(f"| {label} | {layout} | {n / train_s:.1f} | {n / infer_s:.1f} | {per_gflop[key + suffix][0]:.4f} | "
+                  f"{per_gflop[key + suffix][1]:.4f} |")
+    for suffix, layout in (("", "channels-last"), ("-std", "standard layout")):
+        train_ratio = per_gflop["tj" + suffix][0] / per_gflop["rn" + suffix][0]
+        infer_ratio = per_gflop["tj" + suffix][1] / per_gflop["rn" + suffix][1]
+        verdict = "within" if train_ratio <= 2 else "NOT within"
+        print(f"{layout}: TJ-Net / ResNet-50-style time per GFLOP: training {train_ratio:.2f}x ({verdict} the 2x "
+              f"target), inference {infer_ratio:.2f}x")
+    for key, label in (("tj", "TJ-Net"), ("rn", "ResNet-50-style")):
+        print(f"{label}: channels-last / standard time: training {secs[f'{key}-train'] / secs[f'{key}-train-std']:.2f}x, "
+              f"inference {secs[f'{key}-infer'] / secs[f'{key}-infer-std']:.2f}x")
 
     # 3. memory, one fresh process per network
     print("\n| network | batch | peak RSS (VmHWM) growth, inference (MB) | same, 2 train steps (MB) | RSS after build (MB) |")

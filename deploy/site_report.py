@@ -3,7 +3,8 @@
     python deploy/site_report.py runs/federation/metrics.csv [--round N] [--json]
 
 One row per site for the chosen round (default: the last): training examples, validation MAD after
-local training, test MAD of the global model, epsilon spent under DP, and any failure reason.
+local training, test MAD of the global model, epsilon spent under DP, seconds of local training (a slow
+site shows here), and any failure reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 # (label, phase, metric): what the table shows of each site
 COLUMNS = (("train n", "train", "num-examples"), ("val MAD mo", "train", "val-mad-months"),
            ("test n", "evaluate", "num-examples"), ("test MAD mo", "evaluate", "mad-months"),
-           ("within 1 y", "evaluate", "accuracy-1y"), ("epsilon", "train", "epsilon"))
+           ("within 1 y", "evaluate", "accuracy-1y"), ("epsilon", "train", "epsilon"),
+           ("train s", "train", "train-seconds"))
 
 
 def site_report(metrics_csv: Path, round_number: int | None = None) -> tuple[int, dict[str, dict[str, str]]]:
@@ -29,7 +31,7 @@ def site_report(metrics_csv: Path, round_number: int | None = None) -> tuple[int
     chosen = round_number if round_number is not None else max(int(row["round"]) for row in rows)
     sites: dict[str, dict[str, str]] = {}
     for row in rows:
-        if int(row["round"]) != chosen or not row["site"]:
+        if int(row["round"]) != chosen or not row["site"] or row["phase"] == "central":  # server-side rows
             continue
         site = sites.setdefault(row["site"], {"status": "ok"})
         if row["status"] != "ok":
