@@ -152,14 +152,14 @@ def _train_pass(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
     return EpochStats(total_loss / examples, total_abs / examples, steps, examples, raised_at)
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
             channels_last: bool = True) -> Predictions:
-    """Predicted bone ages (months) for every item of `loader`, in loader order."""
+    """Predicted bone ages (months) for every item of `loader`, in loader order, under inference mode."""
     was_training = model.training
     model.eval()
     predicted, true, male = [], [], []
-    with channels_last_layout(model, channels_last) as layout:
+    # the layout changes outside inference mode: weights converted inside it could never train again
+    with channels_last_layout(model, channels_last) as layout, torch.inference_mode():
         for batch in loader:
             image, sex, age = _to_device(batch, device, layout)
             with autocast_for(device, amp):

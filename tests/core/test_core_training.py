@@ -74,3 +74,14 @@ def test_the_fast_path_is_reproducible() -> None:
         train_epoch(model, batches, make_loss(model, JointLossConfig()), optimizer, CPU)
         predictions.append(predict(model, batches, CPU).predicted_months)
     assert (predictions[0] == predictions[1]).all()
+
+
+def test_a_model_evaluated_on_the_fast_path_can_train_again() -> None:
+    batches, model = _batches(), _model()
+    predict(model, batches, CPU)
+    assert not any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)  # what freezing and unfreezing do
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-3))
+    stats = train_epoch(model, batches, make_loss(model, JointLossConfig()), optimizer, CPU)
+    assert stats.examples == 24
