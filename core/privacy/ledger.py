@@ -21,8 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-
 from core.privacy.config import ACCOUNTANTS
 
 logger = logging.getLogger(__name__)
@@ -130,6 +128,8 @@ def history_epsilon(history: list[tuple[float, float, int]], delta: float, accou
             merged[(sigma, rate)] = merged.get((sigma, rate), 0) + int(steps)
     if not merged:
         return 0.0
+    from opacus.accountants import PRVAccountant, RDPAccountant  # imported here: opacus takes ~1.7 s to import
+
     engine = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     engine.history = [(sigma, rate, steps) for (sigma, rate), steps in merged.items()]
     return float(engine.get_epsilon(delta=delta))

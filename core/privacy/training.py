@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizer
-from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,6 +23,9 @@ from core.privacy.config import DPConfig
 from core.privacy.ledger import BudgetExceeded, PrivacyLedger
 from core.privacy.settings import resolve_site_noise
 from core.training import EpochStats, ExtraLoss, TrainConfig, make_optimizer
+
+if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,10 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
     if projected > dp.budget:
         logger.warning("dp: refusing the round: epsilon %.4g -> %.4g, budget %.4g", current, projected, dp.budget)
         raise BudgetExceeded(current, projected, dp.budget)
+
+    # opacus is imported only when a site trains privately: it adds ~1.7 s to every ClientApp start otherwise
+    from opacus import PrivacyEngine
+    from opacus.validators.errors import UnsupportedModuleError
 
     torch.manual_seed(torch_seed)
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)
