@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
           "| load 1/5/15 before first run |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sites']} | {r['experiment_s']} | {r['federation_s']} | {r['peak_tree_rss_mb']} | {r['peak_tree_pss_mb']} | "
-              f"{r['peak_processes']} | {r['load_before']} |")
+        print(f"| {r['sites']} | {r['experiment_s']:.1f} | {r['federation_s']:.1f} | {r['peak_tree_rss_mb']:.0f} | "
+              f"{r['peak_tree_pss_mb']:.0f} | {r['peak_processes']:.0f} | {r['load_before']} |")
     return 0
 
 
