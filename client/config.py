@@ -30,6 +30,7 @@ class SiteConfig:
     device: str = "auto"
     freeze: tuple[int, ...] = ()
     dp: DPConfig = DPConfig()
+    decode_cache: Path | None = None  # where decoded images outlive the per-message ClientApp process
 
     @classmethod
     def resolve(cls, node_config: Mapping[str, Any], server_config: Mapping[str, Any]) -> "SiteConfig":
@@ -51,8 +52,10 @@ class SiteConfig:
         if pretrained is None:
             raise SiteConfigError("no pretrained model: set 'pretrained' in the node config")
         state_dir = Path(str(node.get("state-dir", DEFAULT_STATE_ROOT / site_id)))
+        cache = str(node.get("decode-cache", state_dir / "decoded"))
         return cls(site_id, data, Path(str(pretrained)), state_dir, str(node.get("device", "auto")),
-                   parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node))
+                   parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node),
+                   None if cache.lower() in ("", "none", "off") else Path(cache))
 
     @classmethod
     def _from_simulation(cls, node: Mapping[str, Any], server: Mapping[str, Any]) -> "SiteConfig":

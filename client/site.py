@@ -27,7 +27,8 @@ LOCAL_LAYERS_KEY = "ossifl-local-layers"
 # One of each per ClientApp process. A simulation actor answers every round's messages in the same process,
 # so the pretrained model is read and the site's images are decoded once, not once per message; both caches
 # check the files' size and modification time on every use. OSSIFL_DECODE_CACHE_MB bounds the decoded
-# images held (default 2 GiB; 0 turns that cache off).
+# images held (default 2 GiB; 0 turns that cache off). A deployed site also keeps them in its state folder
+# (node config `decode-cache`), since its SuperNode starts a fresh process for every message.
 PRETRAINED = CheckpointCache()
 DECODED = SiteDataCache(cache_budget_from_env())
 
@@ -62,7 +63,7 @@ class SiteSession:
 
     def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
         return DECODED.load(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
-                            seed=int(self.config.get("seed", 0)), splits=splits)
+                            seed=int(self.config.get("seed", 0)), splits=splits, disk_dir=self.site.decode_cache)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         settings = self._settings()

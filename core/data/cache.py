@@ -8,18 +8,31 @@ fingerprint of the site's files: size and modification time of the manifest and 
 folder. The fingerprint is checked on every use (a directory scan, no decoding), so an edited label or a
 replaced image is picked up at the next message. Entries beyond the memory budget are evicted, least
 recently used first. The decoded splits are shared between uses: callers only change their epoch.
+
+A deployed site answers each message in a fresh process, where memory does not last. Given a `disk_dir`
+(a folder of the site's own state, never its data folder), a decoded entry is also written there as one
+`.npz` file (owner-only permissions) holding the images, the records and the fingerprint; a new process
+reads it back in seconds instead of decoding again (a 10,000-image site of full-size radiographs takes
+about 10 minutes to decode). An entry whose fingerprint no longer matches, or that cannot be read, is
+decoded again and replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
 
 from core.data.config import SiteDataConfig
-from core.data.dataset import AugmentConfig
+from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canvas_size
+from core.data.manifest import Manifest, Record, Skip
 from core.data.site import SiteData, load_site
 
 logger = logging.getLogger(__name__)
@@ -89,8 +102,11 @@ class SiteDataCache:
         return sum(entry.nbytes for entry in self._entries.values())
 
     def load(self, config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None, seed: int,
-             splits: tuple[str, ...] = ("train", "val", "test")) -> SiteData:
-        """Same arguments and result as `core.data.load_site`; decodes only on a miss or changed files."""
+             splits: tuple[str, ...] = ("train", "val", "test"), disk_dir: Path | None = None) -> SiteData:
+        """Same arguments and result as `core.data.load_site`; decodes only on a miss or changed files.
+
+        With `disk_dir`, a memory miss is looked up in (and a fresh decode written to) that folder.
+        """
         key = _Key(config, image_size, augment_train, seed, tuple(splits))
         fingerprint = site_fingerprint(config)  # taken before decoding: a change meanwhile forces a new decode
         with self._lock:
@@ -102,8 +118,12 @@ class SiteDataCache:
             if entry is not None:
                 logger.info("%s changed since it was decoded: decoding again", config.root)
                 del self._entries[key]
-            data = load_site(config, image_size, augment_train, seed, splits=splits)
-            self.misses += 1
+            data = None if disk_dir is None else _read_disk(disk_dir, key, fingerprint)
+            if data is None:
+                data = load_site(config, image_size, augment_train, seed, splits=splits)
+                self.misses += 1
+                if disk_dir is not None:
+                    _write_disk(disk_dir, key, fingerprint, data)
             nbytes = sum(split.images.nbytes for split in (data.train, data.val, data.test))
             if nbytes <= self.max_bytes:
                 self._entries[key] = _Entry(fingerprint, data, nbytes)
@@ -135,3 +155,71 @@ def cache_budget_from_env(variable: str = "OSSIFL_DECODE_CACHE_MB") -> int:
         return DEFAULT_MAX_BYTES
     return int(megabytes * 1e6)
 
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _disk_path(disk_dir: Path, key: _Key) -> Path:
+    """One file per layout, input size, canvas and splits (augmentation and seed do not change the pixels)."""
+    identity = {"layout": {k: str(v) for k, v in asdict(key.config).items()}, "image_size": key.image_size,
+                "canvas": canvas_size(key.image_size, key.augment), "splits": list(key.splits)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(disk_dir) / f"decoded_{digest}.npz"
+
+
+def _write_disk(disk_dir: Path, key: _Key, fingerprint: Fingerprint, data: SiteData) -> None:
+    path = _disk_path(disk_dir, key)
+    splits = {name: getattr(data, name) for name in SPLITS}
+    meta = {"fingerprint": fingerprint, "n_images_without_label": data.manifest.n_images_without_label,
+            "manifest_records": [_record_row(r) for r in data.manifest.records],
+            "manifest_skipped": [asdict(s) for s in data.manifest.skipped],
+            "splits": {name: {"records": [_record_row(r) for r in split.records],
+                              "skipped": [asdict(s) for s in split.skipped]} for name, split in splits.items()}}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            np.savez(handle, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                     **{name: split.images for name, split in splits.items()})
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("cannot keep the decoded images in %s (%s): the next process decodes again", disk_dir, exc)
+        tmp.unlink(missing_ok=True)
+
+
+def _read_disk(disk_dir: Path, key: _Key, fingerprint: Fingerprint) -> SiteData | None:
+    path = _disk_path(disk_dir, key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            meta = json.loads(stored["meta"].tobytes())
+            if meta["fingerprint"] != json.loads(json.dumps(fingerprint)):
+                logger.info("%s: the site's files changed since %s was written: decoding again", key.config.root,
+                            path.name)
+                return None
+            images = {name: stored[name] for name in SPLITS}
+        manifest = Manifest([_record(r) for r in meta["manifest_records"]],
+                            [Skip(**s) for s in meta["manifest_skipped"]], meta["n_images_without_label"])
+        datasets = {}
+        for name in SPLITS:
+            split = meta["splits"][name]
+            decoded = DecodedSplit([_record(r) for r in split["records"]], images[name],
+                                   [Skip(**s) for s in split["skipped"]])
+            datasets[name] = BoneAgeDataset(decoded.records, key.image_size,
+                                            key.augment if name == "train" else None, key.seed, decoded=decoded)
+    except Exception as exc:  # a truncated or foreign file: numpy, zipfile and json raise many types
+        logger.warning("cannot read %s (%s: %s): decoding again", path, exc.__class__.__name__, exc)
+        return None
+    logger.info("site %s: %d decoded images read from %s", key.config.root,
+                sum(len(d) for d in datasets.values()), path)
+    return SiteData(manifest=manifest, **datasets)
+
+
+def _record_row(record: Record) -> list:
+    return [record.image_id, str(record.path), record.age_months, record.male]
+
+
+def _record(row: list) -> Record:
+    return Record(row[0], Path(row[1]), float(row[2]), bool(row[3]))

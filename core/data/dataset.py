@@ -105,6 +105,34 @@ def fit_to_square(image: np.ndarray, content_size: int, canvas_size: int) -> np.
     return canvas
 
 
+@dataclass(frozen=True)
+class DecodedSplit:
+    """A split's decoded uint8 images (N, C, C), the N records they belong to and the records skipped."""
+
+    records: list[Record]
+    images: np.ndarray
+    skipped: list[Skip]
+
+
+def canvas_size(image_size: int, augment: AugmentConfig | None) -> int:
+    """Side of the stored images: the model input, or 15% more when training crops are drawn from them."""
+    return round(image_size * CROP_MARGIN) if augment is not None and augment.crop else image_size
+
+
+def _decode(records: list[Record], image_size: int, canvas: int, progress: bool) -> DecodedSplit:
+    images = np.zeros((len(records), canvas, canvas), dtype=np.uint8)
+    kept: list[int] = []
+    skipped: list[Skip] = []
+    for i, record in enumerate(tqdm(records, desc="decoding images", unit="img", disable=not progress)):
+        try:
+            images[i] = fit_to_square(read_image(record.path), image_size, canvas)
+        except ImageError as exc:
+            skipped.append(Skip(record.image_id, exc.reason, exc.detail))
+            continue
+        kept.append(i)
+    return DecodedSplit([records[i] for i in kept], images if len(kept) == len(records) else images[kept], skipped)
+
+
 class BoneAgeDataset(Dataset):
     """Images, ages and sexes of one split, decoded once and held in memory.
 
@@ -115,32 +143,31 @@ class BoneAgeDataset(Dataset):
     """
 
     def __init__(self, records: list[Record], image_size: int, augment: AugmentConfig | None = None,
-                 seed: int = 0, progress: bool = False) -> None:
+                 seed: int = 0, progress: bool = False, decoded: DecodedSplit | None = None) -> None:
+        """Decode `records`; or, with `decoded` (from `decoded_split`, e.g. a cache), take its images as they are."""
         if image_size < 8:
             raise DataError(f"image size must be at least 8 pixels, got {image_size}")
         self.image_size = image_size
         self.seed = seed
         self.epoch = 0
         self._augment = build_augment(augment, image_size) if augment is not None else None
-        canvas = round(image_size * CROP_MARGIN) if augment is not None and augment.crop else image_size
-        images = np.zeros((len(records), canvas, canvas), dtype=np.uint8)
-        kept: list[int] = []
-        self.skipped: list[Skip] = []
-        for i, record in enumerate(tqdm(records, desc="decoding images", unit="img", disable=not progress)):
-            try:
-                images[i] = fit_to_square(read_image(record.path), image_size, canvas)
-            except ImageError as exc:
-                self.skipped.append(Skip(record.image_id, exc.reason, exc.detail))
-                continue
-            kept.append(i)
-        self.images = images if len(kept) == len(records) else images[kept]
-        self.records = [records[i] for i in kept]
+        canvas = canvas_size(image_size, augment)
+        if decoded is None:
+            decoded = _decode(records, image_size, canvas, progress)
+            for skip in decoded.skipped:
+                logger.warning("skipped image %s: %s %s", skip.image_id, skip.reason, skip.detail)
+            logger.info("decoded %d images (%d skipped) into %.1f MB", len(decoded.records),
+                        len(decoded.skipped), decoded.images.nbytes / 1e6)
+        elif decoded.images.shape[1:] != (canvas, canvas) or len(decoded.images) != len(decoded.records):
+            raise DataError(f"decoded images of shape {decoded.images.shape} do not fit {len(decoded.records)} "
+                            f"records on a {canvas} px canvas")
+        self.images, self.records, self.skipped = decoded.images, decoded.records, decoded.skipped
         self._ages = torch.tensor([r.age_months for r in self.records], dtype=torch.float32)
         self._male = torch.tensor([float(r.male) for r in self.records], dtype=torch.float32)
-        for skip in self.skipped:
-            logger.warning("skipped image %s: %s %s", skip.image_id, skip.reason, skip.detail)
-        logger.info("decoded %d images (%d skipped) into %.1f MB", len(self.records),
-                    len(self.skipped), self.images.nbytes / 1e6)
+
+    def decoded_split(self) -> DecodedSplit:
+        """The decoded images with their records and decode skips, to build an equal dataset without decoding."""
+        return DecodedSplit(self.records, self.images, self.skipped)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -18,12 +18,16 @@ def test_deployment_settings_come_from_the_node_config():
     assert site.data.age_column == "age_years" and site.pretrained == Path("/opt/pre.pt")
     assert site.freeze == (1, 2, 3, 4) and site.state_dir == Path("/var/ossifl")
     assert site.dp.enabled and site.dp.target_epsilon == 8.0 and site.dp.noise_multiplier is None
+    assert site.decode_cache == Path("/var/ossifl/decoded")  # decoded images outlive the per-message process
+    assert SiteConfig.resolve({**node, "decode-cache": "none"}, SERVER).decode_cache is None
+    assert SiteConfig.resolve({**node, "decode-cache": "/fast/ssd"}, SERVER).decode_cache == Path("/fast/ssd")
 
 
 def test_simulated_sites_are_found_by_partition_id():
     site = SiteConfig.resolve({"partition-id": 1, "num-partitions": 2}, SERVER)
     assert site.site_id == "1" and site.data.root == Path("/sites/b") and site.data.label_unit == "years"
     assert site.freeze == (1, 2, 3, 4) and site.state_dir == Path("/state/b") and not site.dp.enabled
+    assert site.decode_cache is None  # simulation actors keep decoded images in memory
 
 
 def test_a_node_without_data_or_site_list_is_refused_clearly():

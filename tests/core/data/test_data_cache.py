@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from data_sites import SiteBuilder, hand
 
 from core.data import AugmentConfig, SiteDataConfig, load_site
@@ -99,3 +100,40 @@ def test_the_budget_comes_from_the_environment_with_a_warning_for_nonsense(monke
     monkeypatch.setenv("OSSIFL_DECODE_CACHE_MB", "lots")
     assert cache_budget_from_env() == 2 << 30
     assert "not a number of megabytes" in caplog.text
+
+
+def test_a_new_process_reads_the_decoded_site_from_disk_instead_of_decoding(png_site: SiteBuilder, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    config, disk = SiteDataConfig(png_site.root), tmp_path / "state" / "decoded"
+    first = SiteDataCache().load(config, SIZE, AugmentConfig(), seed=3, splits=("train", "val"), disk_dir=disk)
+    [stored] = list(disk.iterdir())
+    assert stored.suffix == ".npz" and stored.stat().st_mode & 0o777 == 0o600
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the files did not change")
+
+    monkeypatch.setattr("core.data.cache.load_site", no_decoding)
+    fresh = SiteDataCache()  # a new process: nothing in memory
+    again = fresh.load(config, SIZE, AugmentConfig(), seed=3, splits=("train", "val"), disk_dir=disk)
+    assert fresh.misses == 0 and again is not first
+    assert np.array_equal(again.train.images, first.train.images) and again.train.records == first.train.records
+    assert again.summary() == first.summary() and len(again.test) == 0
+    again.train.set_epoch(2), first.train.set_epoch(2)
+    assert torch.equal(again.train[5]["image"], first.train[5]["image"])  # same augmentation: same seed
+    monkeypatch.undo()
+    _touch_later(png_site.root / "labels.csv")  # the site's files changed: the stored entry no longer counts
+    changed = SiteDataCache()
+    changed.load(config, SIZE, AugmentConfig(), seed=3, splits=("train", "val"), disk_dir=disk)
+    assert changed.misses == 1 and len(list(disk.iterdir())) == 1
+
+
+def test_an_unreadable_stored_entry_is_decoded_again_with_a_warning(png_site: SiteBuilder, tmp_path: Path,
+                                                                  caplog) -> None:
+    config, disk = SiteDataConfig(png_site.root), tmp_path / "decoded"
+    SiteDataCache().load(config, SIZE, None, seed=0, disk_dir=disk)
+    [stored] = list(disk.iterdir())
+    stored.write_bytes(stored.read_bytes()[:100])  # truncated
+    cache = SiteDataCache()
+    data = cache.load(config, SIZE, None, seed=0, disk_dir=disk)
+    assert cache.misses == 1 and len(data.train) > 0 and "cannot read" in caplog.text
+    assert SiteDataCache().load(config, SIZE, None, seed=0, disk_dir=disk).train.records == data.train.records
