@@ -146,6 +146,8 @@ def test_one_round_over_tls_with_two_authenticated_sites(federation: Federation)
     assert load_checkpoint(root / "out" / "federated_final.pt").model.config.image_size == 64
 
     for name in SITES:
+        decoded = sorted((root / "state" / name / "decoded").iterdir())  # train+val and test, for the next rounds
+        assert len(decoded) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in decoded), decoded
         entries = [json.loads(line) for line in (root / "state" / name / "audit.jsonl").read_text().splitlines()]
         train = [e for e in entries if e["kind"] == "train"]
         assert len(train) == 1, (name, entries)
