@@ -22,8 +22,9 @@ Usage:
     training" is a ratio measured within one run (target: at most 1.10), and "round wall / sites' work" is the
     share of Flower's messaging, aggregation and checkpointing alone. A round here runs from one merge to the
     next: the previous round's federated evaluation and this round's training (the first round has no
-    evaluation before it but starts the engine's workers). For the plain loop, sites' work = its wall time. Runs of 1 and 3 rounds also give the cost per
-    extra round against the plain loop's. Variants are interleaved and repeated; medians are taken.
+    evaluation before it but starts the engine's workers). For the plain loop, sites' work = its wall time.
+    Runs of 1 and 3 rounds also give the cost per extra round against the plain loop's. Variants are
+    interleaved and repeated; medians are taken.
 """
 
 from __future__ import annotations

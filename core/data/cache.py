@@ -156,7 +156,6 @@ def cache_budget_from_env(variable: str = "OSSIFL_DECODE_CACHE_MB") -> int:
     return int(megabytes * 1e6)
 
 
-
 SPLITS = ("train", "val", "test")
 
 

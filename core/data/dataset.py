@@ -144,7 +144,7 @@ class BoneAgeDataset(Dataset):
 
     def __init__(self, records: list[Record], image_size: int, augment: AugmentConfig | None = None,
                  seed: int = 0, progress: bool = False, decoded: DecodedSplit | None = None) -> None:
-        """Decode `records`; or, with `decoded` (from `decoded_split`, e.g. a cache), take its images as they are."""
+        """Decode `records`; or, given `decoded` (e.g. read back from a cache), take its images as they are."""
         if image_size < 8:
             raise DataError(f"image size must be at least 8 pixels, got {image_size}")
         self.image_size = image_size
@@ -164,10 +164,6 @@ class BoneAgeDataset(Dataset):
         self.images, self.records, self.skipped = decoded.images, decoded.records, decoded.skipped
         self._ages = torch.tensor([r.age_months for r in self.records], dtype=torch.float32)
         self._male = torch.tensor([float(r.male) for r in self.records], dtype=torch.float32)
-
-    def decoded_split(self) -> DecodedSplit:
-        """The decoded images with their records and decode skips, to build an equal dataset without decoding."""
-        return DecodedSplit(self.records, self.images, self.skipped)
 
     def __len__(self) -> int:
         return len(self.records)
