@@ -1,46 +1,32 @@
-"""`python -m client check --data DIR`: validate a site folder before joining a federation."""
+"""`python -m client COMMAND`: a hospital's own tools (each command lives in its own module)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
 
-from client.check import TimingSettings, check_site, format_report, report_json
-from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
+from core.cli import run_command, setup_logging
+
+# One module per command; each defines `add_parser(commands)`, which sets `handler` on its sub-parser.
+COMMAND_MODULES = (
+    "client.check_command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate the manifest and images (read-only) and time training")
-    add_data_arguments(check)
-    check.add_argument("--image-size", type=int, default=128, help="model input side of the run (default: 128)")
-    check.add_argument("--width", type=float, default=0.5, help="TJ-Net channel multiplier of the run")
-    check.add_argument("--freeze", default="1-3", help="blocks frozen in the run (default: 1-3)")
-    check.add_argument("--batch-size", type=int, default=32)
-    check.add_argument("--local-epochs", type=int, default=1)
-    check.add_argument("--steps", type=int, default=3, help="training steps to time (after one warm-up step)")
-    check.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    check.add_argument("--pretrained", type=Path, default=None,
-                       help="the run's pretrained checkpoint (its image size and width replace the two above)")
-    check.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(commands)
     return parser
-
-
-def run_check(args: argparse.Namespace) -> int:
-    settings = TimingSettings(args.image_size, args.width, args.freeze, args.batch_size, args.local_epochs,
-                              args.steps, args.device, args.pretrained)
-    report = check_site(data_config_from_args(args), settings)
-    print(report_json(report) if args.json else format_report(report))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run_command(run_check, args)
+    return run_command(args.handler, args)
 
 
 if __name__ == "__main__":
