@@ -11,6 +11,8 @@ from core.cli import run_command, setup_logging
 # One module per command; each defines `add_parser(commands)`, which sets `handler` on its sub-parser.
 COMMAND_MODULES = (
     "client.check_command",
+    "client.predict_command",
+    "client.calibrate_command",
 )
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import build_model, describe, load_checkpoint, save_checkpoint
+from core.conformal import conformal_metadata
 from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.loss import JointLoss, JointLossConfig, L1AgeLoss
@@ -77,6 +78,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         history=result.history,
         train_seconds=seconds,
         n_parameters=n_params,
+        **conformal_metadata(model, site.val, device, str(job.data.root)),  # prediction interval (h12)
     )
     save_checkpoint(job.out, model, metadata)
     logger.info("best val MAD %.2f months at epoch %d; saved %s (%.0f s, %.1f s/epoch)",

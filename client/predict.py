@@ -1,0 +1,191 @@
+"""Bone age for new radiographs with a trained checkpoint: one output row per image, optional heat maps
+and one HTML report per patient. Input files are only read; everything written goes under ``--out``.
+
+An image that cannot be used (unreadable, refused by the model's quality gate, unknown sex with no sex
+head) gets ``status="refused"`` and a one-line reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from client.model_identity import model_identity
+from client.report_html import ImageSection, report_path, safe_name, write_reports
+from client.worklist import PatientFacts, Resolved, WorkItem, resolve
+from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from core.conformal import ConformalInterval, has_sex_head, interval_bounds, max_months
+from core.data import ImageError, read_image
+from core.data.dataset import fit_to_square
+from core.data.patient import read_patient_tags
+from core.explain import heat_map, overlay, png_bytes
+from core.inference import model_input, predict_batch
+from core.training import resolve_device
+
+logger = logging.getLogger(__name__)
+
+FIELDS = (
+    "image", "patient_id", "status", "reason", "bone_age_months", "bone_age", "interval_low_months",
+    "interval_high_months", "interval_coverage", "chronological_age_months", "chronological_age",
+    "chronological_age_source", "ba_minus_ca_months", "ba_minus_ca_years", "sex", "sex_source", "sex_head_p_male",
+    "quality_flags", "quality_confidence", "heatmap", "report", "model_sha256", "model_provenance",
+)
+DISPLAY_SIZE = 384  # side of the radiograph and heat map shown in a report
+SEX_HEAD_DISAGREES = 0.9  # flag a given sex the sex head contradicts with at least this probability
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """One `predict` run: the model, the facts given on the command line and what to write."""
+
+    model: Path
+    facts: PatientFacts = PatientFacts()
+    out: Path | None = None
+    heatmap: bool = False
+    report: bool = False
+    heatmap_method: str = "gradcam"
+    batch_size: int = 16
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class _Pending:
+    """An image read and resolved, waiting for its batch."""
+
+    item: WorkItem
+    facts: Resolved
+    row: dict[str, Any]
+    pixels: np.ndarray | None = None
+    square: np.ndarray | None = None
+    tensor: torch.Tensor | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+def years_months(months: float) -> str:
+    """12.5 -> "1 y 0 m" (rounded to the nearest month; a minus sign for negative values)."""
+    total = int(round(abs(months)))
+    return f"{'-' if months < 0 and total else ''}{total // 12} y {total % 12} m"
+
+
+class Predictor:
+    """A loaded checkpoint turning work items into output rows (and reports)."""
+
+    def __init__(self, settings: PredictSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        checkpoint = load_checkpoint(settings.model)
+        self.model = checkpoint.model.to(self.device).eval()
+        self.metadata = checkpoint.metadata
+        self.sha256 = file_sha256(settings.model)
+        self.identity = model_identity(settings.model, self.metadata, self.sha256)
+        self.image_size = int(self.model.config.image_size)
+        self.max_months = max_months(self.model)
+        raw = self.metadata.get("conformal")
+        self.conformal = ConformalInterval.from_dict(raw) if raw else None
+        if self.metadata.get("preprocess"):
+            raise CheckpointError(f"{settings.model} needs preprocessing that this version of OssiFL cannot run")
+        self.sex_head = has_sex_head(self.model)
+        if (settings.heatmap or settings.report) and not hasattr(self.model, "block4"):
+            raise CheckpointError(f"{settings.model}: heat maps and reports need a TJ-Net checkpoint")
+
+    def run(self, items: list[WorkItem]) -> Iterator[dict[str, Any]]:
+        """Output rows in input order; writes heat maps and reports under `settings.out` when asked."""
+        sections: dict[str, list[ImageSection]] = {}
+        bar = tqdm(total=len(items), unit="img", desc="predicting", disable=not self.settings.progress)
+        for start in range(0, len(items), self.settings.batch_size):
+            chunk = [self._prepare(item) for item in items[start:start + self.settings.batch_size]]
+            self._predict(chunk)
+            for pending in chunk:
+                if self.settings.heatmap or self.settings.report:
+                    section = self._explain(pending)
+                    if section is not None and self.settings.report:
+                        sections.setdefault(pending.facts.patient_id, []).append(section)
+                bar.update(1)
+                yield pending.row
+        bar.close()
+        if self.settings.report and sections:
+            write_reports(self.settings.out / "reports", sections, self.identity)
+
+    def _prepare(self, item: WorkItem) -> _Pending:
+        tags = read_patient_tags(item.path)
+        facts = resolve(item, self.settings.facts, tags)
+        row: dict[str, Any] = dict.fromkeys(FIELDS, "")
+        row.update(image=str(item.path), patient_id=facts.patient_id, model_sha256=self.sha256,
+                   model_provenance=self.identity["provenance"], sex_source=facts.sex_source)
+        if facts.age_months is not None:
+            row.update(chronological_age_months=round(facts.age_months, 1),
+                       chronological_age=years_months(facts.age_months), chronological_age_source=facts.age_source)
+        pending = _Pending(item, facts, row, flags=list(facts.flags))
+        try:
+            pixels = read_image(item.path)
+        except ImageError as exc:
+            return self._refuse(pending, f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason)
+        except OSError as exc:
+            return self._refuse(pending, f"cannot open: {exc.strerror or exc}")
+        if facts.male is None and not self.sex_head:
+            return self._refuse(pending, "sex unknown and this model has no sex head; give --sex or a sex column")
+        pending.pixels = pixels
+        pending.square, pending.tensor = model_input(pixels, self.image_size)
+        return pending
+
+    def _refuse(self, pending: _Pending, reason: str) -> _Pending:
+        pending.row.update(status="refused", reason=reason, quality_flags="; ".join(pending.flags))
+        return pending
+
+    def _predict(self, chunk: list[_Pending]) -> None:
+        ready = [p for p in chunk if p.tensor is not None]
+        if not ready:
+            return
+        images = torch.stack([p.tensor for p in ready])
+        male = torch.tensor([float("nan") if p.facts.male is None else float(p.facts.male) for p in ready])
+        batch = predict_batch(self.model, images, male, self.device)
+        for i, pending in enumerate(ready):
+            self._fill(pending, float(batch.expected_months[i]), bool(batch.male_used[i]),
+                       bool(batch.sex_from_head[i]), float(batch.p_male[i]))
+
+    def _fill(self, pending: _Pending, months: float, male: bool, from_head: bool, p_male: float) -> None:
+        row, flags = pending.row, pending.flags
+        row.update(status="ok", bone_age_months=round(months, 1), bone_age=years_months(months),
+                   sex="M" if male else "F")
+        if np.isfinite(p_male):
+            row["sex_head_p_male"] = round(p_male, 3)
+        if from_head:
+            row["sex_source"] = f"model's sex head (p = {max(p_male, 1 - p_male):.2f}); sex not given"
+            flags.append("sex predicted by the model, not given")
+        elif np.isfinite(p_male) and (p_male if not male else 1 - p_male) >= SEX_HEAD_DISAGREES:
+            flags.append(f"the model's sex head disagrees with the given sex (p = {max(p_male, 1 - p_male):.2f})")
+        if self.conformal is not None:
+            low, high = interval_bounds(months, self.conformal.halfwidth(from_head), self.max_months)
+            row.update(interval_low_months=round(float(low), 1), interval_high_months=round(float(high), 1),
+                       interval_coverage=self.conformal.coverage)
+        else:
+            flags.append("no calibrated interval in this checkpoint (python -m client calibrate)")
+        if pending.facts.age_months is not None:
+            difference = months - pending.facts.age_months
+            row.update(ba_minus_ca_months=round(difference, 1), ba_minus_ca_years=round(difference / 12.0, 2))
+        row["quality_flags"] = "; ".join(flags)
+
+    def _explain(self, pending: _Pending) -> ImageSection | None:
+        if self.settings.report:
+            pending.row["report"] = str(report_path(self.settings.out / "reports", pending.facts.patient_id))
+        if pending.row["status"] != "ok":
+            return ImageSection(pending.row, None, None) if self.settings.report else None
+        heat = heat_map(self.model, pending.tensor, 1.0 if pending.row["sex"] == "M" else 0.0,
+                        self.settings.heatmap_method)
+        display = fit_to_square(pending.pixels, DISPLAY_SIZE, DISPLAY_SIZE)
+        heat_png = png_bytes(overlay(display, heat))
+        if self.settings.heatmap:
+            folder = self.settings.out / "heatmaps"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{safe_name(pending.facts.patient_id)}_{safe_name(pending.item.path.stem)}.png"
+            path.write_bytes(heat_png)
+            pending.row["heatmap"] = str(path)
+        return ImageSection(pending.row, png_bytes(display), heat_png)

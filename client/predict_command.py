@@ -1,0 +1,108 @@
+"""`python -m client predict --model CKPT IMAGE|DIR|CSV ...`: bone age of new radiographs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from client.predict import FIELDS, PredictSettings, Predictor
+from client.worklist import PatientFacts, collect, parse_date, parse_sex
+from core.data import DataError
+from core.explain import METHODS
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `predict` on the `python -m client` command line."""
+    parser = commands.add_parser("predict", help="bone age of new images, a folder or a worklist CSV")
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, DICOM), folders or worklist CSVs")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint file")
+    parser.add_argument("--sex", help="M or F for every image (wins over worklist and DICOM)")
+    parser.add_argument("--chronological-age", type=float, help="chronological age in years for every image")
+    parser.add_argument("--birth-date", help="YYYY-MM-DD, with --study-date gives the chronological age")
+    parser.add_argument("--study-date", help="YYYY-MM-DD")
+    parser.add_argument("--out", type=Path, help="folder for predictions.csv / .jsonl, heat maps and reports")
+    parser.add_argument("--json", action="store_true", help="JSON lines (one object per image) instead of CSV")
+    parser.add_argument("--heatmap", action="store_true", help="write a heat-map overlay PNG per image under --out")
+    parser.add_argument("--heatmap-method", choices=METHODS, default="gradcam")
+    parser.add_argument("--report", action="store_true", help="write one HTML report per patient under --out")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=run_predict)
+
+
+def facts_from_args(args: argparse.Namespace) -> PatientFacts:
+    if args.chronological_age is not None and not 0 <= args.chronological_age <= 30:
+        raise DataError(f"--chronological-age {args.chronological_age} is not an age in years (0-30)")
+    return PatientFacts(
+        male=parse_sex(args.sex, "--sex") if args.sex else None,
+        birth_date=parse_date(args.birth_date, "--birth-date") if args.birth_date else None,
+        study_date=parse_date(args.study_date, "--study-date") if args.study_date else None,
+        age_months=args.chronological_age * 12.0 if args.chronological_age is not None else None,
+    )
+
+
+def check_out_folder(out: Path | None, inputs: list[Path], needs_out: bool) -> None:
+    """--out is needed for heat maps and reports, and may not lie inside an input folder."""
+    if out is None:
+        if needs_out:
+            raise DataError("--heatmap and --report write files: give --out DIR")
+        return
+    resolved = out.resolve()
+    for entry in inputs:
+        folder = entry.resolve() if entry.is_dir() else entry.resolve().parent
+        if resolved == folder or folder in resolved.parents:
+            raise DataError(f"--out {out} lies inside the input folder {folder}; inputs are never written to")
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def write_rows(rows: Any, stream: TextIO, as_json: bool, copy: TextIO | None) -> tuple[int, int]:
+    """Write rows to `stream` (and `copy`) as JSON lines or CSV; returns (predicted, refused)."""
+    writers = [csv.DictWriter(s, fieldnames=FIELDS) for s in (stream, copy) if s is not None] if not as_json else []
+    for writer in writers:
+        writer.writeheader()
+    counts = [0, 0]
+    for row in rows:
+        counts[row["status"] != "ok"] += 1
+        for target in (stream, copy):
+            if target is not None and as_json:
+                target.write(json.dumps({k: (None if v == "" else v) for k, v in row.items()}) + "\n")
+        for writer in writers:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+        stream.flush()
+    return counts[0], counts[1]
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise DataError("--batch-size must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    check_out_folder(args.out, args.inputs, args.heatmap or args.report)
+    settings = PredictSettings(model=args.model, facts=facts_from_args(args), out=args.out, heatmap=args.heatmap,
+                               report=args.report, heatmap_method=args.heatmap_method, batch_size=args.batch_size,
+                               device=args.device, progress=not args.no_progress)
+    items = collect(args.inputs)
+    predictor = Predictor(settings)
+    copy = None
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        copy = open(args.out / ("predictions.jsonl" if args.json else "predictions.csv"), "w", newline="",
+                    encoding="utf-8")
+    try:
+        predicted, refused = write_rows(predictor.run(items), sys.stdout, args.json, copy)
+    finally:
+        if copy is not None:
+            copy.close()
+    print(f"{predicted} image(s) predicted, {refused} refused", file=sys.stderr)
+    return 0
