@@ -9,6 +9,7 @@ from pathlib import Path
 from core.cli import run_command, setup_logging
 from sim.config import PRESETS, preset
 from sim.generate import add_generate_parser
+from sim.partition import add_partition_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated DP noise multipliers: adds one DP federation per value (freeze 1-3)")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
     parser.add_argument("-v", "--verbose", action="store_true")
-    add_generate_parser(parser.add_subparsers(dest="command"))
+    commands = parser.add_subparsers(dest="command")
+    add_generate_parser(commands)
+    add_partition_parser(commands)
     return parser
 
 
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     if args.command == "generate":
         return args.func(args)
+    if args.command == "partition":
+        return run_command(args.func, args)
     return run_command(run_sim, args)
 
 

@@ -1,0 +1,97 @@
+"""`python -m client finetune`: one site alone, provenance in the checkpoint, --compare with intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.__main__ import main
+from core.central import evaluate_checkpoint
+from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
+from core.data import SiteDataConfig
+from core.metrics import Predictions
+from core.model.config import TJNetConfig
+from core.model.tjnet import TJNet
+from core.site_finetune import folds_of, summarise_specs
+from sim.phantom.writer import generate_site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("finetune")
+    folder = generate_site("eu_clinic", 30, root / "site", seed=1, image_size=32)
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    return folder, save_checkpoint(root / "pretrained.pt", model, describe(model, preprocess={"marker": 1}))
+
+
+def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    folder, pretrained = site
+    out = tmp_path / "site.pt"
+    code = main(["finetune", "--pretrained", str(pretrained), "--data", str(folder), "--freeze", "1-4",
+                 "--epochs", "1", "--out", str(out), "--json", "--device", "cpu"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["freeze"] == "1-4" and set(printed["test_mad_months"]) == {"pretrained", "finetuned"}
+    loaded = load_checkpoint(out)
+    provenance = loaded.metadata["provenance"]
+    assert provenance["pretrained_sha256"] == file_sha256(pretrained)
+    assert provenance["freeze"] == "1-4" and provenance["data"]["summary"]["n_usable"] == 30
+    assert loaded.metadata["frozen_blocks"] == [1, 2, 3, 4]
+    assert loaded.metadata["preprocess"] == {"marker": 1}  # carried over from the pretrained checkpoint
+    original = load_checkpoint(pretrained).model.state_dict()
+    changed = [k for k, v in loaded.model.state_dict().items() if not torch.equal(v, original[k])]
+    assert changed and all(k.startswith(("block5", "block6")) for k in changed)
+    metrics = evaluate_checkpoint(out, SiteDataConfig(root=folder), device="cpu")
+    assert metrics["mad_months"] == pytest.approx(printed["test_mad_months"]["finetuned"], rel=1e-4)
+
+
+def test_bad_input_is_one_line(site: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    folder, pretrained = site
+    base = ["finetune", "--pretrained", str(pretrained), "--data", str(folder)]
+    assert main(base) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "x.pt"), "--freeze", "7"]) == 2
+    assert "freeze spec" in capsys.readouterr().err
+    assert main(["finetune", "--pretrained", str(tmp_path / "none.pt"), "--data", str(folder),
+                 "--out", str(tmp_path / "y.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(base + ["--out", str(pretrained)]) == 2
+    assert main(base + ["--compare", "--folds", "20"]) == 2
+    assert "too few" in capsys.readouterr().err
+
+
+def test_compare_runs_every_spec_out_of_fold(site: tuple[Path, Path], capsys) -> None:
+    folder, pretrained = site
+    code = main(["finetune", "--pretrained", str(pretrained), "--data", str(folder), "--compare", "--folds", "2",
+                 "--specs", "1-4", "--epochs", "1", "--json", "--device", "cpu"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["freeze"] for r in rows] == ["pretrained", "1-4"]
+    assert all(r["n"] == 30 and r["mad_ci_low"] <= r["mad_months"] <= r["mad_ci_high"] for r in rows)
+    assert rows[0]["diff_vs_pretrained"] is None and all(len(r["diff_vs_pretrained"]) == 3 for r in rows[1:])
+
+
+def test_folds_are_disjoint_and_cover_the_site() -> None:
+    from core.data.manifest import Record
+
+    records = [Record(str(i), Path(f"{i}.png"), float(i), i % 2 == 0) for i in range(23)]
+    folds = folds_of(records, 5, seed=0)
+    ids = [r.image_id for fold in folds for r in fold]
+    assert sorted(ids) == sorted(r.image_id for r in records) and len(set(ids)) == 23
+    assert sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
+    assert folds_of(records, 5, seed=0) == folds
+
+
+def test_summary_pools_folds_and_pairs_with_the_pretrained_model() -> None:
+    true = np.array([10.0, 20.0, 30.0, 40.0])
+    male = np.zeros(4)
+    half = lambda p: [Predictions(p[:2], true[:2], male[:2]), Predictions(p[2:], true[2:], male[2:])]  # noqa: E731
+    results = summarise_specs({"pretrained": half(true + 6.0), "1-3": half(true + np.array([2.0, -2.0, 2.0, -2.0]))},
+                              3.0, "months")
+    assert results[0].mad.estimate == 6.0 and results[1].mad.estimate == 2.0
+    assert (results[1].versus_pretrained.estimate, results[1].versus_pretrained.high) == (-4.0, -4.0)
