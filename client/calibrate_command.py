@@ -25,18 +25,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    interval, test = calibrate_checkpoint(args.model, data_config_from_args(args), args.out, args.split,
+    interval, tests = calibrate_checkpoint(args.model, data_config_from_args(args), args.out, args.split,
                                           args.coverage, args.device)
     if args.json:
-        print(json.dumps({"conformal": interval.to_dict(), "test": None if test is None else vars(test),
+        print(json.dumps({"conformal": interval.to_dict(), "test": {k: vars(v) for k, v in tests.items()},
                           "out": str(args.out)}))
         return 0
     head = interval.halfwidth_months_sex_from_head
     print(f"{interval.coverage:.0%} interval from {interval.n} {interval.split} images of {args.data}: "
           f"+-{interval.halfwidth_months:.1f} months (sex given)"
           + ("" if head is None else f", +-{head:.1f} months (sex from the model's sex head)"))
-    if test is not None:
-        print(f"on the {test.n} test images it covers {test.covered:.1%} "
+    for name, test in tests.items():
+        print(f"{name}: covers {test.covered:.1%} of the {test.n} test images "
               f"(95% CI {test.covered_low:.1%}-{test.covered_high:.1%}), mean width {test.mean_width_months:.1f} months")
     print(f"saved {args.out}")
     return 0

@@ -57,7 +57,7 @@ def _rows(pairs: list[tuple[str, str]]) -> str:
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in pairs)
 
 
-def _image_html(section: ImageSection) -> str:
+def _image_html(section: ImageSection, input_px: int) -> str:
     row = section.row
     name = html.escape(Path(row["image"]).name)
     if row["status"] != "ok":
@@ -66,7 +66,8 @@ def _image_html(section: ImageSection) -> str:
     pictures = ""
     if section.radiograph_png is not None and section.heatmap_png is not None:
         pictures = (f'<div class="pics"><figure><img alt="radiograph" src="{_data_uri(section.radiograph_png)}">'
-                    f"<figcaption>radiograph as the model saw it (after preprocessing)</figcaption></figure>"
+                    f"<figcaption>radiograph as preprocessed for the model ({input_px} px input)"
+                    f"</figcaption></figure>"
                     f'<figure><img alt="heat map" src="{_data_uri(section.heatmap_png)}">'
                     f"<figcaption>heat map: where the features behind the predicted class were (block 4)"
                     f"</figcaption></figure></div>")
@@ -94,14 +95,14 @@ def _image_html(section: ImageSection) -> str:
 
 def _model_html(identity: dict[str, Any]) -> str:
     provenance = identity.get("provenance", {})
-    trained = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_text(v))}</td></tr>"
+    trained = "".join(f"<tr><th>{html.escape(str(k).replace('_', ' '))}</th><td>{html.escape(_text(v))}</td></tr>"
                       for k, v in provenance.items()) or "<tr><td>no training record in the checkpoint</td></tr>"
     summary = _rows([
         ("Model file", html.escape(identity["file"])),
         ("SHA-256", f'<span class="small">{html.escape(identity["sha256"])}</span>'),
         ("Architecture", html.escape(f"{identity['architecture']} at {identity['image_size']} px, "
                                      f"width {identity['width']}")),
-        ("Frozen blocks", html.escape(_text(identity.get("frozen_blocks")) or "none")),
+        ("Frozen blocks", ", ".join(map(str, identity.get("frozen_blocks") or [])) or "none"),
     ])
     return f"<h2>Model</h2><table>{summary}</table><h2>How it was trained</h2><table>{trained}</table>"
 
@@ -113,7 +114,7 @@ def _text(value: Any) -> str:
 def render_report(patient_id: str, sections: list[ImageSection], identity: dict[str, Any]) -> str:
     """The HTML page of one patient."""
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = "".join(_image_html(s) for s in sections)
+    body = "".join(_image_html(s, identity["image_size"]) for s in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>Bone age report - {html.escape(patient_id)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>Bone age report: patient {html.escape(patient_id)}</h1>"

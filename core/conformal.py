@@ -191,7 +191,7 @@ def measure_coverage(predicted: np.ndarray, true: np.ndarray, halfwidth: float, 
 
 
 def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, split: str = "val",
-                         coverage: float = 0.9, device: str = "cpu") -> tuple[ConformalInterval, CoverageReport | None]:
+                         coverage: float = 0.9, device: str = "cpu") -> tuple[ConformalInterval, dict[str, CoverageReport]]:
     """Re-calibrate a checkpoint's interval on a site's own labelled images and save it as `out`.
 
     Args:
@@ -199,7 +199,8 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
             never trained on).
 
     Returns:
-        The new interval and, when calibrated on "val", its coverage on the site's test split (else None).
+        The new interval and, when calibrated on "val", its coverage on the site's test split with the sex
+        given ("sex given") and, for a model with a sex head, with the head's sex ("sex from head").
     """
     if Path(out).resolve() == Path(model_path).resolve():
         raise ConformalError("--out must be a new file; the input checkpoint is never overwritten")
@@ -214,10 +215,13 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
     else:
         calibration = getattr(site, split)
     interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root))
-    report = None
+    reports: dict[str, CoverageReport] = {}
     if split == "val" and len(site.test) > 0:
-        predicted, true = predictions_of(model, site.test, torch_device)
-        report = measure_coverage(predicted, true, interval.halfwidth_months, max_months(model))
+        for name, from_head in (("sex given", False), ("sex from head", True)):
+            if from_head and interval.halfwidth_months_sex_from_head is None:
+                continue
+            predicted, true = predictions_of(model, site.test, torch_device, sex_from_head=from_head)
+            reports[name] = measure_coverage(predicted, true, interval.halfwidth(from_head), max_months(model))
     metadata = dict(checkpoint.metadata, conformal=interval.to_dict())
     save_checkpoint(out, model.cpu(), metadata)
-    return interval, report
+    return interval, reports

@@ -85,7 +85,8 @@ def test_site_recalibration_writes_a_new_checkpoint(phantom: Path, model_path: P
     assert code == 0 and model_path.read_bytes() == before
     saved = load_checkpoint(out).metadata["conformal"]
     assert saved == result["conformal"] and saved["source"] == str(phantom)
-    assert result["test"]["n"] > 0 and 0.0 <= result["test"]["covered"] <= 1.0
+    for name in ("sex given", "sex from head"):
+        assert result["test"][name]["n"] > 0 and 0.0 <= result["test"][name]["covered"] <= 1.0
     code = client_main(["calibrate", "--model", str(model_path), "--data", str(phantom), "--out", str(model_path)])
     assert code == 2 and "never overwritten" in capsys.readouterr().err
 
