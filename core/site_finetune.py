@@ -20,6 +20,7 @@ from torch import nn
 
 from core.central import make_loss
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
+from core.conformal import conformal_metadata
 from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.data.manifest import Record
@@ -97,7 +98,8 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
                   "finetune_config": asdict(config)}
     carried = {k: loaded.metadata[k] for k in CARRIED_METADATA if k in loaded.metadata}
     metadata = describe(model, seed=config.seed, provenance=provenance, history=history,
-                        test_metrics={"pretrained": before, "finetuned": after}, **carried)
+                        test_metrics={"pretrained": before, "finetuned": after}, **carried,
+                        **conformal_metadata(model, site.val, device, str(data.root)))  # prediction interval (h12)
     save_checkpoint(out, model, metadata)
     logger.info("test MAD %.2f -> %.2f months (%d images); saved %s", before["mad_months"], after["mad_months"],
                 after["n"], out)

@@ -16,6 +16,7 @@ from core.conformal import (ConformalError, conformal_quantile, fit_conformal, m
                             minimum_calibration_size, predictions_of)
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.model.config import TJNetConfig
+from core.site_finetune import FinetuneConfig, finetune_site
 from core.model.tjnet import TJNet
 from core.training import TrainConfig
 from sim.phantom.writer import generate_site
@@ -100,3 +101,11 @@ def test_pretraining_stores_the_interval(phantom: Path, tmp_path: Path) -> None:
     val = load_site(SiteDataConfig(phantom), 48, None, seed=0, splits=("val",)).val
     assert saved["n"] == len(val) and saved["split"] == "val" and saved["coverage"] == 0.9
     assert saved["halfwidth_months"] > 0
+
+
+def test_site_finetuning_stores_an_interval_of_its_own(phantom: Path, model_path: Path, tmp_path: Path) -> None:
+    config = FinetuneConfig(freeze="1-4", epochs=1, device="cpu", progress=False)
+    metadata = finetune_site(model_path, SiteDataConfig(phantom), tmp_path / "site.pt", config)
+    val = load_site(SiteDataConfig(phantom), 48, None, seed=0, splits=("val",)).val
+    assert metadata["conformal"]["n"] == len(val) and metadata["conformal"]["source"] == str(phantom)
+    assert load_checkpoint(tmp_path / "site.pt").metadata["conformal"] == metadata["conformal"]
