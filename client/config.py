@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.data import SiteDataConfig
+from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
 from core.privacy import DPConfig
 
 DEFAULT_STATE_ROOT = Path(os.environ.get("OSSIFL_STATE", Path.home() / ".ossifl" / "state"))
 
 
-class SiteConfigError(ValueError):
+class SiteConfigError(ConfigError):
     """Node settings that cannot work; the message explains the fix in one line."""
 
 

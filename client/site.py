@@ -8,20 +8,19 @@ from typing import Any, Mapping
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from client.config import SiteConfig, SiteConfigError
+from client.config import SiteConfig
 from core.checkpoint import CheckpointCache, CheckpointError
 from core.data import AugmentConfig, DataError, SiteData
 from core.data.cache import SiteDataCache, cache_budget_from_env
-from core.finetune import ArrayMismatch, RoundSettings, load_arrays, norm_layer_keys, train_site_round, with_freeze
+from core.errors import USER_ERRORS
+from core.finetune import RoundSettings, load_arrays, norm_layer_keys, train_site_round, with_freeze
 from core.central import evaluate_model
-from core.model.freeze import FreezeSpecError, block_of_key, parse_freeze_spec
-from core.privacy import BudgetExceeded, DPIncompatibleModel
+from core.model.freeze import block_of_key, parse_freeze_spec
 from core.training import resolve_device
 
 logger = logging.getLogger("ossifl.client")
 
-SITE_ERRORS = (SiteConfigError, CheckpointError, DataError, ArrayMismatch, FreezeSpecError, BudgetExceeded,
-               DPIncompatibleModel, FileNotFoundError)
+SITE_ERRORS = USER_ERRORS  # refused with a one-line reason; anything else is a bug and crashes the reply
 LOCAL_LAYERS_KEY = "ossifl-local-layers"
 
 # One of each per ClientApp process. A simulation actor answers every round's messages in the same process,

@@ -13,7 +13,7 @@ from torch import nn
 
 from core.checkpoint import build_model, describe, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
-from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
+from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.loss import JointLoss, JointLossConfig, L1AgeLoss
 from core.metrics import compute_metrics
@@ -54,7 +54,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     image_size = model.config.image_size
     site = load_site(job.data, image_size, job.augment, job.train.seed, progress=job.train.progress)
     if len(site.train) == 0 or len(site.val) == 0:
-        raise ValueError(f"{job.data.root}: no usable training or validation images")
+        raise DataError(f"{job.data.root}: no usable training or validation images")
     train_loader = make_loader(site.train, job.train.batch_size, shuffle=True, seed=job.train.seed,
                                num_workers=job.train.num_workers, drop_last=len(site.train) > job.train.batch_size)
     val_loader = make_loader(site.val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
@@ -110,7 +110,7 @@ def evaluate_checkpoint(
     else:
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:
-        raise ValueError(f"{data.root}: the {split} split has no usable images")
+        raise DataError(f"{data.root}: the {split} split has no usable images")
     metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit)
     metrics["split"] = split
     metrics["skipped"] = site.summary()["n_skipped"]

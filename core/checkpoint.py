@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import UserError
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks
@@ -30,7 +31,7 @@ FORMAT_VERSION = 1
 ARCHITECTURES = ("tjnet", "resnet")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or not an OssiFL checkpoint."""
 
 

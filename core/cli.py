@@ -8,11 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from core.checkpoint import CheckpointError
-from core.data import DataError, SiteDataConfig
-from core.model.freeze import FreezeSpecError
-
-USER_ERRORS = (DataError, CheckpointError, FreezeSpecError, FileNotFoundError, ValueError, RuntimeError)
+from core.data import SiteDataConfig
+from core.errors import USER_ERRORS
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 from core.central import evaluate_model, make_loss
 from core.data import make_loader
 from core.data.dataset import BoneAgeDataset
+from core.errors import ConfigError, UserError
 from core.loss import JointLossConfig
 from core.model.freeze import freeze_blocks
 from core.privacy import LEDGER_FILENAME, DPConfig, PrivacyLedger, train_private_round
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 NORM_LAYER_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm)
 
 
-class ArrayMismatch(ValueError):
+class ArrayMismatch(UserError, ValueError):
     """Arrays from the server that do not fit the local model."""
 
 
@@ -116,7 +117,7 @@ def train_site_round(
     start = time.perf_counter()
     if private:
         if ledger_dir is None:
-            raise ValueError("differential privacy needs a state folder for the privacy ledger")
+            raise ConfigError("differential privacy needs a state folder for the privacy ledger")
         result = train_private_round(model, train_set, loss_fn, config, dp, PrivacyLedger(ledger_dir / LEDGER_FILENAME),
                                      settings.local_epochs, device, settings.planned_rounds, extra,
                                      context={"round": round_number})

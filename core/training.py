@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError
 from core.loss import LossParts
 from core.metrics import Predictions
 
@@ -47,7 +48,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available")
+        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available")
     return device
 
 
@@ -178,7 +179,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """Adam(W) over the parameters that require gradients (frozen blocks are left out)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError("the model has no trainable parameters (is every block frozen?)")
+        raise ConfigError("the model has no trainable parameters (is every block frozen?)")
     return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
 

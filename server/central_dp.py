@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
+from core.errors import ConfigError
 from server.config import FederationConfig
 from strategies import PartialModelStrategy, validate_update
 from strategies.partial import read_reply
@@ -39,7 +40,7 @@ class AccountedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
     def __init__(self, strategy: PartialModelStrategy, noise_multiplier: float, clipping_norm: float,
                  accountant: RdpAccountant) -> None:
         if strategy.aggregator.name not in MEAN_AGGREGATORS:
-            raise ValueError(f"central DP needs a mean aggregation ({', '.join(MEAN_AGGREGATORS)}), "
+            raise ConfigError(f"central DP needs a mean aggregation ({', '.join(MEAN_AGGREGATORS)}), "
                              f"not {strategy.aggregator.name!r}: its noise is calibrated to a uniform mean")
         population = accountant.config.population_size
         # Flower's own accountant check compares classes; the property it stands for is checked per round
@@ -97,13 +98,13 @@ def check_shippable(model: torch.nn.Module, keys: Sequence[str]) -> None:
     batch_norms = {name for name, module in model.named_modules() if isinstance(module, BATCH_NORMS)}
     shipped = [key for key in keys if key.rpartition(".")[0] in batch_norms]
     if shipped:
-        raise ValueError(f"central DP cannot ship BatchNorm layers ({shipped[0]} and {len(shipped) - 1} more): "
+        raise ConfigError(f"central DP cannot ship BatchNorm layers ({shipped[0]} and {len(shipped) - 1} more): "
                          "their running statistics are not clipped or accounted; use a GroupNorm TJ-Net "
                          "or local-layers=norm")
     state = model.state_dict()
     integer = [key for key in keys if not torch.is_floating_point(state[key])]
     if integer:
-        raise ValueError(f"central DP adds noise to float arrays only; {integer[0]} is {state[integer[0]].dtype}")
+        raise ConfigError(f"central DP adds noise to float arrays only; {integer[0]} is {state[integer[0]].dtype}")
 
 
 def wrap_central_dp(strategy: PartialModelStrategy, config: FederationConfig, model: torch.nn.Module,
@@ -120,7 +121,7 @@ def wrap_central_dp(strategy: PartialModelStrategy, config: FederationConfig, mo
         try:
             accountant.load_state_dict(accountant_state)
         except ValueError as exc:
-            raise ValueError(f"cannot resume under central DP: {exc} (resume with the same central-dp-* "
+            raise ConfigError(f"cannot resume under central DP: {exc} (resume with the same central-dp-* "
                              "settings and min-nodes)") from exc
     wrapper = AccountedFixedClipping(strategy, config.central_dp_noise_multiplier, config.central_dp_clipping_norm,
                                      accountant)

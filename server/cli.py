@@ -11,6 +11,7 @@ from pathlib import Path
 from core.central import PretrainJob, evaluate_checkpoint, pretrain
 from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
 from core.data import AugmentConfig
+from core.errors import ConfigError
 from core.training import TrainConfig
 
 logger = logging.getLogger("server")
@@ -63,7 +64,7 @@ def _model_config(args: argparse.Namespace) -> dict:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     if args.epochs < 1:
-        raise ValueError("--epochs must be at least 1")
+        raise ConfigError("--epochs must be at least 1")
     job = PretrainJob(
         data=data_config_from_args(args),
         out=args.out,

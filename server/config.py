@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
 
 # Keys the server does not interpret but forwards to every site in the train/evaluate config.
@@ -65,13 +66,13 @@ class FederationConfig:
     def __post_init__(self) -> None:
         parse_freeze_spec(self.freeze)
         if self.num_rounds < 1 or self.local_epochs < 1:
-            raise ValueError("num-rounds and local-epochs must be at least 1")
+            raise ConfigError("num-rounds and local-epochs must be at least 1")
         if self.local_layers not in ("none", "norm"):
-            raise ValueError(f"local-layers must be 'none' or 'norm', got {self.local_layers!r}")
+            raise ConfigError(f"local-layers must be 'none' or 'norm', got {self.local_layers!r}")
         if self.central_dp_noise_multiplier < 0 or self.central_dp_max_epsilon < 0:
-            raise ValueError("central-dp-noise-multiplier and central-dp-max-epsilon must be >= 0")
+            raise ConfigError("central-dp-noise-multiplier and central-dp-max-epsilon must be >= 0")
         if self.central_dp_clipping_norm <= 0 or not 0 < self.central_dp_delta < 1:
-            raise ValueError("central-dp-clipping-norm must be > 0 and central-dp-delta in (0, 1)")
+            raise ConfigError("central-dp-clipping-norm must be > 0 and central-dp-delta in (0, 1)")
 
     @property
     def central_dp(self) -> bool:
@@ -82,7 +83,7 @@ class FederationConfig:
     def from_run_config(cls, run_config: Mapping[str, Any]) -> "FederationConfig":
         """Read kebab-case keys (`num-rounds`, `local-epochs`...); unknown keys are refused."""
         if not str(run_config.get("pretrained", "")):
-            raise ValueError("run config has no 'pretrained' checkpoint: pass --run-config \"pretrained='PATH'\"")
+            raise ConfigError("run config has no 'pretrained' checkpoint: pass --run-config \"pretrained='PATH'\"")
         names = {f.name for f in fields(cls)} - {"forwarded"}
         values: dict[str, Any] = {}
         forwarded: dict[str, Any] = {}
@@ -93,7 +94,7 @@ class FederationConfig:
             elif name in names:
                 values[name] = value
             else:
-                raise ValueError(f"unknown run config key {key!r}")
+                raise ConfigError(f"unknown run config key {key!r}")
         for name in ("pretrained", "out_dir", "central_data"):
             if values.get(name) not in (None, ""):
                 values[name] = Path(str(values[name]))

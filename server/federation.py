@@ -18,6 +18,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from core.central import evaluate_model
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
+from core.errors import ConfigError
 from core.finetune import norm_layer_keys
 from core.model.freeze import freeze_blocks, parse_freeze_spec, trainable_state_keys
 from core.training import resolve_device
@@ -66,7 +67,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
         strategy_state = resumed.metadata.get("strategy_state")
         accountant_state = resumed.metadata.get("central_dp_state")
         if config.central_dp and accountant_state is None:
-            raise ValueError(f"cannot resume under central DP: {latest} has no accountant state "
+            raise ConfigError(f"cannot resume under central DP: {latest} has no accountant state "
                              "(the rounds before it ran without central DP)")
         logger.info("resuming after round %d from %s", start_round, latest)
     keys = shared_keys(model, config.local_layers)

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
 from strategies import STRATEGY_NAMES
 
@@ -52,15 +53,15 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if not self.sites:
-            raise ValueError("a simulation needs at least one hospital site")
+            raise ConfigError("a simulation needs at least one hospital site")
         if self.rounds < 1 or self.local_epochs < 1 or self.pretrain_epochs < 1:
-            raise ValueError("rounds, local epochs and pretraining epochs must be at least 1")
+            raise ConfigError("rounds, local epochs and pretraining epochs must be at least 1")
         for spec in (*self.freeze_specs, self.baseline_freeze):
             parse_freeze_spec(spec)
         if self.strategy not in STRATEGY_NAMES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
         if any(sigma <= 0 for sigma in self.dp_noise_multipliers):
-            raise ValueError("DP noise multipliers must be positive")
+            raise ConfigError("DP noise multipliers must be positive")
 
     def pretrain_key(self) -> str:
         """Cache key of the pretrained model: everything that changes its weights."""
@@ -92,5 +93,5 @@ PRESETS: dict[str, SimConfig] = {
 def preset(name: str, **overrides: object) -> SimConfig:
     """A preset with some fields replaced (None values are ignored)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

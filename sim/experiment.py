@@ -14,6 +14,7 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
+from core.errors import FederationFailed
 from core.finetune import RoundSettings, train_site_round
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
@@ -124,7 +125,7 @@ def run_federations(configs: list[FederationConfig], num_sites: int, cpus_per_si
     run_simulation(server_app=make_server_app(configs, outcomes), client_app=client_app,
                    num_supernodes=num_sites, backend_config={"client_resources": resources})
     if len(outcomes) != len(configs):
-        raise RuntimeError(f"only {len(outcomes)} of {len(configs)} federated runs finished; see the log above")
+        raise FederationFailed(f"only {len(outcomes)} of {len(configs)} federated runs finished; see the log above")
 
 
 def per_round_mad(out_dir: Path, sites: list[PreparedSite]) -> dict[str, list[float]]:

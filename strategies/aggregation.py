@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -112,7 +114,7 @@ class Aggregator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned; a state from another aggregator is refused."""
         if state.get("name") != self.name:
-            raise ValueError(f"state of aggregator {state.get('name')!r} cannot be loaded into {self.name!r}")
+            raise ConfigError(f"state of aggregator {state.get('name')!r} cannot be loaded into {self.name!r}")
 
 
 def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -136,7 +138,7 @@ class FedProx(FedAvg):
 
     def __init__(self, proximal_mu: float = 0.0) -> None:
         if proximal_mu < 0:
-            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
+            raise ConfigError(f"proximal_mu must be >= 0, got {proximal_mu}")
         self.proximal_mu = proximal_mu
 
     def train_config(self) -> dict[str, float]:
@@ -157,7 +159,7 @@ class FedAvgM(Aggregator):
 
     def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
         if server_learning_rate <= 0 or not 0 <= server_momentum < 1:
-            raise ValueError("need server_learning_rate > 0 and 0 <= server_momentum < 1")
+            raise ConfigError("need server_learning_rate > 0 and 0 <= server_momentum < 1")
         self.server_learning_rate = server_learning_rate
         self.server_momentum = server_momentum
         self.momentum: Arrays = {}
@@ -190,7 +192,7 @@ class FedAdam(Aggregator):
 
     def __init__(self, eta: float = 1e-1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3) -> None:
         if eta <= 0 or tau <= 0 or not (0 <= beta_1 < 1 and 0 <= beta_2 < 1):
-            raise ValueError("need eta > 0, tau > 0 and beta_1, beta_2 in [0, 1)")
+            raise ConfigError("need eta > 0, tau > 0 and beta_1, beta_2 in [0, 1)")
         self.eta, self.beta_1, self.beta_2, self.tau = eta, beta_1, beta_2, tau
         self.m: Arrays = {}
         self.v: Arrays = {}
@@ -242,7 +244,7 @@ class FedTrimmedAvg(Aggregator):
 
     def __init__(self, beta: float = 0.2) -> None:
         if not 0 <= beta < 0.5:
-            raise ValueError(f"beta must be in [0, 0.5), got {beta}")
+            raise ConfigError(f"beta must be in [0, 0.5), got {beta}")
         self.beta = beta
 
     def _combine(self, key: str, current: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -261,5 +263,5 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
 def build_aggregator(name: str, **options: float) -> Aggregator:
     """Instantiate the aggregator called `name` with its keyword `options`."""
     if name not in AGGREGATORS:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(AGGREGATORS)}")
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(AGGREGATORS)}")
     return AGGREGATORS[name](**options)

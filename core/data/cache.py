@@ -34,6 +34,7 @@ from core.data.config import SiteDataConfig
 from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canvas_size
 from core.data.manifest import Manifest, Record, Skip
 from core.data.site import SiteData, load_site
+from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class SiteDataCache:
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_bytes < 0:
-            raise ValueError(f"the cache's memory budget must be >= 0 bytes, got {max_bytes}")
+            raise ConfigError(f"the cache's memory budget must be >= 0 bytes, got {max_bytes}")
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0

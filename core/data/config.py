@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UserError
+
 LABEL_UNITS = {"months": 1.0, "years": 12.0}
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with a site's data, explained in one user-facing line.
 
     CLIs catch it and print ``error: <message>``.

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import ConfigError
 from core.model.layers import make_norm_factory
 from core.model.tjnet import AgeOutput, scaled_channels
 
@@ -32,7 +33,7 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         if self.depth not in _STAGES:
-            raise ValueError(f"depth must be one of {sorted(_STAGES)}, got {self.depth}")
+            raise ConfigError(f"depth must be one of {sorted(_STAGES)}, got {self.depth}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.errors import ConfigError
+
 NORMALISATIONS = ("group", "batch")
 
 
@@ -38,13 +40,13 @@ class TJNetConfig:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMALISATIONS:
-            raise ValueError(f"norm must be one of {NORMALISATIONS}, got {self.norm!r}")
+            raise ConfigError(f"norm must be one of {NORMALISATIONS}, got {self.norm!r}")
         if self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32 px, got {self.image_size}")
+            raise ConfigError(f"image_size must be at least 32 px, got {self.image_size}")
         if self.width <= 0:
-            raise ValueError(f"width must be positive, got {self.width}")
+            raise ConfigError(f"width must be positive, got {self.width}")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be at least 2, got {self.num_classes}")
 
     @property
     def max_months(self) -> float:

@@ -6,13 +6,14 @@ import re
 
 from torch import nn
 
+from core.errors import ConfigError
 from core.model.tjnet import BLOCK_NAMES
 
 FREEZE_CHOICES = ("none", "1", "1-2", "1-3", "1-4")
 _RANGE = re.compile(r"^(\d)(?:-(\d))?$")
 
 
-class FreezeSpecError(ValueError):
+class FreezeSpecError(ConfigError):
     """A freeze spec that cannot be understood."""
 
 

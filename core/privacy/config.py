@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from core.errors import ConfigError
+
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -38,16 +40,16 @@ class DPConfig:
 
     def __post_init__(self) -> None:
         if self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"dp accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+            raise ConfigError(f"dp accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         _check_positive("max-grad-norm", self.max_grad_norm)
         for name, value in (("noise-multiplier", self.noise_multiplier), ("target-epsilon", self.target_epsilon),
                             ("max-epsilon", self.max_epsilon)):
             if value is not None:
                 _check_positive(name, value)
         if self.delta is not None and not 0.0 < self.delta < 1.0:
-            raise ValueError(f"dp delta must be in (0, 1), got {self.delta}")
+            raise ConfigError(f"dp delta must be in (0, 1), got {self.delta}")
         if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError("dp needs exactly one of noise-multiplier and target-epsilon")
+            raise ConfigError("dp needs exactly one of noise-multiplier and target-epsilon")
 
     @property
     def budget(self) -> float:
@@ -63,10 +65,10 @@ def default_delta(num_examples: int) -> float:
     or a mechanism that publishes one random patient's record would qualify.
     """
     if num_examples < 1:
-        raise ValueError("the default delta needs at least one training example")
+        raise ConfigError("the default delta needs at least one training example")
     return 10.0 ** math.floor(math.log10(1.0 / (10.0 * num_examples)))
 
 
 def _check_positive(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"dp {name} must be a positive number, got {value}")
+        raise ConfigError(f"dp {name} must be a positive number, got {value}")

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError, UserError
 from core.privacy.config import ACCOUNTANTS
 
 logger = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ LEDGER_FILENAME = "privacy_ledger.jsonl"
 _MECHANISM_KEYS = ("noise_multiplier", "sample_rate", "steps")
 
 
-class LedgerError(ValueError):
+class LedgerError(UserError, ValueError):
     """A ledger file that cannot be read back faithfully."""
 
 
-class BudgetExceeded(Exception):
+class BudgetExceeded(UserError):
     """A round would take the site past its privacy budget; nothing was trained or recorded."""
 
     def __init__(self, current: float, projected: float, budget: float) -> None:
@@ -121,7 +122,7 @@ class PrivacyLedger:
 def history_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
     """Epsilon at `delta` of a composition of (sigma, q, steps) subsampled Gaussian segments."""
     if accountant not in ACCOUNTANTS:
-        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        raise ConfigError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     merged: dict[tuple[float, float], int] = {}
     for sigma, rate, steps in history:  # composition is commutative: one term per (sigma, q)
         if steps > 0:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from core.errors import UserError
 from core.loss import JointLoss
 from core.privacy.config import DPConfig
 from core.privacy.ledger import BudgetExceeded, PrivacyLedger
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class DPIncompatibleModel(ValueError):
+class DPIncompatibleModel(UserError, ValueError):
     """A model that DP-SGD cannot train without leaking or without replacing layers."""
 
 

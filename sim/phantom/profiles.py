@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from core.errors import ConfigError
+
 LABEL_UNITS = ("months", "years")
 FILE_FORMATS = ("png", "dicom")
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigError):
     """A profile value out of range, explained in one line."""
 
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
 
+from core.errors import ConfigError
 from sim.phantom.profiles import ScannerProfile, SiteProfile, get_preset
 from sim.phantom.synth import Sample, synthesize
 
@@ -31,7 +32,7 @@ KEYPOINT_COLUMNS = ("third_tip_x", "third_tip_y", "thumb_tip_x", "thumb_tip_y", 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
-class GenerateError(ValueError):
+class GenerateError(ConfigError):
     """Bad generation request (n, output folder), explained in one line."""
 
 

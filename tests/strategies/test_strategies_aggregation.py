@@ -152,8 +152,9 @@ def test_state_of_another_aggregator_is_refused() -> None:
         build_aggregator("fedadam").load_state_dict(build_aggregator("fedavgm").state_dict())
 
 
-def test_aggregation_module_imports_only_numpy_and_the_standard_library() -> None:
+def test_aggregation_module_imports_only_numpy_the_standard_library_and_the_error_classes() -> None:
     tree = ast.parse(Path(strategies.aggregation.__file__).read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported == {"__future__", "dataclasses", "typing", "numpy"}
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert {name.split(".")[0] for name in imported} == {"__future__", "dataclasses", "typing", "numpy", "core"}
+    assert {name for name in imported if name.startswith("core")} == {"core.errors"}
