@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "client.predict_command",
     "client.calibrate_command",
     "client.finetune_command",
+    "client.preprocess_command",
+    "client.train_orientation_command",
 )
 
 

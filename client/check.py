@@ -1,7 +1,8 @@
 """`python -m client check`: can this site's data and machine take part in a federation?
 
-Reads the manifest and decodes every image (files are opened read-only, nothing is written),
-then times a few real TJ-Net training steps on this machine to estimate the cost of a round.
+Reads the manifest and decodes every image (files are opened read-only; the only file written is the optional
+contact sheet), runs the preprocessing a model would see (quality flags and refusals per image), then times a few
+real TJ-Net training steps on this machine to estimate the cost of a round.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import torch
 from core.central import make_loss
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
-from core.data.dataset import BoneAgeDataset
+from core.data.dataset import BoneAgeDataset, refusal_reason
 from core.data.manifest import Record, summarize
 from core.data.split import split_records
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
+from core.preprocess import PreprocessConfig, Preprocessor, preprocessor_for
+from core.preprocess.review import QualityTally, contact_sheet
 from core.training import TrainConfig, make_optimizer, resolve_device, train_epoch
 
 logger = logging.getLogger("ossifl.client")
@@ -44,6 +47,8 @@ class TimingSettings:
     steps: int = 3
     device: str = "auto"
     pretrained: Path | None = None
+    preprocess: str = "default"
+    contact_sheet: Path | None = None
 
 
 @dataclass
@@ -63,6 +68,7 @@ class CheckReport:
     step_seconds: float = 0.0
     round_seconds: float = 0.0
     timing: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
 
 
 def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
@@ -72,14 +78,23 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
         DataError: the site is not usable (whole-file problem, no usable image, empty training split).
     """
     manifest = load_manifest(config)
+    preprocessor, enforce = _preprocessor(settings)
+    tally = QualityTally()
     start = time.perf_counter()
     usable, skipped = [], list(manifest.skipped)
     for record in manifest.records:
         try:
-            read_image(record.path)
+            image = read_image(record.path)
         except ImageError as exc:
             skipped.append(Skip(record.image_id, exc.reason, exc.detail))
             continue
+        if preprocessor is not None:
+            started = time.perf_counter()
+            result = preprocessor(image)
+            tally.add(record.image_id, image, result, time.perf_counter() - started)
+            if result.refused is not None and enforce:
+                skipped.append(Skip(record.image_id, refusal_reason(result.refused), result.refused))
+                continue
         usable.append(record)
     decode_seconds = time.perf_counter() - start
     summary = summarize(usable, skipped, manifest.n_images_without_label)
@@ -92,8 +107,26 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
     report = CheckReport(str(config.root), config.label_unit, summary,
                          [{"id": s.image_id, "reason": s.reason, "detail": s.detail} for s in skipped],
                          {name: len(records) for name, records in splits.items()}, decode_seconds)
+    if preprocessor is not None:
+        report.quality = {**tally.summary(), "settings": preprocessor.describe(), "enforced": enforce}
+        if settings.contact_sheet is not None and tally.examples:
+            report.quality["contact_sheet"] = str(contact_sheet(tally.examples, settings.contact_sheet))
     _time_training(report, splits["train"], settings)
     return report
+
+
+def _preprocessor(settings: TimingSettings) -> tuple[Preprocessor | None, bool]:
+    """(preprocessor, whether its refusals are skipped as training would skip them).
+
+    The pretrained model's preprocessing, when it records one, is what the federation applies: its refusals are
+    skipped. Otherwise the --preprocess spec is advisory: flags and refusals are reported, the images stay usable.
+    """
+    if settings.pretrained is not None:
+        recorded = preprocessor_for(load_checkpoint(settings.pretrained).metadata)
+        if recorded is not None:
+            return recorded, True
+    config = PreprocessConfig.parse(settings.preprocess)
+    return (None if config is None else Preprocessor(config)), False
 
 
 def _time_training(report: CheckReport, train_records: list[Record], settings: TimingSettings) -> None:
@@ -149,6 +182,15 @@ def format_report(report: CheckReport) -> str:
                                                                                   if skip["detail"] else ""))
         if len(report.skipped) > SHOWN_SKIPS:
             lines.append(f"  ... and {len(report.skipped) - SHOWN_SKIPS} more (use --json for all)")
+    if report.quality:
+        q = report.quality
+        lines.append(f"preprocessing   {q['ms_per_image']:.1f} ms per image, mean orientation confidence "
+                     f"{q['mean_confidence']:.2f}")
+        lines.append("  flags         " + (", ".join(f"{k} {v}" for k, v in q["flags"].items()) or "none"))
+        lines.append("  refused       " + (", ".join(f"{k} {v}" for k, v in q["refused"].items()) or "none")
+                     + ("" if q["enforced"] else "  (advisory: the pretrained model records no preprocessing)"))
+        if "contact_sheet" in q:
+            lines.append(f"  before/after  {q['contact_sheet']}")
     t = report.timing
     lines += [
         f"reading images  {report.decode_seconds:.1f} s (repeated at every round)",

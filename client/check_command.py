@@ -22,13 +22,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     check.add_argument("--pretrained", type=Path, default=None,
                        help="the run's pretrained checkpoint (its image size and width replace the two above)")
+    check.add_argument("--preprocess", default="default",
+                       help="preprocessing to check the images with when --pretrained records none: none, default "
+                            "or default,key=value,... (docs/preprocessing.md)")
+    check.add_argument("--contact-sheet", type=Path, default=Path("check_contact_sheet.png"),
+                       help="before/after PNG of some images, flagged ones first (default: ./check_contact_sheet.png)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     check.set_defaults(handler=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
     settings = TimingSettings(args.image_size, args.width, args.freeze, args.batch_size, args.local_epochs,
-                              args.steps, args.device, args.pretrained)
+                              args.steps, args.device, args.pretrained, args.preprocess, args.contact_sheet)
     report = check_site(data_config_from_args(args), settings)
     print(report_json(report) if args.json else format_report(report))
     return 0

@@ -16,6 +16,7 @@ from core.errors import USER_ERRORS
 from core.finetune import RoundSettings, load_arrays, norm_layer_keys, train_site_round, with_freeze
 from core.central import evaluate_model
 from core.model.freeze import block_of_key, parse_freeze_spec
+from core.preprocess import preprocess_config_of
 from core.training import resolve_device
 
 logger = logging.getLogger("ossifl.client")
@@ -44,6 +45,7 @@ class SiteSession:
         if expected and digest != expected:
             raise CheckpointError(f"{site.pretrained} is not the pretrained model of this run (SHA-256 differs)")
         self.model = checkpoint.model
+        self.preprocess = preprocess_config_of(checkpoint.metadata)  # the images as the model was trained on
         load_arrays(self.model, arrays)
         if LOCAL_LAYERS_KEY in state.array_records:
             load_arrays(self.model, state.array_records[LOCAL_LAYERS_KEY].to_torch_state_dict())
@@ -62,7 +64,8 @@ class SiteSession:
 
     def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
         return DECODED.load(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
-                            seed=int(self.config.get("seed", 0)), splits=splits, disk_dir=self.site.decode_cache)
+                            seed=int(self.config.get("seed", 0)), splits=splits, disk_dir=self.site.decode_cache,
+                            preprocess=self.preprocess)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         settings = self._settings()

@@ -18,6 +18,7 @@ from core.data.dataset import BoneAgeDataset
 from core.loss import JointLoss, JointLossConfig, L1AgeLoss
 from core.metrics import compute_metrics
 from core.model.tjnet import TJNet
+from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class PretrainJob:
     loss: JointLossConfig = JointLossConfig()
     augment: AugmentConfig | None = AugmentConfig()
     threads: int | None = None
+    preprocess: PreprocessConfig | None = None
 
 
 def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
@@ -52,7 +54,9 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     device = resolve_device(job.train.device)
     model = build_model(job.architecture, job.model_config).to(device)
     image_size = model.config.image_size
-    site = load_site(job.data, image_size, job.augment, job.train.seed, progress=job.train.progress)
+    preprocess = None if job.preprocess is None else job.preprocess.resolved()
+    site = load_site(job.data, image_size, job.augment, job.train.seed, progress=job.train.progress,
+                     preprocess=preprocess)
     if len(site.train) == 0 or len(site.val) == 0:
         raise DataError(f"{job.data.root}: no usable training or validation images")
     train_loader = make_loader(site.train, job.train.batch_size, shuffle=True, seed=job.train.seed,
@@ -79,6 +83,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         train_seconds=seconds,
         n_parameters=n_params,
         **conformal_metadata(model, site.val, device, str(job.data.root)),  # prediction interval (h12)
+        preprocess=None if preprocess is None else preprocess.to_dict(),
     )
     save_checkpoint(job.out, model, metadata)
     logger.info("best val MAD %.2f months at epoch %d; saved %s (%.0f s, %.1f s/epoch)",
@@ -103,16 +108,19 @@ def evaluate_checkpoint(
     """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder."""
     loaded = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    site = load_site(data, loaded.model.config.image_size, None, seed=0, progress=progress)
+    preprocess = preprocess_config_of(loaded.metadata)
+    site = load_site(data, loaded.model.config.image_size, None, seed=0, progress=progress, preprocess=preprocess)
     if split == "all":
         records = site.train.records + site.val.records + site.test.records
-        dataset = BoneAgeDataset(records, loaded.model.config.image_size, None, 0, progress)
+        dataset = BoneAgeDataset(records, loaded.model.config.image_size, None, 0, progress, preprocess=preprocess)
     else:
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:
         raise DataError(f"{data.root}: the {split} split has no usable images")
     metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit)
     metrics["split"] = split
-    metrics["skipped"] = site.summary()["n_skipped"]
+    summary = site.summary()
+    metrics["skipped"] = summary["n_skipped"]
+    metrics["skipped_by_reason"] = summary["skipped_by_reason"]
     return metrics
 

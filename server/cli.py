@@ -12,6 +12,7 @@ from core.central import PretrainJob, evaluate_checkpoint, pretrain
 from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
 from core.data import AugmentConfig
 from core.errors import ConfigError
+from core.preprocess import PreprocessConfig
 from core.training import TrainConfig
 
 logger = logging.getLogger("server")
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-residual", action="store_true", help="ablation: remove the IncRes shortcuts")
     train.add_argument("--no-joint-sex", action="store_true", help="ablation: remove the sex head and its loss")
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--preprocess", default="none",
+                       help="none, default or default,key=value,... (docs/preprocessing.md); saved in the checkpoint "
+                            "and applied by every command that reads images for the model")
     train.add_argument("--no-progress", action="store_true")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a site folder")
@@ -74,6 +78,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                       device=args.device, num_workers=args.workers, progress=not args.no_progress),
         augment=None if args.no_augment else AugmentConfig(),
         threads=args.threads,
+        preprocess=PreprocessConfig.parse(args.preprocess),
     )
     pretrain(job)
     return 0

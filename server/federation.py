@@ -19,6 +19,7 @@ from core.central import evaluate_model
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.errors import ConfigError
+from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.finetune import norm_layer_keys
 from core.model.freeze import freeze_blocks, parse_freeze_spec, trainable_state_keys
 from core.training import resolve_device
@@ -80,7 +81,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
         strategy.load_state_dict(strategy_state)
     private = wrap_central_dp(strategy, config, model, keys, accountant_state) if config.central_dp else None
     rounds_done = start_round
-    central = _central_set(config, model.config.image_size)
+    preprocess = pretrained.metadata.get("preprocess")  # every image this model sees is preprocessed the same way
+    central = _central_set(config, model.config.image_size, preprocess_config_of(pretrained.metadata))
     device = resolve_device(str(config.forwarded.get("device", "auto")))
     site_config = {**config.site_config(), "pretrained-sha256": file_sha256(config.pretrained)}
     last_merge = time.perf_counter()
@@ -106,7 +108,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
             save_checkpoint(latest, model, describe(model, round=real_round, strategy=config.strategy,
                                                     strategy_state=strategy.state_dict(), seed=config.seed,
                                                     run_config={k: str(v) for k, v in asdict(config).items()},
-                                                    **dp_meta))
+                                                    preprocess=preprocess, **dp_meta))
         last_merge = time.perf_counter()
         return MetricRecord(metrics) if metrics else None
 
@@ -127,7 +129,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
     dp_meta = {} if private is None else {"central_epsilon": private.epsilon(),
                                           "central_delta": config.central_dp_delta}
     save_checkpoint(final, model, describe(model, round=rounds_done, strategy=config.strategy,
-                                           seed=config.seed, pretrained=str(config.pretrained), **dp_meta))
+                                           seed=config.seed, pretrained=str(config.pretrained),
+                                           preprocess=preprocess, **dp_meta))
     shared = set(keys)
     nbytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k in shared)
     logger.info("federation done: %d rounds, %d arrays (%.1f kB) per site and round, final model %s%s",
@@ -136,10 +139,11 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
     return FederationOutcome(final, rounds_done, keys, nbytes)
 
 
-def _central_set(config: FederationConfig, image_size: int) -> BoneAgeDataset | None:
+def _central_set(config: FederationConfig, image_size: int,
+                 preprocess: PreprocessConfig | None) -> BoneAgeDataset | None:
     """The test split of the central set the server evaluates every round, if one is given."""
     if config.central_data is None:
         return None
     data = load_site(SiteDataConfig(root=config.central_data, label_unit=config.central_label_unit),
-                     image_size, None, seed=0, splits=("test",))
+                     image_size, None, seed=0, splits=("test",), preprocess=preprocess)
     return data.test

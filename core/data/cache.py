@@ -27,6 +27,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canva
 from core.data.manifest import Manifest, Record, Skip
 from core.data.site import SiteData, load_site
 from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.preprocess.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class _Key:
     augment: AugmentConfig | None
     seed: int
     splits: tuple[str, ...]
+    preprocess: PreprocessConfig | None = None
 
 
 @dataclass
@@ -103,12 +108,16 @@ class SiteDataCache:
         return sum(entry.nbytes for entry in self._entries.values())
 
     def load(self, config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None, seed: int,
-             splits: tuple[str, ...] = ("train", "val", "test"), disk_dir: Path | None = None) -> SiteData:
+             splits: tuple[str, ...] = ("train", "val", "test"), disk_dir: Path | None = None,
+             preprocess: PreprocessConfig | None = None) -> SiteData:
         """Same arguments and result as `core.data.load_site`; decodes only on a miss or changed files.
 
-        With `disk_dir`, a memory miss is looked up in (and a fresh decode written to) that folder.
+        With `disk_dir`, a memory miss is looked up in (and a fresh decode written to) that folder. The
+        preprocessing settings (with the orientation model's SHA-256) are part of the key.
         """
-        key = _Key(config, image_size, augment_train, seed, tuple(splits))
+        if preprocess is not None:
+            preprocess = preprocess.resolved()
+        key = _Key(config, image_size, augment_train, seed, tuple(splits), preprocess)
         fingerprint = site_fingerprint(config)  # taken before decoding: a change meanwhile forces a new decode
         with self._lock:
             entry = self._entries.get(key)
@@ -121,7 +130,7 @@ class SiteDataCache:
                 del self._entries[key]
             data = None if disk_dir is None else _read_disk(disk_dir, key, fingerprint)
             if data is None:
-                data = load_site(config, image_size, augment_train, seed, splits=splits)
+                data = load_site(config, image_size, augment_train, seed, splits=splits, preprocess=preprocess)
                 self.misses += 1
                 if disk_dir is not None:
                     _write_disk(disk_dir, key, fingerprint, data)
@@ -161,9 +170,12 @@ SPLITS = ("train", "val", "test")
 
 
 def _disk_path(disk_dir: Path, key: _Key) -> Path:
-    """One file per layout, input size, canvas and splits (augmentation and seed do not change the pixels)."""
+    """One file per layout, input size, canvas, splits and preprocessing (augmentation and seed do not change the
+    pixels)."""
     identity = {"layout": {k: str(v) for k, v in asdict(key.config).items()}, "image_size": key.image_size,
                 "canvas": canvas_size(key.image_size, key.augment), "splits": list(key.splits)}
+    if key.preprocess is not None:
+        identity["preprocess"] = key.preprocess.to_dict()
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return Path(disk_dir) / f"decoded_{digest}.npz"
 

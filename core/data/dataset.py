@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import albumentations as A
 import cv2
@@ -27,6 +28,9 @@ from tqdm import tqdm
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import Record, Skip
+
+if TYPE_CHECKING:  # core.preprocess imports core.data: the pipeline is imported where it runs
+    from core.preprocess.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +123,37 @@ def canvas_size(image_size: int, augment: AugmentConfig | None) -> int:
     return round(image_size * CROP_MARGIN) if augment is not None and augment.crop else image_size
 
 
-def _decode(records: list[Record], image_size: int, canvas: int, progress: bool) -> DecodedSplit:
+def refusal_reason(refused: str) -> str:
+    """The counted reason of a refusal ("refused: no hand found"), without the image's particulars."""
+    return "refused: " + refused.split(" (")[0]
+
+
+def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
+            preprocess: PreprocessConfig | None) -> DecodedSplit:
     images = np.zeros((len(records), canvas, canvas), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[Skip] = []
+    preprocessor = None
+    if preprocess is not None and records:
+        from core.preprocess.pipeline import Preprocessor
+
+        preprocessor = Preprocessor(preprocess)
     for i, record in enumerate(tqdm(records, desc="decoding images", unit="img", disable=not progress)):
         try:
-            images[i] = fit_to_square(read_image(record.path), image_size, canvas)
+            image = read_image(record.path)
         except ImageError as exc:
             skipped.append(Skip(record.image_id, exc.reason, exc.detail))
             continue
+        if preprocessor is not None:
+            result = preprocessor(image)
+            if result.refused is not None:
+                skipped.append(Skip(record.image_id, refusal_reason(result.refused), result.refused))
+                continue
+            image = result.image
+            if image.max() <= image.min():
+                skipped.append(Skip(record.image_id, "refused: constant after preprocessing", ""))
+                continue
+        images[i] = fit_to_square(image, image_size, canvas)
         kept.append(i)
     return DecodedSplit([records[i] for i in kept], images if len(kept) == len(records) else images[kept], skipped)
 
@@ -138,13 +163,15 @@ class BoneAgeDataset(Dataset):
 
     Attributes:
         records: the records kept (those whose image decoded), in input order.
-        skipped: records left out because their image could not be used.
+        skipped: records left out because their image could not be used (or preprocessing refused it).
         images: uint8 array (N, C, C); C is ``image_size`` or 15% more when cropping.
     """
 
     def __init__(self, records: list[Record], image_size: int, augment: AugmentConfig | None = None,
-                 seed: int = 0, progress: bool = False, decoded: DecodedSplit | None = None) -> None:
-        """Decode `records`; or, given `decoded` (e.g. read back from a cache), take its images as they are."""
+                 seed: int = 0, progress: bool = False, decoded: DecodedSplit | None = None,
+                 preprocess: PreprocessConfig | None = None) -> None:
+        """Decode `records` (preprocessed by `preprocess` when given: `core.preprocess`); or, given `decoded`
+        (e.g. read back from a cache), take its images as they are."""
         if image_size < 8:
             raise DataError(f"image size must be at least 8 pixels, got {image_size}")
         self.image_size = image_size
@@ -153,7 +180,7 @@ class BoneAgeDataset(Dataset):
         self._augment = build_augment(augment, image_size) if augment is not None else None
         canvas = canvas_size(image_size, augment)
         if decoded is None:
-            decoded = _decode(records, image_size, canvas, progress)
+            decoded = _decode(records, image_size, canvas, progress, preprocess)
             for skip in decoded.skipped:
                 logger.warning("skipped image %s: %s %s", skip.image_id, skip.reason, skip.detail)
             logger.info("decoded %d images (%d skipped) into %.1f MB", len(decoded.records),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.data.config import SiteDataConfig
 from core.data.dataset import AugmentConfig, BoneAgeDataset
 from core.data.manifest import Manifest, load_manifest, summarize
 from core.data.split import DEFAULT_FRACTIONS, split_records
+
+if TYPE_CHECKING:
+    from core.preprocess.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ class SiteData:
 
 
 def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None,
-              seed: int, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test")) -> SiteData:
+              seed: int, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test"),
+              preprocess: PreprocessConfig | None = None) -> SiteData:
     """Read a site's manifest, split it by id and decode every split.
 
     Args:
@@ -45,6 +49,8 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
         seed: seed of the training augmentation.
         progress: show a progress bar while decoding.
         splits: the splits to decode; the others are left empty (a site evaluating needs only "test").
+        preprocess: the preprocessing of the model the data is for (None: none); refused images are skipped
+            with their reason.
 
     Returns:
         The site's manifest and datasets.
@@ -55,7 +61,8 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
     manifest = load_manifest(config)
     groups = split_records(manifest.records, DEFAULT_FRACTIONS)
     def decoded(name: str, augment: AugmentConfig | None) -> BoneAgeDataset:
-        return BoneAgeDataset(groups[name] if name in splits else [], image_size, augment, seed, progress)
+        return BoneAgeDataset(groups[name] if name in splits else [], image_size, augment, seed, progress,
+                              preprocess=preprocess)
 
     site = SiteData(manifest=manifest, train=decoded("train", augment_train), val=decoded("val", None),
                     test=decoded("test", None))

@@ -21,7 +21,7 @@ def folder_digest(root: Path) -> dict[str, tuple[str, int]]:
 
 
 def run_check(site: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, str, str]:
-    code = main(["check", "--data", str(site), *FAST, *extra])
+    code = main(["check", "--data", str(site), *FAST, "--contact-sheet", str(site.parent / "sheet.png"), *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

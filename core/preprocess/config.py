@@ -1,0 +1,153 @@
+"""Settings of the preprocessing pipeline, stored in a checkpoint's metadata["preprocess"].
+
+A model is trained on images preprocessed one way; every path that reads images for it (pretrain, evaluate,
+a site's ClientApp, finetune, predict) must preprocess the same way, so the settings travel with the weights.
+A checkpoint without the entry means "no preprocessing" (the behaviour before preprocessing existed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+PACKAGED_WEIGHTS = "phantom"  # the orientation model shipped in core/preprocess/weights/, trained on phantom images
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# Quality flags: what the pipeline saw and did. "*_fixed" flags describe a repaired image.
+ROTATED = "rotated_fixed"
+MIRRORED = "mirrored_fixed"
+INVERTED = "inverted_fixed"
+NO_HAND = "no_hand"
+REGISTRATION_FAILED = "registration_failed"
+UNDEREXPOSED = "underexposed"
+OVEREXPOSED = "overexposed"
+TOO_SMALL = "too_small"
+LOW_CONFIDENCE = "low_confidence"
+FLAGS = (ROTATED, MIRRORED, INVERTED, NO_HAND, REGISTRATION_FAILED, UNDEREXPOSED, OVEREXPOSED, TOO_SMALL,
+         LOW_CONFIDENCE)
+
+REGION_NAMES = ("whole_hand", "carpal", "metacarpal_phalanges")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Which steps run, with their parameters; defaults are defined here only.
+
+    Attributes:
+        canonical: undo quarter turns, small rotations, mirroring and inverted polarity with the orientation model.
+        orientation_weights: "phantom" (the packaged file) or the path of a file written by
+            ``python -m client train-orientation``.
+        orientation_sha256: SHA-256 of that file; filled by ``resolved()`` so a changed file is noticed.
+        small_angle: also undo the small rotation the orientation model estimates (degrees).
+        segment: zero the background outside the hand mask (removes collimation, markers, text); refuses an
+            image without a hand. Off by default: the threshold segmentation is reliable on the phantom, not on
+            real collimated films (docs/preprocessing.md).
+        equalize: contrast-limited adaptive histogram equalisation (CLAHE) inside the hand.
+        clahe_clip: CLAHE clip limit.
+        clahe_tiles: CLAHE tiles per side.
+        register: affine into the standard position from key points of the hand mask.
+        output_size: side of the registered (square) image in pixels.
+        regions: also cut the region crops (whole hand, carpal, metacarpals and proximal phalanges).
+        min_side: images whose shorter side is below this (pixels) are refused as too small.
+        min_confidence: images whose orientation confidence is below this are refused.
+        exposure_clip: share of pixels at the darkest (brightest) grey level that flags under- (over-) exposure.
+    """
+
+    canonical: bool = True
+    orientation_weights: str = PACKAGED_WEIGHTS
+    orientation_sha256: str = ""
+    small_angle: bool = True
+    segment: bool = False
+    equalize: bool = True
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 4
+    register: bool = False
+    output_size: int = 256
+    regions: bool = False
+    min_side: int = 32
+    min_confidence: float = 0.5
+    exposure_clip: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.min_side < 8 or self.output_size < 32:
+            raise ConfigError(f"preprocess: min_side must be >= 8 and output_size >= 32, got {self.min_side}, "
+                            f"{self.output_size}")
+        if not 0.0 <= self.min_confidence < 1.0 or not 0.0 < self.exposure_clip <= 1.0:
+            raise ConfigError(f"preprocess: min_confidence must be in [0, 1) and exposure_clip in (0, 1], got "
+                            f"{self.min_confidence}, {self.exposure_clip}")
+        if self.clahe_clip <= 0 or self.clahe_tiles < 1:
+            raise ConfigError(f"preprocess: clahe_clip must be > 0 and clahe_tiles >= 1, got {self.clahe_clip}, "
+                            f"{self.clahe_tiles}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (what checkpoints store)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of ``to_dict``; unknown keys are a clear error, missing keys take their defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"preprocess settings have unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def parse(cls, spec: str) -> PreprocessConfig | None:
+        """A command-line spec: "none", "default", or "default,key=value,..." (e.g. "default,segment=true").
+
+        Raises:
+            ConfigError: an unknown key or a value of the wrong type, in one line.
+        """
+        name, *pairs = [part.strip() for part in spec.split(",") if part.strip()] or ["none"]
+        if name == "none" and not pairs:
+            return None
+        if name != "default":
+            raise ConfigError(f"preprocess spec must start with 'none' or 'default', got {spec!r}")
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep or key not in types:
+                raise ConfigError(f"preprocess spec: {pair!r} is not key=value with a key among {sorted(types)}")
+            values[key] = _convert(key, raw, types[key])
+        return cls(**values)
+
+    @property
+    def weights_path(self) -> Path:
+        """The orientation model's file."""
+        if self.orientation_weights == PACKAGED_WEIGHTS:
+            return WEIGHTS_DIR / "orientation_phantom.pt"
+        return Path(self.orientation_weights)
+
+    def resolved(self) -> PreprocessConfig:
+        """The same settings with the orientation file's absolute path and SHA-256 filled in."""
+        if not self.canonical:
+            return self
+        from core.checkpoint import file_sha256  # local: core.checkpoint imports the model package
+
+        path = self.weights_path
+        if not path.is_file():
+            raise ConfigError(f"orientation model not found: {path} (train one with python -m client "
+                            "train-orientation, or use the packaged 'phantom' weights)")
+        digest = file_sha256(path)
+        if self.orientation_sha256 and digest != self.orientation_sha256:
+            raise ConfigError(f"orientation model {path} is not the one these settings were made with (SHA-256 "
+                            f"{digest[:12]}..., expected {self.orientation_sha256[:12]}...)")
+        name = PACKAGED_WEIGHTS if self.orientation_weights == PACKAGED_WEIGHTS else str(path.resolve())
+        return type(self)(**{**self.to_dict(), "orientation_weights": name, "orientation_sha256": digest})
+
+
+def _convert(key: str, raw: str, kind: str) -> Any:
+    """A spec value as the field's type ("bool", "int", "float" or "str", as dataclass annotations spell them)."""
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        return {"int": int, "float": float}.get(kind, str)(raw)
+    except ValueError:
+        raise ConfigError(f"preprocess spec: {key}={raw!r} is not a {kind}") from None

@@ -1,0 +1,148 @@
+"""The preprocessing pipeline: size check, canonical pose, hand mask, exposure, CLAHE, registration, regions.
+
+``Preprocessor(config)(image)`` takes a decoded 2-D float32 image in [0, 1] (any size, as `core.data.read_image`
+returns it) and gives a `PreprocessResult`: the canonical image, quality flags, a confidence and, when the image
+cannot be read reliably, a one-line refusal reason. Refused images are never scored: training skips them and
+prediction reports them, with the reason, counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND, REGISTRATION_FAILED, ROTATED,
+                                    PreprocessConfig)
+from core.preprocess.contrast import equalize
+from core.preprocess.orientation import OrientationModel, load_cached
+from core.preprocess.pose import Pose, undo_pose
+from core.preprocess.quality import exposure_flags, size_flags
+from core.preprocess.register import (crop_to_mask, keypoints_from_mask, plausible, registration_matrix, regions,
+                                      warp)
+from core.preprocess.segment import hand_mask
+
+logger = logging.getLogger(__name__)
+
+SMALL_ANGLE_MIN_DEG = 3.0  # estimated small rotations below this are left alone (estimation noise)
+
+
+@dataclass
+class PreprocessResult:
+    """What preprocessing made of one image.
+
+    Attributes:
+        image: the canonical image, 2-D float32 in [0, 1] (the input unchanged in size when nothing was refused
+            and no registration ran).
+        flags: quality flags (see `core.preprocess.config.FLAGS`).
+        confidence: how sure the orientation model is of the pose it undid (1.0 when it did not run).
+        refused: a one-line reason when the image must not be used, else None.
+        regions: region crops of the registered image (empty unless asked for).
+        pose: the pose that was undone.
+    """
+
+    image: np.ndarray
+    flags: tuple[str, ...] = ()
+    confidence: float = 1.0
+    refused: str | None = None
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
+    pose: Pose = Pose()
+
+
+class Preprocessor:
+    """Applies one `PreprocessConfig` to images; loads the orientation model once per process."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config.resolved()
+        self._orientation: OrientationModel | None = None
+        if self.config.canonical:
+            self._orientation = load_cached(self.config.weights_path, self.config.orientation_sha256)
+
+    def __call__(self, image: np.ndarray) -> PreprocessResult:
+        config = self.config
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 2:
+            raise ValueError(f"preprocessing needs a 2-D image, got shape {image.shape}")
+        flags, refused = size_flags(image, config.min_side)
+        if refused:
+            return PreprocessResult(image, flags, 0.0, refused)
+        pose, confidence = Pose(), 1.0
+        if self._orientation is not None:
+            pose, confidence = self._orientation.predict_checked(image)
+            if not config.small_angle or abs(pose.angle_deg) < SMALL_ANGLE_MIN_DEG:
+                pose = Pose(pose.quarter_turns, pose.mirrored, pose.inverted, 0.0)
+            image = undo_pose(image, pose)
+            flags += _pose_flags(pose)
+            if confidence < config.min_confidence:
+                return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
+                                        f"orientation uncertain (confidence {confidence:.2f} < "
+                                        f"{config.min_confidence:.2f})", pose=pose)
+        mask = None
+        if config.segment or config.register:
+            segmentation = hand_mask(image)
+            if not segmentation.found:
+                return PreprocessResult(image, flags + (NO_HAND,), confidence,
+                                        f"no hand found (largest foreground region covers {segmentation.share:.0%} "
+                                        "of the image)", pose=pose)
+            mask = segmentation.mask
+        flags += exposure_flags(image, mask, config.exposure_clip)
+        if config.equalize:
+            image = equalize(image, mask, config.clahe_clip, config.clahe_tiles)
+        elif config.segment and mask is not None:
+            image = np.where(mask, image, 0.0).astype(np.float32)
+        if config.register and mask is not None:
+            image, registered = _register(image, mask, config.output_size)
+            if not registered:
+                flags += (REGISTRATION_FAILED,)
+        cut = regions(image) if config.regions else {}
+        return PreprocessResult(image, flags, confidence, None, cut, pose)
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved settings (what a checkpoint stores)."""
+        return self.config.to_dict()
+
+
+def _pose_flags(pose: Pose) -> tuple[str, ...]:
+    flags = []
+    if pose.quarter_turns or pose.angle_deg:
+        flags.append(ROTATED)
+    if pose.mirrored:
+        flags.append(MIRRORED)
+    if pose.inverted:
+        flags.append(INVERTED)
+    return tuple(flags)
+
+
+def _register(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
+    points = keypoints_from_mask(mask)
+    if not plausible(points, image.shape[0]):
+        cropped = crop_to_mask(image, mask)
+        return np.clip(_fit(cropped, size), 0.0, 1.0), False
+    return np.clip(warp(image, registration_matrix(points, size), size), 0.0, 1.0), True
+
+
+def _fit(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre on a black square keeping the aspect ratio."""
+    h, w = image.shape
+    ratio = size / max(h, w)
+    new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR)
+    canvas = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+def preprocess_config_of(checkpoint_metadata: dict[str, Any] | None) -> PreprocessConfig | None:
+    """The settings a checkpoint's model was trained with; None when it records none (the old behaviour)."""
+    settings = (checkpoint_metadata or {}).get("preprocess")
+    return PreprocessConfig.from_dict(settings) if settings else None
+
+
+def preprocessor_for(checkpoint_metadata: dict[str, Any]) -> Preprocessor | None:
+    """A `Preprocessor` for the settings a checkpoint records; None when it records none."""
+    config = preprocess_config_of(checkpoint_metadata)
+    return None if config is None else Preprocessor(config)

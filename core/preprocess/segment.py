@@ -1,0 +1,108 @@
+"""Hand segmentation without a learned model: collimation bands, a background threshold, the largest component.
+
+1. Uniform bands along the edges (a collimator's unexposed border, a film edge) are cut off.
+2. The background level is read from the remaining border ring (median and spread); pixels clearly above it are
+   foreground. A closing joins the bones and soft tissue of one hand.
+3. The largest connected component is the hand (with the forearm); markers, rulers and text, which do not touch
+   it, are dropped. Holes are filled and the mask is widened a little so no bone edge is cut.
+Work is done on a copy at most WORK_SIDE pixels on a side; the mask is returned at the input's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+WORK_SIDE = 128
+BAND_STD = 0.02          # an edge row/column with BAND_SHARE of its pixels this close to its median is a band
+BAND_SHARE = 0.9
+BAND_BRIGHTER = 0.05     # ... and its median this much above the image's median
+MAX_BAND_SHARE = 0.3     # at most this share of each side is cut as a band
+MIN_HAND_SHARE = 0.04    # a largest component below this share of the image is "no hand"
+MAX_HAND_SHARE = 0.97    # ... and above it the threshold failed (everything is "hand")
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The hand mask (bool, input size) and the crop box (top, bottom, left, right) that removes edge bands."""
+
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    share: float
+
+    @property
+    def found(self) -> bool:
+        return MIN_HAND_SHARE <= self.share <= MAX_HAND_SHARE
+
+
+def _band(lines: np.ndarray, level: float) -> np.ndarray:
+    """Per line (row of ``lines``): BAND_SHARE of its pixels within BAND_STD of its median, and brighter than
+    ``level`` (an unexposed band is brighter than the exposed background; a dark background is not a band)."""
+    median = np.median(lines, axis=1, keepdims=True)
+    uniform = np.mean(np.abs(lines - median) < BAND_STD, axis=1) >= BAND_SHARE
+    return uniform & (median[:, 0] > level)
+
+
+def collimation_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) such that image[top:bottom, left:right] has no uniform edge band."""
+    h, w = image.shape
+    level = float(np.median(image)) + BAND_BRIGHTER
+    rows, cols = _band(image, level), _band(image.T, level)
+
+    def run(flags: np.ndarray, limit: int) -> int:
+        n = 0
+        while n < limit and flags[n]:
+            n += 1
+        return n
+
+    top = run(rows, int(MAX_BAND_SHARE * h))
+    bottom = h - run(rows[::-1], int(MAX_BAND_SHARE * h))
+    left = run(cols, int(MAX_BAND_SHARE * w))
+    right = w - run(cols[::-1], int(MAX_BAND_SHARE * w))
+    return top, bottom, left, right
+
+
+def _threshold(work: np.ndarray) -> np.ndarray:
+    ring = np.concatenate([work[:2].ravel(), work[-2:].ravel(), work[:, :2].ravel(), work[:, -2:].ravel()])
+    level = float(np.median(ring))
+    spread = float(np.median(np.abs(ring - level))) * 1.4826
+    high = float(np.percentile(work, 99))
+    cut = level + max(3.0 * spread, 0.12 * (high - level))
+    return work > cut
+
+
+def hand_mask(image: np.ndarray) -> Segmentation:
+    """Segment the hand in a canonical-polarity (bone bright) 2-D image in [0, 1]."""
+    h, w = image.shape
+    top, bottom, left, right = collimation_box(image)
+    inner = image[top:bottom, left:right]
+    ratio = min(1.0, WORK_SIDE / max(inner.shape))
+    size = (max(8, round(inner.shape[1] * ratio)), max(8, round(inner.shape[0] * ratio)))
+    work = cv2.medianBlur(cv2.resize(inner, size, interpolation=cv2.INTER_AREA), 3)  # noise and 1-px strokes
+    foreground = _threshold(work).astype(np.uint8)
+    # opening removes thin strokes (text, ruler ticks); the largest component is taken before closing, so a
+    # marker near a finger is not joined to the hand
+    foreground = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=4)
+    mask = np.zeros_like(foreground)
+    if count > 1:
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        mask = (labels == largest).astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+        mask = _fill_holes(mask)
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    share = float(mask.mean())
+    full = np.zeros((h, w), dtype=bool)
+    full[top:bottom, left:right] = cv2.resize(mask, (inner.shape[1], inner.shape[0]),
+                                              interpolation=cv2.INTER_NEAREST).astype(bool)
+    return Segmentation(full, (top, bottom, left, right), share)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 1)
+    holes = (flood == 0)[1:-1, 1:-1]
+    return (mask.astype(bool) | holes).astype(np.uint8)

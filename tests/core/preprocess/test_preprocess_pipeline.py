@@ -1,0 +1,84 @@
+"""The pipeline with the packaged (phantom-trained) orientation model: canonical form, flags, refusals, regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.preprocess import Pose, PreprocessConfig, Preprocessor, apply_pose
+from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND, REGION_NAMES, ROTATED, TOO_SMALL,
+                                    UNDEREXPOSED)
+
+POSES = [Pose(1), Pose(2), Pose(3), Pose(0, mirrored=True), Pose(0, inverted=True), Pose(1, True, True),
+         Pose(3, False, True), Pose(2, True, False)]
+
+
+@pytest.fixture(scope="module")
+def orientation_only() -> Preprocessor:
+    return Preprocessor(PreprocessConfig(small_angle=False, equalize=False))
+
+
+@pytest.mark.parametrize("pose", POSES, ids=str)
+def test_a_turned_mirrored_or_inverted_phantom_comes_back_to_the_canonical_image(phantom_hands, orientation_only,
+                                                                                 pose) -> None:
+    for sample in phantom_hands[:3]:
+        result = orientation_only(apply_pose(sample.image, pose))
+        assert result.refused is None and result.pose == pose
+        assert np.allclose(result.image, sample.image, atol=1e-6)
+        expected = {ROTATED} if pose.quarter_turns else set()
+        expected |= {MIRRORED} if pose.mirrored else set()
+        expected |= {INVERTED} if pose.inverted else set()
+        assert set(result.flags) & {ROTATED, MIRRORED, INVERTED} == expected
+
+
+def test_a_canonical_phantom_is_left_alone_and_confidently(phantom_hands, orientation_only) -> None:
+    for sample in phantom_hands:
+        result = orientation_only(sample.image)
+        assert result.pose == Pose() and result.flags == () and result.confidence > 0.6
+        assert np.array_equal(result.image, sample.image)
+
+
+def test_the_default_pipeline_gives_the_same_image_for_every_pose(phantom_hands) -> None:
+    preprocessor = Preprocessor(PreprocessConfig())
+    sample = phantom_hands[4]
+    reference = preprocessor(sample.image).image
+    for pose in POSES[:4]:
+        assert np.abs(preprocessor(apply_pose(sample.image, pose)).image - reference).mean() < 0.01
+
+
+def test_a_small_rotation_is_estimated_and_undone(phantom_hands) -> None:
+    preprocessor = Preprocessor(PreprocessConfig(equalize=False))
+    sample = phantom_hands[5]
+    result = preprocessor(apply_pose(sample.image, Pose(0, False, False, 20.0)))
+    assert ROTATED in result.flags and abs(result.pose.angle_deg - 20.0) < 8.0
+
+
+def test_too_small_images_are_refused_with_their_size() -> None:
+    result = Preprocessor(PreprocessConfig(canonical=False))(np.random.default_rng(0).random((20, 40)))
+    assert result.flags == (TOO_SMALL,) and result.refused.startswith("too small (40x20 px")
+
+
+def test_an_uncertain_orientation_is_refused(phantom_image) -> None:
+    result = Preprocessor(PreprocessConfig(min_confidence=0.999999))(np.rot90(phantom_image).copy())
+    assert LOW_CONFIDENCE in result.flags and result.refused.startswith("orientation uncertain")
+
+
+def test_an_image_without_a_hand_is_refused_when_segmenting() -> None:
+    flat = (0.3 + np.random.default_rng(0).normal(0, 0.002, (64, 64))).astype(np.float32)
+    result = Preprocessor(PreprocessConfig(canonical=False, segment=True))(flat)
+    assert NO_HAND in result.flags and result.refused.startswith("no hand found")
+
+
+def test_an_underexposed_hand_is_flagged_not_refused(phantom_image) -> None:
+    burnt = np.clip((phantom_image - 0.6) * 3, 0, 1).astype(np.float32)
+    result = Preprocessor(PreprocessConfig(canonical=False))(burnt)
+    assert UNDEREXPOSED in result.flags and result.refused is None
+
+
+def test_registration_and_regions_on_a_phantom(phantom_hands) -> None:
+    config = PreprocessConfig(canonical=False, segment=True, register=True, regions=True, output_size=96)
+    result = Preprocessor(config)(phantom_hands[0].image)
+    assert result.refused is None and result.image.shape == (96, 96)
+    assert set(result.regions) == set(REGION_NAMES) and result.regions["carpal"].shape == (31, 38)
+    assert "registration_failed" not in result.flags
+    assert result.image[:3].max() < 0.05  # background above the finger tip (placed at 8 % of the height)
