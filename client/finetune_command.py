@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from core.cli import add_data_arguments, data_config_from_args
+from core.errors import ConfigError
 from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec
 from core.site_finetune import FinetuneConfig, compare_freeze_specs, finetune_site, format_table
 
@@ -40,9 +41,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     if not args.compare and args.out is None:
-        raise ValueError("--out is required (where to write the fine-tuned checkpoint), unless --compare")
+        raise ConfigError("--out is required (where to write the fine-tuned checkpoint), unless --compare")
     if args.out is not None and args.out.resolve() == args.pretrained.resolve():
-        raise ValueError("--out must not overwrite the pretrained checkpoint")
+        raise ConfigError("--out must not overwrite the pretrained checkpoint")
     config = FinetuneConfig(freeze=args.freeze, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             seed=args.seed, folds=args.folds, device=args.device, progress=not args.json)
     data = data_config_from_args(args)

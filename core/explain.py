@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from core.errors import ConfigError
+
 METHODS = ("gradcam", "attention")
 
 
@@ -32,10 +34,10 @@ def heat_map(model: nn.Module, image: torch.Tensor, male: float, method: str = "
         ValueError: an unknown method, a model without TJ-Net's block 4, or "attention" without CBAM.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown heat-map method {method!r}; expected one of {METHODS}")
+        raise ConfigError(f"unknown heat-map method {method!r}; expected one of {METHODS}")
     block4 = getattr(model, "block4", None)
     if not isinstance(block4, nn.Sequential) or len(block4) < 3:
-        raise ValueError("heat maps need a TJ-Net (block 4 with its attention module)")
+        raise ConfigError("heat maps need a TJ-Net (block 4 with its attention module)")
     device = next(model.parameters()).device
     batch = image.unsqueeze(0).to(device)
     sex = torch.tensor([float(male)], device=device)
@@ -55,7 +57,7 @@ def heat_map(model: nn.Module, image: torch.Tensor, male: float, method: str = "
 def _spatial_attention(model: nn.Module, attention: nn.Module, batch: torch.Tensor, sex: torch.Tensor) -> np.ndarray:
     spatial = getattr(attention, "spatial", None)
     if spatial is None:
-        raise ValueError("this TJ-Net has no CBAM (built with --no-cbam); use the gradcam heat map")
+        raise ConfigError("this TJ-Net has no CBAM (built with --no-cbam); use the gradcam heat map")
     captured: list[torch.Tensor] = []
     handle = spatial.conv.register_forward_hook(lambda _m, _i, out: captured.append(torch.sigmoid(out.detach())))
     try:

@@ -21,10 +21,11 @@ from torch import nn
 from core.central import make_loss
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
-from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
+from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.data.manifest import Record
 from core.data.split import split_of
+from core.errors import ConfigError
 from core.loss import JointLossConfig
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import FREEZE_CHOICES, format_freeze_spec, freeze_blocks, parse_freeze_spec
@@ -52,9 +53,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         parse_freeze_spec(self.freeze)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+            raise ConfigError("epochs and batch size must be at least 1 and the learning rate positive")
         if self.folds < 2:
-            raise ValueError("cross-validation needs at least 2 folds")
+            raise ConfigError("cross-validation needs at least 2 folds")
 
 
 def finetune_model(model: nn.Module, train: BoneAgeDataset, val: BoneAgeDataset, freeze: tuple[int, ...],
@@ -87,7 +88,7 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     model, device = loaded.model, resolve_device(config.device)
     site = load_site(data, model.config.image_size, AugmentConfig(), config.seed, progress=config.progress)
     if len(site.train) == 0:
-        raise ValueError(f"{data.root}: no usable training images")
+        raise DataError(f"{data.root}: no usable training images")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
     freeze = parse_freeze_spec(config.freeze)
     history = finetune_model(model, site.train, site.val, freeze, config, device)
@@ -132,7 +133,7 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
     site = load_site(data, size, None, config.seed, progress=config.progress)
     records = site.train.records + site.val.records + site.test.records
     if len(records) < 2 * config.folds:
-        raise ValueError(f"{data.root}: {len(records)} usable images are too few for {config.folds}-fold "
+        raise DataError(f"{data.root}: {len(records)} usable images are too few for {config.folds}-fold "
                          "cross-validation; use --folds 2 or more images")
     folds = folds_of(records, config.folds, config.seed)
     tests = [BoneAgeDataset(fold, size, None, config.seed) for fold in folds]

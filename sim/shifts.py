@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.errors import ConfigError
 from sim.phantom.acquisition import add_noise, blur, burn_marker, collimate
 from sim.phantom.profiles import AcquisitionProfile
 
@@ -107,7 +108,7 @@ PARTITION_PROFILES: dict[str, tuple[SiteShift, ...]] = {"hospitals": HOSPITALS, 
 def site_shifts(profile: str, n_sites: int, size: int | None) -> list[SiteShift]:
     """The shifts of `n_sites` sites under `profile` (cycled), each with `size` images if given."""
     if profile not in PARTITION_PROFILES:
-        raise ValueError(f"unknown partition profile {profile!r}; choose from {', '.join(PARTITION_PROFILES)}")
+        raise ConfigError(f"unknown partition profile {profile!r}; choose from {', '.join(PARTITION_PROFILES)}")
     base = PARTITION_PROFILES[profile]
     shifts = []
     for k in range(n_sites):
