@@ -95,6 +95,8 @@ class Predictor:
         self.sex_head = has_sex_head(self.model)
         if (settings.heatmap or settings.report) and not hasattr(self.model, "block4"):
             raise CheckpointError(f"{settings.model}: heat maps and reports need a TJ-Net checkpoint")
+        if settings.heatmap_method == "attention" and not getattr(self.model.config, "use_cbam", False):
+            raise CheckpointError(f"{settings.model} has no CBAM attention to show; use --heatmap-method gradcam")
 
     def run(self, items: list[WorkItem]) -> Iterator[dict[str, Any]]:
         """Output rows in input order; writes heat maps and reports under `settings.out` when asked."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig, load_site
+from core.errors import ConfigError
 from core.data.dataset import BoneAgeDataset, make_loader
 from core.inference import predict_batch
 from core.training import resolve_device
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 METHOD = "split conformal, absolute error of the expected age"
 
 
-class ConformalError(ValueError):
+class ConformalError(ConfigError):
     """Too few calibration images, or an interval that does not fit the model."""
 
 

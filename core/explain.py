@@ -31,7 +31,7 @@ def heat_map(model: nn.Module, image: torch.Tensor, male: float, method: str = "
     """Heat map in [0, 1] of shape (S/16, S/16) for one normalised image [1, S, S] and its sex (1 or 0).
 
     Raises:
-        ValueError: an unknown method, a model without TJ-Net's block 4, or "attention" without CBAM.
+        ConfigError: an unknown method, a model without TJ-Net's block 4, or "attention" without CBAM.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown heat-map method {method!r}; expected one of {METHODS}")

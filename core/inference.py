@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from core.data.dataset import NORM_MEAN, NORM_STD, fit_to_square
+from core.errors import ConfigError
 
 
-class NoSexHeadError(ValueError):
+class NoSexHeadError(ConfigError):
     """A patient of unknown sex and a model without a sex head to predict it."""
 
 

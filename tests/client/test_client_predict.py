@@ -154,3 +154,12 @@ def test_out_inside_an_input_folder_is_refused(tmp_path: Path, model: Path, caps
     code, _, err = predict(capsys, model, "--out", tmp_path / "images" / "results", tmp_path / "images")
     assert code == 2 and "inside the input folder" in err
     assert not (tmp_path / "images" / "results").exists()
+
+
+def test_attention_heat_map_of_a_model_without_cbam_is_a_one_line_error(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    model = tiny_checkpoint(tmp_path / "nocbam.pt", use_cbam=False)
+    (tmp_path / "in").mkdir()
+    path = write_image(tmp_path / "in" / "a.png", radiograph(1), "png8")
+    code, rows, err = predict(capsys, model, "--heatmap", "--heatmap-method", "attention", "--out", tmp_path / "o", path)
+    assert code == 2 and "no CBAM" in err and rows == []

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import ConfigError
 from core.explain import heat_map, overlay, png_bytes
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks
@@ -44,9 +45,9 @@ def test_gradcam_follows_the_image_and_works_with_frozen_blocks() -> None:
 
 
 def test_attention_needs_cbam_and_unknown_methods_fail() -> None:
-    with pytest.raises(ValueError, match="no CBAM"):
+    with pytest.raises(ConfigError, match="no CBAM"):
         heat_map(model(use_cbam=False), image(), 1.0, "attention")
-    with pytest.raises(ValueError, match="unknown heat-map method"):
+    with pytest.raises(ConfigError, match="unknown heat-map method"):
         heat_map(model(), image(), 1.0, "saliency")
 
 
