@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "privacy_ledger.jsonl"
 _MECHANISM_KEYS = ("noise_multiplier", "sample_rate", "steps")
+_MAX_STEPS = 10**9  # more noised steps than any site takes; a larger count is damage, and would stall the accountant
 
 
 class LedgerError(UserError, ValueError):
-    """A ledger file that cannot be read back faithfully."""
+    """A ledger that cannot be trusted (unreadable, damaged or missing); the message names no local path."""
 
 
 class BudgetExceeded(UserError):
@@ -98,7 +100,7 @@ class PrivacyLedger:
         return history_epsilon(history, delta, accountant)
 
     def _parse(self, number: int, line: str) -> LedgerEntry:
-        where = f"privacy ledger {self.path} line {number}"
+        where = f"privacy ledger {self.path.name} line {number}"
         try:
             values = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -114,9 +116,12 @@ class PrivacyLedger:
         if not isinstance(values, dict) or any(key not in values for key in _MECHANISM_KEYS):
             raise LedgerError(f"{where} lacks one of {', '.join(_MECHANISM_KEYS)}")
         sigma, rate, steps = (values[key] for key in _MECHANISM_KEYS)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (sigma, rate, steps))
-        if not numbers or not (sigma > 0 and 0 < rate <= 1 and steps >= 0 and float(steps).is_integer()):
-            raise LedgerError(f"{where} has an impossible mechanism: sigma {sigma!r}, q {rate!r}, steps {steps!r}")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      for v in (sigma, rate, steps))
+        if not numbers or not (sigma > 0 and 0 < rate <= 1 and 0 <= steps <= _MAX_STEPS
+                               and float(steps).is_integer()):
+            raise LedgerError(f"{where} is damaged: impossible mechanism sigma {sigma!r}, q {rate!r}, steps {steps!r}; "
+                              f"restore the file from a backup, never edit or delete lines")
 
 
 def history_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:

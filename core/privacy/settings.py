@@ -48,12 +48,16 @@ def load_site_noise(path: Path) -> SiteNoise | None:
     try:
         return SiteNoise(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as exc:
-        raise LedgerError(f"privacy settings {path} cannot be read ({exc}); delete it to choose sigma again") from None
+        raise LedgerError(f"privacy settings {path.name} cannot be read ({exc}); "
+                          f"delete it to choose sigma again") from None
 
 
 def resolve_site_noise(dp: DPConfig, ledger: PrivacyLedger, sample_rate: float, steps: int, num_examples: int,
                        planned_rounds: int) -> SiteNoise:
-    """Sigma and delta for this round: the stored ones when the plan is unchanged, else chosen now."""
+    """Sigma and delta for this round: the stored ones when the plan is unchanged, else chosen now.
+
+    Nothing is written: `save_site_noise` keeps the choice once a round has been recorded with it.
+    """
     path = settings_path(ledger)
     stored = load_site_noise(path)
     delta = dp.delta or (stored.delta if stored is not None else default_delta(num_examples))
@@ -71,10 +75,15 @@ def resolve_site_noise(dp: DPConfig, ledger: PrivacyLedger, sample_rate: float, 
         chosen = SiteNoise(sigma, delta, dp.target_epsilon, planned_rounds, dp.accountant)
         logger.info("dp: sigma %.4f spends epsilon %.3g over %d rounds of %d steps (q %.4g, delta %.3g)",
                     sigma, dp.target_epsilon, planned_rounds, steps, sample_rate, delta)
-    if chosen != stored:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(chosen), indent=1) + "\n", encoding="utf-8")
     return chosen
+
+
+def save_site_noise(ledger: PrivacyLedger, noise: SiteNoise) -> None:
+    """Keep `noise` for the site's later rounds (its existence also says the site trained privately)."""
+    path = settings_path(ledger)
+    if load_site_noise(path) != noise:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(noise), indent=1) + "\n", encoding="utf-8")
 
 
 def noise_for_budget(ledger: PrivacyLedger, target_epsilon: float, sample_rate: float, steps: int, delta: float,

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from core.errors import UserError
 from core.loss import JointLoss
 from core.privacy.config import DPConfig
 from core.privacy.ledger import BudgetExceeded, PrivacyLedger
-from core.privacy.settings import resolve_site_noise
+from core.privacy.guard import require_history, site_lock
+from core.privacy.settings import resolve_site_noise, save_site_noise
 from core.training import EpochStats, ExtraLoss, TrainConfig, make_optimizer
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
 
     Raises:
         BudgetExceeded: before any training, when the round would take the site past `dp.budget`.
+        LedgerError: a damaged ledger, a missing one where the site trained privately before, or
+            another private round holding the site's ledger (`LedgerBusy`); nothing was trained.
         DPIncompatibleModel: when the model cannot be trained privately as it is.
         ValueError: for settings that make no sense (DP off, empty dataset, batch-coupled loss).
     """
@@ -90,6 +93,16 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
         raise ValueError("under DP use JointLossConfig(per_sample=True): the paper's loss couples a batch's samples")
     model.to(device).train()
     check_dp_compatible(model)
+    with site_lock(ledger):  # check, training and record: two runs cannot both pass the check
+        require_history(ledger)
+        return _locked_round(model, dataset, loss_fn, train_config, dp, ledger, local_epochs, device,
+                             planned_rounds, extra_loss, context)
+
+
+def _locked_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, train_config: TrainConfig,
+                  dp: DPConfig, ledger: PrivacyLedger, local_epochs: int, device: torch.device,
+                  planned_rounds: int, extra_loss: ExtraLoss | None,
+                  context: dict[str, Any] | None) -> PrivateRoundResult:
     segment = len(ledger.entries())
     sampler_seed, noise_seed, torch_seed = _round_seeds(dp.seed, train_config.seed, segment)
     loader = DataLoader(dataset, batch_size=train_config.batch_size, shuffle=True,
@@ -115,6 +128,7 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
             noise_generator=_generator(device, noise_seed), grad_sample_mode="hooks", wrap_model=False)
     except UnsupportedModuleError as exc:
         raise DPIncompatibleModel(f"Opacus cannot train this model: {str(exc).splitlines()[-1].strip()}") from None
+    _shape_empty_draws(private_loader, dataset)
     tally = _Tally()
     try:
         with warnings.catch_warnings():  # the first trainable block's input needs no gradient: harmless
@@ -127,10 +141,22 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
         hooks.cleanup()
         if tally.draws:
             ledger.record(noise.noise_multiplier, sample_rate, tally.draws, delta=noise.delta, **(context or {}))
+            save_site_noise(ledger, noise)
     epsilon = ledger.epsilon(noise.delta, dp.accountant)
     logger.info("dp: %d steps at sigma %.4g, q %.4g: epsilon %.4g -> %.4g (delta %.3g)", tally.draws,
                 noise.noise_multiplier, sample_rate, current, epsilon, noise.delta)
     return PrivateRoundResult(tally.stats(), epsilon, noise.delta, noise.noise_multiplier, sample_rate, tally.draws)
+
+
+def _shape_empty_draws(private_loader: DataLoader, dataset: Dataset) -> None:
+    """Make an empty first Poisson draw an empty batch of the dataset's own structure.
+
+    Opacus learns the structure of empty batches from the first non-empty one; when the very first
+    draw is empty it falls back to shapes that only work for tuple samples, and dict samples crash.
+    """
+    collate = private_loader.collate_fn
+    if getattr(collate, "first_batch", False) is None:
+        collate.first_batch = default_collate([dataset[0]])
 
 
 @dataclass
