@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from core.cli import run_command, setup_logging
-from sim.config import PRESETS, preset
+from sim.config import PRESETS, RealSite, load_experiment, preset
 from sim.generate import add_generate_parser
 from sim.partition import add_partition_parser
 
@@ -21,12 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--local-epochs", type=int, default=None, help="local epochs per round (and per baseline round)")
+    parser.add_argument("--batch-size", type=int, default=None, help="local batch size (fine-tuning)")
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
     parser.add_argument("--strategy", default=None,
                         help="fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg")
     parser.add_argument("--freeze", default=None, help="comma-separated freeze specs, e.g. '1-3,none'")
     parser.add_argument("--dp", default=None,
                         help="comma-separated DP noise multipliers: adds one DP federation per value (freeze 1-3)")
+    parser.add_argument("--pretrained", type=Path, default=None, help="start from this checkpoint (no pretraining)")
+    parser.add_argument("--source", type=Path, default=None, help="pretrain on this RSNA-format folder instead")
+    parser.add_argument("--site", action="append", default=[], metavar="DIR[:years]",
+                        help="a real hospital folder (repeatable; ':years' for whole-year labels); replaces the phantom sites")
+    parser.add_argument("--experiment", type=Path, default=None,
+                        help="experiment file (TOML): source, sites with columns and units, freeze specs, rounds, seeds")
+    parser.add_argument("--seeds", type=int, default=None, help="repeat the whole comparison with N seeds")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command")
@@ -38,13 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run_sim(args: argparse.Namespace) -> int:
     from sim.run import run_experiment
 
-    config = preset(
-        args.preset, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
-        local_epochs=args.local_epochs, lr=args.lr,
-        strategy=args.strategy, wandb=args.wandb or None,
+    from_file = load_experiment(args.experiment) if args.experiment else {}
+    name = from_file.pop("preset", args.preset)
+    command_line = dict(
+        pretrained=args.pretrained, source_dir=args.source, real_sites=tuple(RealSite.parse(t) for t in args.site) or None,
+        seeds=args.seeds, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
+        local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, strategy=args.strategy, wandb=args.wandb or None,
         freeze_specs=tuple(s.strip() for s in args.freeze.split(",")) if args.freeze else None,
         dp_noise_multipliers=tuple(float(v) for v in args.dp.split(",")) if args.dp else None,
     )
+    config = preset(name, **{**from_file, **{k: v for k, v in command_line.items() if v is not None}})
     run_experiment(config)
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
@@ -20,6 +22,26 @@ class SiteSpec:
 
     preset: str
     n: int
+
+
+@dataclass(frozen=True)
+class RealSite:
+    """A hospital folder of real images, read with the project's data contract (declared columns and unit)."""
+
+    path: Path
+    label_unit: str = "months"
+    name: str = ""
+    csv_name: str = "labels.csv"
+    image_dir: str = "images"
+    id_column: str = "id"
+    age_column: str = "boneage"
+    sex_column: str = "male"
+
+    @classmethod
+    def parse(cls, text: str) -> "RealSite":
+        """`DIR` or `DIR:years` / `DIR:months` (the command line's `--site`)."""
+        path, _, unit = text.rpartition(":") if text.endswith((":years", ":months")) else (text, "", "")
+        return cls(Path(path), unit or "months")
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,10 @@ class SimConfig:
     wandb: bool = False
     out_dir: Path = Path("runs/sim")
     cache_dir: Path = Path("runs/cache")
+    seeds: int = 1
+    pretrained: Path | None = None
+    source_dir: Path | None = None
+    real_sites: tuple[RealSite, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -60,20 +86,31 @@ class SimConfig:
             parse_freeze_spec(spec)
         if self.strategy not in STRATEGY_NAMES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
+        if self.seeds < 1:
+            raise ConfigError("--seeds must be at least 1")
+        if self.pretrained is not None and self.source_dir is not None:
+            raise ConfigError("give either a pretrained checkpoint or a source folder to pretrain on, not both")
+        for site in self.real_sites:
+            if site.label_unit not in ("months", "years"):
+                raise ConfigError(f"site {site.path}: label unit must be months or years, got {site.label_unit!r}")
         if any(sigma <= 0 for sigma in self.dp_noise_multipliers):
             raise ConfigError("DP noise multipliers must be positive")
 
     def pretrain_key(self) -> str:
         """Cache key of the pretrained model: everything that changes its weights."""
-        relevant = {"source": asdict(self.source), "image_size": self.image_size, "width": self.width,
+        source = {"dir": str(self.source_dir)} if self.source_dir is not None else asdict(self.source)
+        relevant = {"source": source, "image_size": self.image_size, "width": self.width,
                     "epochs": self.pretrain_epochs, "lr": self.pretrain_lr, "batch_size": self.batch_size,
                     "seed": self.seed}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        values["out_dir"], values["cache_dir"] = str(self.out_dir), str(self.cache_dir)
-        return values
+        return json.loads(json.dumps(values, default=str))
+
+    def seed_list(self) -> list[int]:
+        """The seeds the comparison is repeated with (`--seeds N`: seed, seed + 1, ...)."""
+        return [self.seed + k for k in range(self.seeds)]
 
 
 PRESETS: dict[str, SimConfig] = {
@@ -88,6 +125,43 @@ PRESETS: dict[str, SimConfig] = {
                        ("tongji", "eu_clinic", "rural_cr", "peds_referral")),
                        image_size=500, width=1.0, pretrain_epochs=30, rounds=20, local_epochs=1, batch_size=16),
 }
+
+
+EXPERIMENT_KEYS = {"pretrained", "source", "sites", "strategy", "freeze", "rounds", "local_epochs", "lr", "seed", "seeds",
+                   "batch_size", "preset"}
+SITE_KEYS = {"path", "label_unit", "name", "csv", "image_dir", "id_column", "age_column", "sex_column"}
+
+
+def load_experiment(path: Path) -> dict[str, Any]:
+    """Overrides of `preset` from an experiment file (TOML); relative paths are relative to the file.
+
+    Keys: pretrained or source, strategy, freeze (list), rounds, local_epochs, lr, seed, seeds, batch_size, preset,
+    and [[sites]] tables with path, label_unit, name, csv, image_dir, id_column, age_column, sex_column.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read experiment file {path}: {exc}") from None
+    unknown = set(data) - EXPERIMENT_KEYS
+    if unknown:
+        raise ConfigError(f"experiment file {path}: unknown keys {sorted(unknown)}; known: {sorted(EXPERIMENT_KEYS)}")
+    here = Path(path).parent
+    overrides: dict[str, Any] = {k: data[k] for k in ("strategy", "rounds", "local_epochs", "lr", "seed", "seeds",
+                                                      "batch_size") if k in data}
+    if "freeze" in data:
+        overrides["freeze_specs"] = tuple(str(s) for s in data["freeze"])
+    for key, field_name in (("pretrained", "pretrained"), ("source", "source_dir")):
+        if key in data:
+            overrides[field_name] = here / data[key]
+    sites = []
+    for site in data.get("sites", []):
+        if set(site) - SITE_KEYS or "path" not in site:
+            raise ConfigError(f"experiment file {path}: each [[sites]] needs a path and knows only {sorted(SITE_KEYS)}")
+        fields = {("csv_name" if k == "csv" else k): v for k, v in site.items() if k != "path"}
+        sites.append(RealSite(path=here / site["path"], **fields))
+    if sites:
+        overrides["real_sites"] = tuple(sites)
+    return {"preset": data.get("preset", "default"), **overrides}
 
 
 def preset(name: str, **overrides: object) -> SimConfig:

@@ -8,16 +8,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from core.checkpoint import load_checkpoint
-from core.data import AugmentConfig, load_site, make_loader
+from core.data import load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.errors import FederationFailed
-from core.finetune import RoundSettings, train_site_round
 from core.metrics import Predictions, compute_metrics
-from core.model.freeze import parse_freeze_spec
 from core.training import predict
 from server.config import FederationConfig
 from sim.config import SimConfig
@@ -50,41 +46,6 @@ def evaluate_everywhere(model: torch.nn.Module, sites: list[PreparedSite], tests
         predictions = predict(model, make_loader(tests[site.name], 64, shuffle=False, seed=0), CPU)
         metrics = compute_metrics(predictions, model.config.class_step_months, site.label_unit)
         rows.append(Evaluation(site.name, strategy, freeze, metrics, predictions))
-    return rows
-
-
-def _settings(config: SimConfig) -> RoundSettings:
-    return RoundSettings(local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-                         seed=config.seed, freeze=parse_freeze_spec(config.baseline_freeze),
-                         planned_rounds=config.rounds)
-
-
-def _fine_tune(pretrained: Path, train: BoneAgeDataset, val: BoneAgeDataset, config: SimConfig) -> torch.nn.Module:
-    """The same rounds of local training a site does in the federation, without averaging."""
-    model = load_checkpoint(pretrained).model
-    for round_number in range(1, config.rounds + 1):
-        train_site_round(model, train, val, _settings(config), CPU, round_number)
-    return model
-
-
-def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path,
-                  tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
-    """Pretrained without adaptation, each site fine-tuned alone, all sites pooled centrally."""
-    size = config.image_size
-    rows = evaluate_everywhere(load_checkpoint(pretrained).model, sites, tests, "pretrained", "all")
-    pooled_train, pooled_val = [], []
-    for site in sites:
-        data = load_site(site.data, size, AugmentConfig(), seed=config.seed)
-        pooled_train += data.train.records
-        pooled_val += data.val.records
-        logger.info("baseline: %s fine-tuned alone (freeze %s, %d rounds)", site.name, config.baseline_freeze,
-                    config.rounds)
-        model = _fine_tune(pretrained, data.train, data.val, config)
-        rows += [r for r in evaluate_everywhere(model, [site], tests, "site-alone", config.baseline_freeze)]
-    logger.info("baseline: all %d sites pooled centrally (%d training images)", len(sites), len(pooled_train))
-    model = _fine_tune(pretrained, BoneAgeDataset(pooled_train, size, AugmentConfig(), config.seed),
-                       BoneAgeDataset(pooled_val, size, None, config.seed), config)
-    rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze)
     return rows
 
 
@@ -149,6 +110,3 @@ def epsilon_by_site(out_dir: Path, sites: list[PreparedSite]) -> dict[str, float
                 result[sites[int(row["site"])].name] = float(row["value"])
     return result
 
-
-def mean_mad(rows: list[Evaluation]) -> float:
-    return float(np.mean([r.metrics["mad_months"] for r in rows])) if rows else float("nan")

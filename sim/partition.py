@@ -24,13 +24,14 @@ from tqdm import tqdm
 
 from core.cli import add_data_arguments, data_config_from_args
 from core.data import DataError, ImageError, Record, SiteDataConfig, load_manifest, read_image
+from core.errors import ConfigError
 from sim.shifts import PARTITION_PROFILES, SiteShift, acquire, relabel, site_shifts
 
 logger = logging.getLogger("ossifl.sim")
 MONTAGE_IMAGES = 8
 
 
-class PartitionError(ValueError):
+class PartitionError(ConfigError):
     """A partition that cannot be made (bad request or too few images), in one line."""
 
 

@@ -13,43 +13,106 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.metrics import AGE_GROUPS_YEARS, age_group_label  # noqa: E402
+from sim.config import SimConfig  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
+from sim.verdicts import ALL, Comparison, answers, label  # noqa: E402
 
 logger = logging.getLogger("ossifl.sim")
-RESULT_COLUMNS = ("site", "strategy", "freeze", "mad_months", "rmse_months", "accuracy", "accuracy_1y",
-                  "bias_months", "n", "epsilon")
+RESULT_COLUMNS = ("site", "strategy", "freeze", "mad_months", "mad_ci_low", "mad_ci_high", "rmse_months", "accuracy",
+                  "accuracy_1y", "bias_months", "n", "seeds", "epsilon")
+
+
+def _mean(rows: list[Evaluation], metric: str) -> float:
+    return float(np.mean([r.metrics[metric] for r in rows]))
 
 
 def write_results(rows: list[Evaluation], path: Path) -> None:
+    """One row per site and method (all sites too): MAD with its 95 % interval over images and seeds;
+    the other metrics are means over seeds."""
+    comparison = Comparison(rows)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(RESULT_COLUMNS)
-        for r in rows:
-            m = r.metrics
-            writer.writerow((r.site, r.strategy, r.freeze, f"{m['mad_months']:.4f}", f"{m['rmse_months']:.4f}",
-                             f"{m['accuracy']:.4f}", f"{m['accuracy_1y']:.4f}", f"{m['bias_months']:.4f}", m["n"],
-                             "" if r.extra.get("epsilon") is None else f"{r.extra['epsilon']:.4f}"))
+        for site in [*comparison.sites, ALL]:
+            for key in comparison.keys:
+                if not comparison.has(site, key):
+                    continue
+                match = [r for r in rows if (r.strategy, r.freeze) == key and (site == ALL or r.site == site)]
+                mad = comparison.mad(site, key)
+                eps = [r.extra["epsilon"] for r in match if r.extra.get("epsilon") is not None]
+                writer.writerow((site, *key, f"{mad.estimate:.4f}", f"{mad.low:.4f}", f"{mad.high:.4f}",
+                                 f"{_mean(match, 'rmse_months'):.4f}", f"{_mean(match, 'accuracy'):.4f}",
+                                 f"{_mean(match, 'accuracy_1y'):.4f}", f"{_mean(match, 'bias_months'):.4f}",
+                                 sum(len(e) for e in comparison.errors(site, key)) // len(comparison.seeds),
+                                 len(comparison.seeds), f"{max(eps):.4f}" if eps else ""))
 
 
 def table(rows: list[Evaluation]) -> str:
-    """A markdown table per site: strategy rows with MAD/RMSE (months and years) and accuracy."""
+    """A markdown table per site: each method's MAD with its 95 % interval, RMSE, accuracy, bias."""
+    comparison = Comparison(rows)
     lines: list[str] = []
-    for site in dict.fromkeys(r.site for r in rows):
-        site_rows = [r for r in rows if r.site == site]
-        best = min((r for r in site_rows if r.strategy.startswith("fed") and "_dp-" not in r.strategy), key=lambda r: r.metrics["mad_months"],
-                   default=None)
-        lines += [f"### {site} (test n = {site_rows[0].metrics['n']})", "",
-                  "| strategy | frozen blocks | MAD (mo) | MAD (y) | RMSE (mo) | accuracy | within 1 y | bias (mo) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in site_rows:
-            m = r.metrics
-            mark = " **best federated**" if r is best else ""
-            eps = f" (epsilon {r.extra['epsilon']:.2f})" if r.extra.get("epsilon") is not None else ""
-            lines.append(f"| {r.strategy}{eps}{mark} | {r.freeze} | {m['mad_months']:.2f} | {m['mad_months'] / 12:.3f} "
-                         f"| {m['rmse_months']:.2f} | {m['accuracy']:.3f} | {m['accuracy_1y']:.3f} "
-                         f"| {m['bias_months']:+.2f} |")
+    for site in [*comparison.sites, ALL]:
+        keys = [k for k in comparison.keys if comparison.has(site, k)]
+        if not keys:
+            continue
+        best = min(keys, key=lambda k: comparison.mad(site, k).estimate)
+        n = sum(len(e) for e in comparison.errors(site, keys[0])) // len(comparison.seeds)
+        lines += [f"### {site} (test n = {n}, {len(comparison.seeds)} seed(s))", "",
+                  "| method | frozen blocks | MAD (mo) [95 % CI] | MAD (y) | RMSE (mo) | accuracy | within 1 y "
+                  "| bias (mo) |", "|---|---|---|---|---|---|---|---|"]
+        for key in keys:
+            match = [r for r in rows if (r.strategy, r.freeze) == key and (site == ALL or r.site == site)]
+            mad = comparison.mad(site, key)
+            eps = [r.extra["epsilon"] for r in match if r.extra.get("epsilon") is not None]
+            name = key[0] + (f" (epsilon {max(eps):.2f})" if eps else "") + (" **lowest**" if key == best else "")
+            lines.append(f"| {name} | {key[1]} | {mad} | {mad.estimate / 12:.3f} | {_mean(match, 'rmse_months'):.2f} "
+                         f"| {_mean(match, 'accuracy'):.3f} | {_mean(match, 'accuracy_1y'):.3f} "
+                         f"| {_mean(match, 'bias_months'):+.2f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privacy_points: list,
+                 seconds: float) -> str:
+    """results.csv, results_by_seed.csv, report.md and the plots; returns the answers for the terminal."""
+    out = config.out_dir
+    write_results(rows, out / "results.csv")
+    write_seed_rows(rows, out / "results_by_seed.csv")
+    comparison = Comparison(rows)
+    baselines = {name: comparison.mad(ALL, key).estimate for name, key in
+                 (("pretrained", ("pretrained", "all")), ("site-alone", ("site-alone", config.baseline_freeze)),
+                  ("pooled", ("pooled", config.baseline_freeze))) if comparison.has(ALL, key)}
+    plot_rounds(curves, baselines, out / "mad_per_round.png")
+    verdict = answers(comparison, config.strategy, config.freeze_specs, config.baseline_freeze)
+    federated = [(config.strategy, s) for s in config.freeze_specs if comparison.has(ALL, (config.strategy, s))]
+    best = [min(federated, key=lambda k: comparison.mad(ALL, k).estimate)] if federated else []
+    compare = [("pretrained", "all"), ("site-alone", config.baseline_freeze), *best, ("pooled", config.baseline_freeze)]
+    plot_age_groups(rows, [k for k in compare if comparison.has(ALL, k)], out / "error_by_age_group.png")
+    if privacy_points:
+        plot_privacy(privacy_points, out / "privacy_utility.png")
+    names = [s.path.name for s in config.real_sites] or [s.preset for s in config.sites]
+    report = ["# OssiFL simulation report", "",
+              f"{len(names)} hospital sites ({', '.join(names)}), TJ-Net at {config.image_size} px (width "
+              f"{config.width}); {config.rounds} rounds of {config.strategy}, {config.local_epochs} local epoch(s); "
+              f"seeds {', '.join(str(s) for s in config.seed_list())}; wall time {seconds / 60:.1f} min.", "",
+              "MADs carry 95 % intervals (bootstrap over test images and seeds); differences are paired on the same "
+              "test images.", "", "## Answers", "", verdict, "## Per site (the paper's Table 2)", "", table(rows),
+              "## Plots", "", "![MAD per round](mad_per_round.png)", "", "![Error by age group](error_by_age_group.png)",
+              ""]
+    if privacy_points:
+        report += ["![Privacy / utility](privacy_utility.png)", ""]
+    (out / "report.md").write_text("\n".join(report))
+    return verdict
+
+
+def write_seed_rows(rows: list[Evaluation], path: Path) -> None:
+    """Every evaluation as it came: one row per site, method and seed."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("site", "strategy", "freeze", "seed", "mad_months", "n"))
+        for r in rows:
+            writer.writerow((r.site, r.strategy, r.freeze, r.extra.get("seed", 0), f"{r.metrics['mad_months']:.4f}",
+                             r.metrics["n"]))
 
 
 def plot_rounds(curves: dict[str, dict[str, list[float]]], baselines: dict[str, float], path: Path) -> None:
@@ -71,7 +134,7 @@ def plot_rounds(curves: dict[str, dict[str, list[float]]], baselines: dict[str, 
                       "Federated adaptation per freeze strategy")
 
 
-def plot_age_groups(rows: list[Evaluation], strategies: list[str], path: Path) -> None:
+def plot_age_groups(rows: list[Evaluation], strategies: list[tuple[str, str]], path: Path) -> None:
     """Signed error by age group per site (the paper's Fig. 6), boxes per strategy."""
     sites = list(dict.fromkeys(r.site for r in rows))
     fig, axes = plt.subplots(len(sites), 1, figsize=(9, 2.6 * len(sites)), squeeze=False)
@@ -79,7 +142,7 @@ def plot_age_groups(rows: list[Evaluation], strategies: list[str], path: Path) -
     width = 0.8 / max(len(strategies), 1)
     for ax, site in zip(axes[:, 0], sites):
         for k, strategy in enumerate(strategies):
-            match = [r for r in rows if r.site == site and r.strategy == strategy]
+            match = [r for r in rows if r.site == site and (r.strategy, r.freeze) == strategy]
             if not match:
                 continue
             p = match[0].predictions
@@ -95,7 +158,7 @@ def plot_age_groups(rows: list[Evaluation], strategies: list[str], path: Path) -
                                  showfliers=False, manage_ticks=False)
                 for patch in box["boxes"]:
                     patch.set_facecolor(f"C{k}")
-                ax.plot([], [], color=f"C{k}", linewidth=6, label=strategy)
+                ax.plot([], [], color=f"C{k}", linewidth=6, label=label(strategy))
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(groups)), groups)
         ax.set_ylabel("error (years)")

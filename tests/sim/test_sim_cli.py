@@ -10,38 +10,56 @@ from sim.__main__ import main
 from sim.config import PRESETS, preset
 from sim.experiment import Evaluation
 from sim.report import plot_age_groups, plot_rounds, write_results
-from sim.run import summarise
+from sim.verdicts import ALL, Comparison, answers
 
 
-def _evaluation(site: str, strategy: str, freeze: str, offset: float) -> Evaluation:
+def _evaluation(site: str, strategy: str, freeze: str, offset: float, seed: int = 0) -> Evaluation:
     true = np.array([30.0, 90.0, 150.0, 210.0])
     p = Predictions(true + offset, true, np.array([0.0, 1.0, 0.0, 1.0]))
-    return Evaluation(site, strategy, freeze, compute_metrics(p), p)
+    return Evaluation(site, strategy, freeze, compute_metrics(p), p, {"seed": seed})
 
 
-ROWS = [_evaluation("0-tongji", "pretrained", "all", 12.0), _evaluation("0-tongji", "fedavg_freeze-1-3", "1-3", 3.0),
-        _evaluation("0-tongji", "fedavg_freeze-none", "none", 6.0), _evaluation("1-eu", "pretrained", "all", 9.0),
-        _evaluation("1-eu", "fedavg_freeze-1-3", "1-3", 5.0), _evaluation("1-eu", "fedavg_freeze-none", "none", 4.0)]
+ROWS = [_evaluation("0-tongji", "pretrained", "all", 12.0), _evaluation("0-tongji", "fedavg", "1-3", 3.0),
+        _evaluation("0-tongji", "fedavg", "none", 6.0), _evaluation("1-eu", "pretrained", "all", 9.0),
+        _evaluation("1-eu", "fedavg", "1-3", 5.0), _evaluation("1-eu", "fedavg", "none", 4.0)]
 
 
-def test_results_csv_has_one_row_per_site_and_strategy(tmp_path):
+def test_results_csv_has_one_row_per_site_and_method_with_intervals(tmp_path):
     write_results(ROWS, tmp_path / "results.csv")
     with open(tmp_path / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 6
-    assert {"site", "strategy", "mad_months", "rmse_months", "accuracy"} <= set(rows[0])
+    assert len(rows) == 9  # 2 sites + all sites, 3 methods each
+    assert {"site", "strategy", "mad_months", "mad_ci_low", "mad_ci_high", "rmse_months", "accuracy"} <= set(rows[0])
     assert float(rows[1]["mad_months"]) == pytest.approx(3.0)
+    # constant errors per site: no width within a site; all sites pools 3s and 5s (mean 4, between 3 and 5)
+    assert float(rows[1]["mad_ci_low"]) == float(rows[1]["mad_ci_high"]) == pytest.approx(3.0)
+    pooled = next(r for r in rows if r["site"] == ALL and r["freeze"] == "1-3")
+    assert float(pooled["mad_months"]) == pytest.approx(4.0)
+    assert 3.0 <= float(pooled["mad_ci_low"]) < 4.0 < float(pooled["mad_ci_high"]) <= 5.0
 
 
-def test_summary_counts_the_winning_freeze_spec_per_site():
-    text = summarise(ROWS)
-    assert "| pretrained | 10.50 |" in text
-    assert "freeze 1-3: 1 site(s)" in text and "freeze none: 1 site(s)" in text
+def test_answers_name_the_best_spec_and_the_significant_differences():
+    text = answers(Comparison(ROWS), "fedavg", ("1-3", "none"), "1-3")
+    assert "best federated freeze spec is **1-3**" in text
+    # tongji: 1-3 beats none by 3 months on every image; eu: none beats 1-3 by 1 month on every image
+    assert "0-tongji: fedavg (freeze 1-3) is better than fedavg (freeze none) by 3.00 months" in text
+    assert "1-eu: fedavg (freeze none) is better than fedavg (freeze 1-3) by 1.00 months" in text
+    assert "Every site is learnable" in text
+
+
+def test_seeds_enter_the_interval_and_unlearnable_sites_are_flagged():
+    rows = [_evaluation("a", "pretrained", "all", 5.0, seed) for seed in (0, 1)]
+    rows += [_evaluation("a", "fedavg", "1-3", offset, seed) for seed, offset in ((0, 3.0), (1, 7.0))]
+    comparison = Comparison(rows)
+    assert comparison.seeds == [0, 1]
+    mad = comparison.mad("a", ("fedavg", "1-3"))
+    assert (mad.estimate, mad.low, mad.high) == (5.0, 3.0, 7.0)
+    assert "a: no method beats the pretrained model significantly" in answers(comparison, "fedavg", ("1-3",), "1-3")
 
 
 def test_plots_are_written(tmp_path):
     plot_rounds({"fedavg_freeze-1-3": {"a": [9.0, 7.0], "b": [8.0, 6.0]}}, {"pretrained": 10.0}, tmp_path / "r.png")
-    plot_age_groups(ROWS, ["pretrained", "fedavg_freeze-1-3"], tmp_path / "a.png")
+    plot_age_groups(ROWS, [("pretrained", "all"), ("fedavg", "1-3")], tmp_path / "a.png")
     assert (tmp_path / "r.png").stat().st_size > 1000 and (tmp_path / "a.png").stat().st_size > 1000
 
 

@@ -1,0 +1,97 @@
+"""What every federated freeze spec is compared with, per seed: the pretrained model unadapted, a per-site linear
+calibration of its predictions, each site alone per freeze spec, all sites pooled, and the federated model
+fine-tuned locally at each site (the simplest personalised federated learning)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from core.calibration import fit_linear_calibration
+from core.checkpoint import load_checkpoint
+from core.data import AugmentConfig, load_site, make_loader
+from core.data.dataset import BoneAgeDataset
+from core.finetune import RoundSettings, train_site_round
+from core.metrics import Predictions, compute_metrics
+from core.model.freeze import parse_freeze_spec
+from core.training import predict
+from sim.config import SimConfig
+from sim.experiment import CPU, Evaluation, evaluate_everywhere
+from sim.sites import PreparedSite
+
+logger = logging.getLogger("ossifl.sim")
+
+
+def local_rounds(model: torch.nn.Module, train: BoneAgeDataset, val: BoneAgeDataset, config: SimConfig,
+                 freeze: str) -> torch.nn.Module:
+    """The same rounds of local training a site does in the federation, without averaging."""
+    settings = RoundSettings(local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
+                             seed=config.seed, freeze=parse_freeze_spec(freeze), planned_rounds=config.rounds)
+    for round_number in range(1, config.rounds + 1):
+        train_site_round(model, train, val, settings, CPU, round_number)
+    return model
+
+
+def calibrated(model: torch.nn.Module, site: PreparedSite, train: BoneAgeDataset, test: BoneAgeDataset,
+               class_step: float) -> Evaluation:
+    """The pretrained model with a straight line fitted on the site's training split applied to its outputs."""
+    fitted = predict(model, make_loader(train, 64, shuffle=False, seed=0), CPU)
+    line = fit_linear_calibration(fitted.predicted_months, fitted.true_months)
+    raw = predict(model, make_loader(test, 64, shuffle=False, seed=0), CPU)
+    adjusted = Predictions(line.apply(raw.predicted_months).astype(raw.predicted_months.dtype), raw.true_months,
+                           raw.male)
+    return Evaluation(site.name, "calibrated", "all", compute_metrics(adjusted, class_step, site.label_unit), adjusted,
+                      {"intercept": line.intercept, "slope": line.slope})
+
+
+def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path,
+                  tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
+    """Baselines of one seed (`config.seed`); each row's extra["seed"] says which."""
+    size = config.image_size
+    base = load_checkpoint(pretrained).model
+    step = base.config.class_step_months
+    rows = evaluate_everywhere(base, sites, tests, "pretrained", "all")
+    pooled_train, pooled_val = [], []
+    for site in sites:
+        data = load_site(site.data, size, AugmentConfig(), seed=config.seed)
+        pooled_train += data.train.records
+        pooled_val += data.val.records
+        plain_train = BoneAgeDataset(data.train.records, size, None, config.seed)
+        rows.append(calibrated(base, site, plain_train, tests[site.name], step))
+        for spec in config.freeze_specs:
+            logger.info("baseline (seed %d): %s alone, freeze %s, %d rounds", config.seed, site.name, spec,
+                        config.rounds)
+            model = local_rounds(load_checkpoint(pretrained).model, data.train, data.val, config, spec)
+            rows += evaluate_everywhere(model, [site], tests, "site-alone", spec)
+    logger.info("baseline (seed %d): all %d sites pooled (%d training images, freeze %s)", config.seed, len(sites),
+                len(pooled_train), config.baseline_freeze)
+    model = local_rounds(load_checkpoint(pretrained).model, BoneAgeDataset(pooled_train, size, AugmentConfig(),
+                         config.seed), BoneAgeDataset(pooled_val, size, None, config.seed), config,
+                         config.baseline_freeze)
+    rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze)
+    for row in rows:
+        row.extra["seed"] = config.seed
+    return rows
+
+
+def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated: Path, freeze: str,
+                         tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
+    """Each site fine-tunes the federated model on its own images for the same rounds as a site alone."""
+    rows = []
+    for site in sites:
+        data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"))
+        model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze)
+        rows += evaluate_everywhere(model, [site], tests, f"{config.strategy}+local", freeze)
+    for row in rows:
+        row.extra["seed"] = config.seed
+    return rows
+
+
+def seeded(config: SimConfig, seed: int) -> SimConfig:
+    """The config of one repetition: its seed and, with several seeds, its own output folder."""
+    if config.seeds == 1:
+        return config
+    return replace(config, seed=seed, seeds=1, out_dir=config.out_dir / f"seed-{seed}")
