@@ -29,6 +29,7 @@ from core.errors import ConfigError
 from core.loss import JointLossConfig
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import FREEZE_CHOICES, format_freeze_spec, freeze_blocks, parse_freeze_spec
+from core.preprocess import preprocess_config_of
 from core.stats import Interval, mad_interval, paired_difference
 from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
 
@@ -86,7 +87,9 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     """Fine-tune on the site's train split, evaluate on its test split, save `out`; returns the metadata."""
     loaded = load_checkpoint(pretrained)
     model, device = loaded.model, resolve_device(config.device)
-    site = load_site(data, model.config.image_size, AugmentConfig(), config.seed, progress=config.progress)
+    preprocess = preprocess_config_of(loaded.metadata)  # the site's images go through the model's own preprocessing
+    site = load_site(data, model.config.image_size, AugmentConfig(), config.seed, progress=config.progress,
+                     preprocess=preprocess)
     if len(site.train) == 0:
         raise DataError(f"{data.root}: no usable training images")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
@@ -130,13 +133,14 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
     """Every freeze spec with k-fold cross-validation on one site, plus the unadapted model."""
     base = load_checkpoint(pretrained)
     device, size = resolve_device(config.device), base.model.config.image_size
-    site = load_site(data, size, None, config.seed, progress=config.progress)
+    preprocess = preprocess_config_of(base.metadata)
+    site = load_site(data, size, None, config.seed, progress=config.progress, preprocess=preprocess)
     records = site.train.records + site.val.records + site.test.records
     if len(records) < 2 * config.folds:
         raise DataError(f"{data.root}: {len(records)} usable images are too few for {config.folds}-fold "
                          "cross-validation; use --folds 2 or more images")
     folds = folds_of(records, config.folds, config.seed)
-    tests = [BoneAgeDataset(fold, size, None, config.seed) for fold in folds]
+    tests = [BoneAgeDataset(fold, size, None, config.seed, preprocess=preprocess) for fold in folds]
     collected: dict[str, list[Predictions]] = {"pretrained": [_predict(base.model, t, device) for t in tests]}
     quiet = FinetuneConfig(**{**asdict(config), "progress": False})
     step = 0
@@ -149,9 +153,10 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
             for record in rest:
                 inner["train" if split_of(record.image_id, (0.9, 0.1, 0.0)) == "train" else "val"].append(record)
             model = load_checkpoint(pretrained).model
-            finetune_model(model, BoneAgeDataset(inner["train"], size, AugmentConfig(), config.seed),
-                           BoneAgeDataset(inner["val"], size, None, config.seed), parse_freeze_spec(spec), quiet,
-                           device)
+            finetune_model(model, BoneAgeDataset(inner["train"], size, AugmentConfig(), config.seed,
+                                                 preprocess=preprocess),
+                           BoneAgeDataset(inner["val"], size, None, config.seed, preprocess=preprocess),
+                           parse_freeze_spec(spec), quiet, device)
             collected[spec].append(_predict(model, test, device))
             logger.info("[%d/%d] freeze %s, fold %d/%d: fold MAD %.2f months", step, len(specs) * config.folds,
                         spec, k + 1, config.folds, float(np.mean(np.abs(collected[spec][-1].predicted_months

@@ -17,6 +17,7 @@ from core.data.dataset import BoneAgeDataset
 from core.finetune import RoundSettings, train_site_round
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
+from core.preprocess import preprocess_config_of
 from core.training import predict
 from sim.config import SimConfig
 from sim.experiment import CPU, Evaluation, evaluate_everywhere
@@ -51,15 +52,16 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
                   tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
     """Baselines of one seed (`config.seed`); each row's extra["seed"] says which."""
     size = config.image_size
-    base = load_checkpoint(pretrained).model
+    loaded = load_checkpoint(pretrained)
+    base, preprocess = loaded.model, preprocess_config_of(loaded.metadata)
     step = base.config.class_step_months
     rows = evaluate_everywhere(base, sites, tests, "pretrained", "all")
     pooled_train, pooled_val = [], []
     for site in sites:
-        data = load_site(site.data, size, AugmentConfig(), seed=config.seed)
+        data = load_site(site.data, size, AugmentConfig(), seed=config.seed, preprocess=preprocess)
         pooled_train += data.train.records
         pooled_val += data.val.records
-        plain_train = BoneAgeDataset(data.train.records, size, None, config.seed)
+        plain_train = BoneAgeDataset(data.train.records, size, None, config.seed, preprocess=preprocess)
         rows.append(calibrated(base, site, plain_train, tests[site.name], step))
         for spec in config.freeze_specs:
             logger.info("baseline (seed %d): %s alone, freeze %s, %d rounds", config.seed, site.name, spec,
@@ -68,9 +70,9 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
             rows += evaluate_everywhere(model, [site], tests, "site-alone", spec)
     logger.info("baseline (seed %d): all %d sites pooled (%d training images, freeze %s)", config.seed, len(sites),
                 len(pooled_train), config.baseline_freeze)
-    model = local_rounds(load_checkpoint(pretrained).model, BoneAgeDataset(pooled_train, size, AugmentConfig(),
-                         config.seed), BoneAgeDataset(pooled_val, size, None, config.seed), config,
-                         config.baseline_freeze)
+    pooled = (BoneAgeDataset(pooled_train, size, AugmentConfig(), config.seed, preprocess=preprocess),
+              BoneAgeDataset(pooled_val, size, None, config.seed, preprocess=preprocess))
+    model = local_rounds(load_checkpoint(pretrained).model, *pooled, config, config.baseline_freeze)
     rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze)
     for row in rows:
         row.extra["seed"] = config.seed
@@ -81,8 +83,10 @@ def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated
                          tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
     """Each site fine-tunes the federated model on its own images for the same rounds as a site alone."""
     rows = []
+    loaded = load_checkpoint(federated)
     for site in sites:
-        data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"))
+        data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"),
+                         preprocess=preprocess_config_of(loaded.metadata))
         model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze)
         rows += evaluate_everywhere(model, [site], tests, f"{config.strategy}+local", freeze)
     for row in rows:

@@ -14,6 +14,7 @@ from core.data import load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.errors import FederationFailed
 from core.metrics import Predictions, compute_metrics
+from core.preprocess import PreprocessConfig
 from core.training import predict
 from server.config import FederationConfig
 from sim.config import SimConfig
@@ -35,8 +36,10 @@ class Evaluation:
     extra: dict = field(default_factory=dict)
 
 
-def load_test_splits(sites: list[PreparedSite], image_size: int) -> dict[str, BoneAgeDataset]:
-    return {site.name: load_site(site.data, image_size, None, seed=0, splits=("test",)).test for site in sites}
+def load_test_splits(sites: list[PreparedSite], image_size: int,
+                     preprocess: PreprocessConfig | None = None) -> dict[str, BoneAgeDataset]:
+    return {site.name: load_site(site.data, image_size, None, seed=0, splits=("test",), preprocess=preprocess).test
+            for site in sites}
 
 
 def evaluate_everywhere(model: torch.nn.Module, sites: list[PreparedSite], tests: dict[str, BoneAgeDataset],

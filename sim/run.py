@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 
 from core.checkpoint import load_checkpoint
+from core.preprocess import preprocess_config_of
 from sim.baselines import federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
 from sim.experiment import (Evaluation, epsilon_by_site, evaluate_everywhere, federation_configs, load_test_splits,
@@ -28,11 +29,12 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     source, sites = prepare_sites(config)
     logger.info("[2/%d] pretrained source model", stages)
     pretrained = pretrained_model(config, source)
-    model_config = load_checkpoint(pretrained).model.config
+    loaded = load_checkpoint(pretrained)
+    model_config = loaded.model.config
     config = replace(config, image_size=model_config.image_size, width=model_config.width)
     (config.out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "pretrained": str(pretrained)},
                                                            indent=2))
-    tests = load_test_splits(sites, config.image_size)
+    tests = load_test_splits(sites, config.image_size, preprocess_config_of(loaded.metadata))
     repetitions = [seeded(config, seed) for seed in config.seed_list()]
     logger.info("[3/%d] baselines for %d seed(s): pretrained, calibrated, each site alone per freeze spec, pooled",
                 stages, len(repetitions))

@@ -16,8 +16,12 @@ from core.data import SiteDataConfig
 from core.metrics import Predictions
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
+from core.preprocess import PreprocessConfig
 from core.site_finetune import folds_of, summarise_specs
 from sim.phantom.writer import generate_site
+
+# a cheap preprocessing (contrast equalisation only) that the site's model must inherit
+PREPROCESS = PreprocessConfig(canonical=False, small_angle=False, output_size=32).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +30,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = generate_site("eu_clinic", 30, root / "site", seed=1, image_size=32)
     torch.manual_seed(0)
     model = TJNet(TJNetConfig(image_size=32, width=0.25))
-    return folder, save_checkpoint(root / "pretrained.pt", model, describe(model, preprocess={"marker": 1}))
+    return folder, save_checkpoint(root / "pretrained.pt", model, describe(model, preprocess=PREPROCESS))
 
 
 def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -42,7 +46,7 @@ def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], t
     assert provenance["pretrained_sha256"] == file_sha256(pretrained)
     assert provenance["freeze"] == "1-4" and provenance["data"]["summary"]["n_usable"] == 30
     assert loaded.metadata["frozen_blocks"] == [1, 2, 3, 4]
-    assert loaded.metadata["preprocess"] == {"marker": 1}  # carried over from the pretrained checkpoint
+    assert loaded.metadata["preprocess"] == PREPROCESS  # carried over from the pretrained checkpoint
     original = load_checkpoint(pretrained).model.state_dict()
     changed = [k for k, v in loaded.model.state_dict().items() if not torch.equal(v, original[k])]
     assert changed and all(k.startswith(("block5", "block6")) for k in changed)
