@@ -27,6 +27,7 @@ from core.data.dataset import fit_to_square
 from core.data.patient import read_patient_tags
 from core.explain import heat_map, overlay, png_bytes
 from core.inference import model_input, predict_batch
+from core.preprocess import preprocessor_for
 from core.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,7 @@ class Predictor:
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
         self.conformal = ConformalInterval.from_dict(raw) if raw else None
-        if self.metadata.get("preprocess"):
-            raise CheckpointError(f"{settings.model} needs preprocessing that this version of OssiFL cannot run")
+        self.preprocess = preprocessor_for(self.metadata)  # the model's own preprocessing and quality gate
         self.sex_head = has_sex_head(self.model)
         if (settings.heatmap or settings.report) and not hasattr(self.model, "block4"):
             raise CheckpointError(f"{settings.model}: heat maps and reports need a TJ-Net checkpoint")
@@ -134,6 +134,15 @@ class Predictor:
             return self._refuse(pending, f"cannot open: {exc.strerror or exc}")
         if facts.male is None and not self.sex_head:
             return self._refuse(pending, "sex unknown and this model has no sex head; give --sex or a sex column")
+        if self.preprocess is not None:
+            result = self.preprocess(pixels)
+            pending.flags.extend(result.flags)
+            row["quality_confidence"] = round(float(result.confidence), 3)
+            if result.refused is not None:
+                return self._refuse(pending, f"refused by the quality gate: {result.refused}")
+            pixels = result.image
+            if pixels.max() <= pixels.min():
+                return self._refuse(pending, "refused by the quality gate: constant after preprocessing")
         pending.pixels = pixels
         pending.square, pending.tensor = model_input(pixels, self.image_size)
         return pending

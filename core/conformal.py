@@ -27,9 +27,10 @@ from torch import nn
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig, load_site
-from core.errors import ConfigError
 from core.data.dataset import BoneAgeDataset, make_loader
+from core.errors import ConfigError
 from core.inference import predict_batch
+from core.preprocess import preprocess_config_of
 from core.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -209,10 +210,11 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
     torch_device = resolve_device(device)
     model = checkpoint.model.to(torch_device)
     wanted = ("train", "val", "test") if split == "all" else ("val", "test") if split == "val" else (split,)
-    site = load_site(data, model.config.image_size, None, seed=0, splits=wanted)
+    preprocess = preprocess_config_of(checkpoint.metadata)  # the images as the model reads them
+    site = load_site(data, model.config.image_size, None, seed=0, splits=wanted, preprocess=preprocess)
     if split == "all":
         records = site.train.records + site.val.records + site.test.records
-        calibration = BoneAgeDataset(records, model.config.image_size)
+        calibration = BoneAgeDataset(records, model.config.image_size, preprocess=preprocess)
     else:
         calibration = getattr(site, split)
     interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root))
