@@ -1,0 +1,168 @@
+"""Stress benchmark: MAD on a site's test split, clean and under each stress transform, per model.
+
+    python -m bench.bench_stress --model CKPT [--model CKPT ...] --data DIR [--json]
+
+Each model is run the way it was trained: a checkpoint that records preprocessing (metadata["preprocess"]) gets
+it, one that records none gets the raw image. Pass one model of each kind to compare "with" and "without". Every
+test image is read once; each transform in `core.preprocess.stress.STRESS` is applied to it (random ones seeded by
+(seed, image index)), then the model's preprocessing, then its input. Per model and transform: images scored,
+share refused (with the reasons), MAD, and the change of MAD against the clean images (the same images, scored
+both ways) with a 95 % bootstrap interval. Target (issue 11): the change stays within 1.5 months, or the affected
+images are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
+from core.data import ImageError, load_manifest, make_loader, read_image
+from core.data.dataset import BoneAgeDataset, DecodedSplit, fit_to_square, refusal_reason
+from core.data.manifest import Record
+from core.data.split import split_records
+from core.errors import ConfigError
+from core.preprocess import Preprocessor, preprocess_config_of
+from core.preprocess.stress import STRESS
+from core.stats import paired_difference
+from core.training import predict
+
+logger = logging.getLogger("bench.stress")
+
+TARGET_MONTHS = 1.5
+CLEAN = "clean"
+
+
+@dataclass
+class Cell:
+    """One model under one transform."""
+
+    errors: dict[str, float] = field(default_factory=dict)  # image id -> absolute error (months)
+    refused: Counter = field(default_factory=Counter)
+    n: int = 0
+    preprocess_seconds: float = 0.0
+
+
+def _images(args: argparse.Namespace) -> list[tuple[str, float, bool, np.ndarray]]:
+    manifest = load_manifest(data_config_from_args(args))
+    records = split_records(manifest.records)[args.split]
+    if args.limit:
+        records = records[:args.limit]
+    images = []
+    for record in records:
+        try:
+            images.append((record.image_id, record.age_months, record.male, read_image(record.path)))
+        except ImageError as exc:
+            logger.warning("skipped %s", exc)
+    if not images:
+        raise ConfigError(f"{args.data}: no readable image in the {args.split} split")
+    return images
+
+
+def _score(model: torch.nn.Module, preprocessor: Preprocessor | None, images: list, transform: str,
+           seed: int) -> Cell:
+    cell = Cell(n=len(images))
+    size = model.config.image_size
+    kept, pixels = [], []
+    for index, (image_id, age, male, image) in enumerate(images):
+        stressed = image if transform == CLEAN else STRESS[transform](image, np.random.default_rng([seed, index]))
+        if preprocessor is not None:
+            started = time.perf_counter()
+            result = preprocessor(stressed)
+            cell.preprocess_seconds += time.perf_counter() - started
+            if result.refused is not None:
+                cell.refused[refusal_reason(result.refused)] += 1
+                continue
+            stressed = result.image
+        if stressed.max() <= stressed.min():
+            cell.refused["constant image"] += 1
+            continue
+        kept.append((image_id, age, male))
+        pixels.append(fit_to_square(stressed, size, size))
+    if kept:
+        records = [Record(i, Path(i), age, male) for i, age, male in kept]
+        dataset = BoneAgeDataset(records, size, decoded=DecodedSplit(records, np.stack(pixels), []))
+        predictions = predict(model, make_loader(dataset, 128, shuffle=False, seed=0), torch.device("cpu"))
+        errors = np.abs(predictions.predicted_months - predictions.true_months)
+        cell.errors = {record.image_id: float(e) for record, e in zip(records, errors)}
+    return cell
+
+
+def _row(model_name: str, transform: str, cell: Cell, clean: Cell) -> dict:
+    common = [i for i in cell.errors if i in clean.errors]
+    row = {"model": model_name, "transform": transform, "n": cell.n, "scored": len(cell.errors),
+           "refused_share": 1.0 - len(cell.errors) / cell.n, "refused": dict(cell.refused),
+           "mad_months": float(np.mean(list(cell.errors.values()))) if cell.errors else float("nan"),
+           "ms_per_image": 1000.0 * cell.preprocess_seconds / cell.n}
+    if transform != CLEAN and len(common) >= 2:
+        delta = paired_difference(np.array([cell.errors[i] for i in common]),
+                                  np.array([clean.errors[i] for i in common]))
+        row.update(delta_months=delta.estimate, delta_low=delta.low, delta_high=delta.high,
+                   meets_target=abs(delta.estimate) <= TARGET_MONTHS)
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    unknown = [t for t in args.transforms if t not in STRESS]
+    if unknown:
+        raise ConfigError(f"unknown transform(s) {unknown}; known: {', '.join(STRESS)}")
+    images = _images(args)
+    rows = []
+    for path in args.model:
+        loaded = load_checkpoint(path)
+        config = preprocess_config_of(loaded.metadata)
+        preprocessor = None if config is None else Preprocessor(config)
+        name = f"{Path(path).stem} ({'preprocessed' if config else 'raw'})"
+        clean = _score(loaded.model, preprocessor, images, CLEAN, args.seed)
+        rows.append(_row(name, CLEAN, clean, clean))
+        for transform in args.transforms:
+            rows.append(_row(name, transform, _score(loaded.model, preprocessor, images, transform, args.seed), clean))
+            logger.info("%s %s: MAD %.2f, refused %.1f %%", name, transform, rows[-1]["mad_months"],
+                        100 * rows[-1]["refused_share"])
+    print(json.dumps(rows) if args.json else format_table(rows))
+    return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| model | transform | scored / n | refused | MAD (months) | change vs clean, 95 % CI | within 1.5 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        change = (f"{r['delta_months']:+.2f} [{r['delta_low']:+.2f}, {r['delta_high']:+.2f}]"
+                  if "delta_months" in r else "")
+        meets = "" if "meets_target" not in r else ("yes" if r["meets_target"] else "**no**")
+        lines.append(f"| {r['model']} | {r['transform']} | {r['scored']} / {r['n']} | {100 * r['refused_share']:.1f} % "
+                     f"| {r['mad_months']:.2f} | {change} | {meets} |")
+    timed = [r for r in rows if r["transform"] == CLEAN and r["ms_per_image"] > 0]
+    for r in timed:
+        lines.append(f"\npreprocessing time, {r['model']}: {r['ms_per_image']:.1f} ms per clean image")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_stress", description=__doc__.split("\n\n")[0])
+    add_data_arguments(parser)
+    parser.add_argument("--model", type=Path, action="append", required=True, help="checkpoint (repeatable)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test")
+    parser.add_argument("--transforms", nargs="+", default=list(STRESS), help=f"subset of: {' '.join(STRESS)}")
+    parser.add_argument("--limit", type=int, default=0, help="first N images of the split only (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_command(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

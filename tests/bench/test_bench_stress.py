@@ -1,0 +1,41 @@
+"""The stress benchmark runs end to end on a phantom site, for a raw and a preprocessed model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.bench_stress import main
+from core.checkpoint import describe, save_checkpoint
+from core.model.config import TJNetConfig
+from core.model.tjnet import TJNet
+from core.preprocess import PreprocessConfig
+from sim.phantom.writer import generate_site
+
+
+def test_stress_rows_for_both_models(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    site = generate_site("rsna", 40, tmp_path / "site", seed=2, image_size=64)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    save_checkpoint(tmp_path / "raw.pt", model, describe(model))
+    settings = PreprocessConfig(min_side=40).resolved().to_dict()
+    save_checkpoint(tmp_path / "pre.pt", model, describe(model, preprocess=settings))
+    code = main(["--data", str(site), "--model", str(tmp_path / "raw.pt"), "--model", str(tmp_path / "pre.pt"),
+                 "--split", "train", "--transforms", "rotate90", "downscale0.5", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["transform"] for r in rows] == ["clean", "rotate90", "downscale0.5"] * 2
+    raw, pre = rows[:3], rows[3:]
+    assert all(r["refused_share"] == 0 for r in raw) and raw[0]["ms_per_image"] == 0
+    assert pre[2]["refused"] == {"refused: too small": pre[2]["n"]} and pre[2]["scored"] == 0  # 32 px < 40
+    assert "delta_months" in raw[1] and raw[1]["delta_low"] <= raw[1]["delta_months"] <= raw[1]["delta_high"]
+    assert pre[0]["ms_per_image"] > 0
+
+
+def test_an_unknown_transform_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    site = generate_site("rsna", 12, tmp_path / "site", seed=2, image_size=64)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    save_checkpoint(tmp_path / "raw.pt", model, describe(model))
+    capsys.readouterr()
+    assert main(["--data", str(site), "--model", str(tmp_path / "raw.pt"), "--transforms", "sepia"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown transform")
