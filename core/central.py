@@ -15,9 +15,8 @@ from core.checkpoint import build_model, describe, load_checkpoint, save_checkpo
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
-from core.loss import JointLoss, JointLossConfig, L1AgeLoss
+from core.loss import JointLossConfig, make_head_loss
 from core.metrics import compute_metrics
-from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
 
@@ -40,10 +39,8 @@ class PretrainJob:
 
 
 def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
-    """The joint loss for TJ-Net, the L1 loss for the regression baseline."""
-    if isinstance(model, TJNet):
-        return JointLoss(model.config.num_classes, model.config.class_step_months, config)
-    return L1AgeLoss()
+    """The loss of the model's output head (`core.loss.make_head_loss`)."""
+    return make_head_loss(model.age_head, config)
 
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.model.baseline import ResNetConfig, ResNetRegressor
+from core.model.combined import CombinedConfig, EnsembleModel, SexSpecificModel
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks
 from core.model.tjnet import BLOCK_NAMES, TJNet
@@ -28,7 +29,7 @@ from core.model.tjnet import BLOCK_NAMES, TJNet
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-ARCHITECTURES = ("tjnet", "resnet")
+ARCHITECTURES = ("tjnet", "resnet", "sex_specific", "ensemble")
 
 
 class CheckpointError(UserError):
@@ -36,16 +37,24 @@ class CheckpointError(UserError):
 
 
 def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
-    """Instantiate a model from its architecture name and config dict."""
+    """Instantiate a model from its architecture name and config dict (combinations build their members)."""
     if architecture == "tjnet":
         return TJNet(TJNetConfig.from_dict(config))
     if architecture == "resnet":
         return ResNetRegressor(ResNetConfig.from_dict(config))
+    if architecture in ("sex_specific", "ensemble"):
+        combined = CombinedConfig.from_dict(config)
+        members = [build_model(m.architecture, m.model_config) for m in combined.members]
+        return SexSpecificModel(combined, *members) if architecture == "sex_specific" else EnsembleModel(combined, members)
     raise CheckpointError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
+_ARCHITECTURE_NAMES = {TJNet: "tjnet", ResNetRegressor: "resnet", SexSpecificModel: "sex_specific",
+                       EnsembleModel: "ensemble"}
+
+
 def architecture_of(model: nn.Module) -> str:
-    return "tjnet" if isinstance(model, TJNet) else "resnet"
+    return _ARCHITECTURE_NAMES[type(model)]
 
 
 def package_versions() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The joint loss of TJ-Net (section 2.3) and the L1 loss of the regression baseline.
+"""The losses of the output heads: TJ-Net's joint loss (section 2.3) for the class heads, L1 for regression.
 
     L = alpha * e^2 + sum_i (1 - |C_i|/|C_t|) H_i(sex) + sum_j (1 - |C_j|/|C_t|) H_j(age)
 
@@ -19,19 +19,23 @@ Choices the paper leaves open, made explicit here:
   weights. The paper's form couples the samples of a batch (e^2 and the class shares), so one
   patient would move the gradient of the others and per-sample clipping would not bound that
   patient's influence.
+* The `months` head (240 classes of one month) uses the same loss on its own grid; its alpha rises
+  to 77 like the paper's, not to 240, so that the MAD term keeps the paper's weight.
+* The `regression` head's loss is the L1 distance between the output and the age scaled to [-1, 1]
+  (0 and 228 months at the ends), plus the sex cross-entropy when the model has a sex head.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.model.tjnet import AgeOutput
+from core.model.heads import AgeHead, AgeOutput, RegressionHead
 
 
 @dataclass(frozen=True)
@@ -145,13 +149,49 @@ class JointLoss(nn.Module):
         return self.schedule.observe(float(parts.total.detach()))
 
 
-class L1AgeLoss(nn.Module):
-    """Mean absolute error in months, for the regression baseline (2017 challenge recipe)."""
+class RegressionLoss(nn.Module):
+    """L1 between the regression output and the age scaled to [-1, 1], plus the sex cross-entropy."""
+
+    def __init__(self, head: RegressionHead, config: JointLossConfig | None = None) -> None:
+        super().__init__()
+        self.head = head
+        self.config = config or JointLossConfig()
 
     def forward(self, output: AgeOutput, age_months: torch.Tensor, male: torch.Tensor) -> LossParts:
+        if output.scaled is None:
+            raise ValueError("the regression loss needs a regression output")
+        total = torch.mean(torch.abs(output.scaled - self.head.scale(age_months)))
+        terms = {"l1_scaled": float(total.detach())}
+        if output.sex_logits is not None:
+            sex_term = (F.cross_entropy(output.sex_logits.float(), male.long()) if self.config.per_sample
+                        else class_balanced_cross_entropy(output.sex_logits, male.long()))
+            total = total + sex_term
+            terms["sex_ce"] = float(sex_term.detach())
         error = torch.abs(output.expected_months - age_months)
-        loss = torch.mean(error)
-        return LossParts(total=loss / 12.0, mad_months=float(loss.detach()), terms={})
+        return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
 
     def after_step(self, parts: LossParts) -> bool:
         return False
+
+
+PAPER_ALPHA_FINAL = 77.0
+
+
+def _joint(head: AgeHead, config: JointLossConfig) -> nn.Module:
+    if head.name == "months" and config.alpha_final is None:
+        config = replace(config, alpha_final=PAPER_ALPHA_FINAL)
+    return JointLoss(head.num_classes, head.class_step_months, config)
+
+
+def _regression(head: AgeHead, config: JointLossConfig) -> nn.Module:
+    if not isinstance(head, RegressionHead):
+        raise ValueError(f"head {head.name!r} is not a regression head")
+    return RegressionLoss(head, config)
+
+
+LOSSES = {"paper": _joint, "months": _joint, "regression": _regression}
+
+
+def make_head_loss(head: AgeHead, config: JointLossConfig | None = None) -> nn.Module:
+    """The loss that trains `head` (see the module docstring)."""
+    return LOSSES[head.name](head, config or JointLossConfig())

@@ -1,4 +1,4 @@
-"""Command line of the coordinating side: `pretrain` and `evaluate`."""
+"""Command line of the coordinating side: `pretrain`, `evaluate` and `ensemble`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.central import PretrainJob, evaluate_checkpoint, pretrain
+from core.ensemble import EnsembleJob, build_ensemble
 from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
 from core.data import AugmentConfig
 from core.errors import ConfigError
 from core.preprocess import PreprocessConfig
+from core.model.heads import HEAD_NAMES
 from core.training import TrainConfig
 
 logger = logging.getLogger("server")
@@ -31,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--image-size", type=int, default=128)
     train.add_argument("--width", type=float, default=0.5, help="channel multiplier (paper scale: 1.0)")
+    train.add_argument("--head", choices=HEAD_NAMES, default=None,
+                       help="output head: paper (77 classes of 3 months, joint loss), months (240 classes of 1 month), "
+                            "regression (L1 on the age scaled to [-1, 1]); default paper for tjnet, regression for resnet")
     train.add_argument("--depth", type=int, default=18, help="ResNet depth for --arch resnet (18, 34, 50)")
     train.add_argument("--norm", choices=("group", "batch"), default="group")
     train.add_argument("--batch-size", type=int, default=32)
@@ -54,11 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default="test")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ensemble = commands.add_parser("ensemble", help="fit a linear ensemble of checkpoints on the val split")
+    add_data_arguments(ensemble)
+    ensemble.add_argument("--models", type=Path, nargs="+", required=True, help="member checkpoints (two or more)")
+    ensemble.add_argument("--out", type=Path, required=True, help="ensemble checkpoint to write")
+    ensemble.add_argument("--per-sex", action="store_true", help="one set of weights and intercept per sex")
+    ensemble.add_argument("--device", default="auto")
+    ensemble.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
 def _model_config(args: argparse.Namespace) -> dict:
     config = {"image_size": args.image_size, "width": args.width, "norm": args.norm}
+    if args.head is not None:
+        config["head"] = args.head
     if args.arch == "tjnet":
         config.update(use_cbam=not args.no_cbam, use_residual=not args.no_residual, joint_sex=not args.no_joint_sex)
     else:
@@ -98,8 +113,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ensemble(args: argparse.Namespace) -> int:
+    report = build_ensemble(EnsembleJob(models=tuple(args.models), data=data_config_from_args(args), out=args.out,
+                                        per_sex=args.per_sex, device=args.device))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{'model':<40} {'val MAD':>8} {'test MAD':>9}")
+    for name in [*report["members"], "ensemble"]:
+        print(f"{name:<40} {report['val'][name]:8.2f} {report['test'].get(name, float('nan')):9.2f}")
+    for group, (weights, intercept) in enumerate(zip(report["weights"], report["intercepts"])):
+        label = ("female", "male")[group] if report["per_sex"] else "all"
+        print(f"weights ({label}): " + ", ".join(f"{w:+.3f}" for w in weights) + f"; intercept {intercept:+.2f} months")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    handler = {"pretrain": run_pretrain, "evaluate": run_evaluate}[args.command]
+    handler = {"pretrain": run_pretrain, "evaluate": run_evaluate, "ensemble": run_ensemble}[args.command]
     return run_command(handler, args)

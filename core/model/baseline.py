@@ -2,7 +2,8 @@
 
 This is the recipe of the RSNA 2017 challenge winners (an ImageNet-class backbone, the sex
 concatenated to the image features, dense layers, one regression output), scaled by a width
-multiplier so it can be trained under the same budget as TJ-Net. `depth=18` uses basic
+multiplier so it can be trained under the same budget as TJ-Net. Its output head is the regression
+head by default and can be any head of `core.model.heads`. `depth=18` uses basic
 blocks, `depth=50` bottleneck blocks (the "ResNet-50-style" network of the benchmarks).
 """
 
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.model.heads import AgeHead, AgeOutput, make_head, resolve_grid
 from core.model.layers import make_norm_factory
-from core.model.tjnet import AgeOutput, scaled_channels
+from core.model.tjnet import scaled_channels
 
 _STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 
@@ -29,11 +31,16 @@ class ResNetConfig:
     norm: str = "group"
     in_channels: int = 1
     dropout: float = 0.2
-    max_months: float = 228.0
+    head: str = "regression"
+    num_classes: int | None = None
+    class_step_months: float | None = None
 
     def __post_init__(self) -> None:
         if self.depth not in _STAGES:
             raise ConfigError(f"depth must be one of {sorted(_STAGES)}, got {self.depth}")
+        classes, step = resolve_grid(self.head, self.num_classes, self.class_step_months)
+        object.__setattr__(self, "num_classes", classes)
+        object.__setattr__(self, "class_step_months", step)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +89,7 @@ def _shortcut(cin: int, cout: int, stride: int, norm) -> nn.Module:
 
 
 class ResNetRegressor(nn.Module):
-    """ResNet backbone + sex input (32 units) -> dense 256 -> bone age in months."""
+    """ResNet backbone + sex input (32 units) -> dense 256 -> the head's outputs."""
 
     def __init__(self, config: ResNetConfig | None = None) -> None:
         super().__init__()
@@ -103,13 +110,16 @@ class ResNetRegressor(nn.Module):
                 cin = planes * block.expansion
         self.backbone = nn.Sequential(*layers)
         self.sex_input = nn.Sequential(nn.Linear(1, 32), nn.ReLU())
+        self.output = make_head(cfg.head, cfg.num_classes, cfg.class_step_months)
         self.head = nn.Sequential(
-            nn.Dropout(cfg.dropout), nn.Linear(cin + 32, 256), nn.ReLU(), nn.Linear(256, 1)
+            nn.Dropout(cfg.dropout), nn.Linear(cin + 32, 256), nn.ReLU(), nn.Linear(256, self.output.out_features)
         )
 
     def forward(self, image: torch.Tensor, male: torch.Tensor) -> AgeOutput:
         features = torch.mean(self.backbone(image), dim=(2, 3))
         sex = male.reshape(-1, 1).to(features.dtype) * 2.0 - 1.0
-        # predict in units of the age range: a well-scaled target for the last layer
-        scaled = self.head(torch.cat([features, self.sex_input(sex)], dim=1)).squeeze(1)
-        return AgeOutput(expected_months=(scaled.float() + 0.5) * self.config.max_months)
+        return self.output(self.head(torch.cat([features, self.sex_input(sex)], dim=1)))
+
+    @property
+    def age_head(self) -> AgeHead:
+        return self.output

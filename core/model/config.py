@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.errors import ConfigError
+from core.model.heads import resolve_grid
 
 NORMALISATIONS = ("group", "batch")
 
@@ -17,8 +18,11 @@ class TJNetConfig:
     Attributes:
         image_size: side of the square input in pixels (paper: 500; CPU default 128).
         width: channel multiplier applied to every convolutional block (paper scale: 1.0).
-        num_classes: number of bone-age classes (paper: 77 classes of 3 months, 0-19 years).
-        class_step_months: width of one class in months; class k is centred on k * step.
+        head: output head, "paper" (77 classes of 3 months), "months" (240 of 1 month) or
+            "regression" (one output in [-1, 1]); see `core.model.heads`.
+        num_classes: number of bone-age classes; None takes the head's default.
+        class_step_months: width of one class in months (class k is centred on k * step); None takes
+            the head's default.
         in_channels: image channels (radiographs are grayscale).
         use_cbam: ablation switch; False removes the three CBAM modules.
         use_residual: ablation switch; False removes the shortcuts of IncRes1/IncRes2.
@@ -29,8 +33,9 @@ class TJNetConfig:
 
     image_size: int = 128
     width: float = 0.5
-    num_classes: int = 77
-    class_step_months: float = 3.0
+    head: str = "paper"
+    num_classes: int | None = None
+    class_step_months: float | None = None
     in_channels: int = 1
     use_cbam: bool = True
     use_residual: bool = True
@@ -45,8 +50,9 @@ class TJNetConfig:
             raise ConfigError(f"image_size must be at least 32 px, got {self.image_size}")
         if self.width <= 0:
             raise ConfigError(f"width must be positive, got {self.width}")
-        if self.num_classes < 2:
-            raise ConfigError(f"num_classes must be at least 2, got {self.num_classes}")
+        classes, step = resolve_grid(self.head, self.num_classes, self.class_step_months)
+        object.__setattr__(self, "num_classes", classes)
+        object.__setattr__(self, "class_step_months", step)
 
     @property
     def max_months(self) -> float:

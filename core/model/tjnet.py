@@ -10,50 +10,25 @@ Layout (S = input side, w = width multiplier, c(n) = n * w rounded up to a multi
 | 3     | IncRes1, Inception1, CBAM2, maxpool              | c(128) x S/16   |
 | 4     | IncRes2, Inception2, CBAM3, maxpool              | c(256) x S/32   |
 | 5     | fusion of blocks 2-4 (GAP) -> 256, sex head -> 2  | 256, 2 logits   |
-| 6     | sex input -> 64; [256, 64] -> 512 -> 256 -> K     | K age logits    |
+| 6     | sex input -> 64; [256, 64] -> 512 -> 256 -> K     | K age outputs   |
 
-Each top-level child `block1` ... `block6` is a unit of freezing (see `freeze.py`).
+Block 6 ends in the output head (`core.model.heads`): K = 77 classes of 3 months (paper), 240 of one
+month (months) or a single regression output. Each top-level child `block1` ... `block6` is a unit of
+freezing (see `freeze.py`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from core.model.config import TJNetConfig
+from core.model.heads import AgeHead, AgeOutput, make_head
 from core.model.layers import CBAM, ConvUnit, IncRes1, IncRes2, Inception1, Inception2, make_norm_factory
 
 BLOCK_NAMES = ("block1", "block2", "block3", "block4", "block5", "block6")
-
-
-@dataclass
-class AgeOutput:
-    """What a bone-age model returns for a batch.
-
-    Attributes:
-        expected_months: [B] expected bone age over the class grid (or the regression value).
-        age_logits: [B, K] class logits, None for a regression model.
-        sex_logits: [B, 2] logits of the joint sex head, None when it is switched off.
-    """
-
-    expected_months: torch.Tensor
-    age_logits: torch.Tensor | None = None
-    sex_logits: torch.Tensor | None = None
-
-    @property
-    def probabilities(self) -> torch.Tensor:
-        if self.age_logits is None:
-            raise ValueError("a regression output has no class probabilities")
-        return torch.softmax(self.age_logits.float(), dim=1)
-
-    @property
-    def predicted_class(self) -> torch.Tensor:
-        if self.age_logits is None:
-            raise ValueError("a regression output has no classes")
-        return torch.argmax(self.age_logits, dim=1)
 
 
 def scaled_channels(base: int, width: float) -> int:
@@ -88,12 +63,7 @@ class TJNet(nn.Module):
             IncRes2(c3, c4, norm, residual=cfg.use_residual), Inception2(c4, c4, norm), attention(c4), nn.MaxPool2d(2)
         )
         self.block5 = FusionBlock(c2 + c3 + c4, cfg.dropout, cfg.joint_sex)
-        self.block6 = AgeClassifier(cfg.num_classes, cfg.dropout)
-        self.register_buffer(
-            "class_centres_months",
-            torch.arange(cfg.num_classes, dtype=torch.float32) * cfg.class_step_months,
-            persistent=False,
-        )
+        self.block6 = AgeClassifier(make_head(cfg.head, cfg.num_classes, cfg.class_step_months), cfg.dropout)
         self.frozen_blocks: tuple[int, ...] = ()
 
     def forward(self, image: torch.Tensor, male: torch.Tensor) -> AgeOutput:
@@ -103,10 +73,15 @@ class TJNet(nn.Module):
         f4 = self.block4(f3)
         pooled = torch.cat([torch.mean(f, dim=(2, 3)) for f in (f2, f3, f4)], dim=1)
         features, sex_logits = self.block5(pooled)
-        age_logits = self.block6(features, male)
-        probabilities = torch.softmax(age_logits.float(), dim=1)
-        expected = probabilities @ self.class_centres_months
-        return AgeOutput(expected_months=expected, age_logits=age_logits, sex_logits=sex_logits)
+        return self.block6(features, male, sex_logits)
+
+    @property
+    def age_head(self) -> AgeHead:
+        return self.block6.output
+
+    @property
+    def class_centres_months(self) -> torch.Tensor:
+        return self.age_head.class_centres_months
 
     def train(self, mode: bool = True) -> "TJNet":
         """Switch modes, keeping frozen blocks in eval mode (fixed normalisation statistics)."""
@@ -131,10 +106,11 @@ class FusionBlock(nn.Module):
 
 
 class AgeClassifier(nn.Module):
-    """Block 6: image features plus the sex input (64 units), dense 512 and 256, K logits."""
+    """Block 6: image features plus the sex input (64 units), dense 512 and 256, the head's K outputs."""
 
-    def __init__(self, num_classes: int, dropout: float) -> None:
+    def __init__(self, output: AgeHead, dropout: float) -> None:
         super().__init__()
+        self.output = output
         self.sex_input = nn.Sequential(nn.Linear(1, 64), nn.ReLU())
         self.head = nn.Sequential(
             nn.Dropout(dropout),
@@ -142,9 +118,9 @@ class AgeClassifier(nn.Module):
             nn.ReLU(),
             nn.Linear(512, 256),
             nn.ReLU(),
-            nn.Linear(256, num_classes),
+            nn.Linear(256, output.out_features),
         )
 
-    def forward(self, features: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, male: torch.Tensor, sex_logits: torch.Tensor | None) -> AgeOutput:
         sex = (male.reshape(-1, 1).to(features.dtype) * 2.0) - 1.0
-        return self.head(torch.cat([features, self.sex_input(sex)], dim=1))
+        return self.output(self.head(torch.cat([features, self.sex_input(sex)], dim=1)), sex_logits)

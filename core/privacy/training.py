@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from core.errors import UserError
-from core.loss import JointLoss
+from core.loss import JointLoss, RegressionLoss
 from core.privacy.config import DPConfig
 from core.privacy.ledger import BudgetExceeded, PrivacyLedger
 from core.privacy.guard import require_history, site_lock
@@ -89,7 +89,7 @@ def train_private_round(model: nn.Module, dataset: Dataset, loss_fn: nn.Module, 
         raise ValueError("train_private_round needs DPConfig(enabled=True)")
     if local_epochs < 1 or planned_rounds < 1 or len(dataset) == 0:
         raise ValueError("a private round needs local_epochs >= 1, planned_rounds >= 1 and training examples")
-    if isinstance(loss_fn, JointLoss) and not loss_fn.config.per_sample:
+    if isinstance(loss_fn, (JointLoss, RegressionLoss)) and not loss_fn.config.per_sample:
         raise ValueError("under DP use JointLossConfig(per_sample=True): the paper's loss couples a batch's samples")
     model.to(device).train()
     check_dp_compatible(model)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from core.loss import AlphaSchedule, JointLoss, JointLossConfig, L1AgeLoss, class_balanced_cross_entropy
-from core.model.tjnet import AgeOutput
+from core.loss import AlphaSchedule, JointLoss, JointLossConfig, RegressionLoss, class_balanced_cross_entropy, make_head_loss
+from core.model.heads import AgeOutput, make_head
 
 
 def _softmax(row):
@@ -113,8 +113,40 @@ def test_schedule_state_round_trips():
     assert restored.observe(3.0) is True and restored.alpha == 77.0
 
 
-def test_l1_loss_is_the_mean_absolute_error_in_years():
-    out = AgeOutput(expected_months=torch.tensor([10.0, 30.0]))
-    parts = L1AgeLoss()(out, torch.tensor([22.0, 18.0]), torch.tensor([0.0, 1.0]))
-    assert parts.mad_months == pytest.approx(12.0)
-    assert parts.total.item() == pytest.approx(1.0)
+def test_regression_loss_is_l1_on_the_age_scaled_to_minus_one_one():
+    head = make_head("regression", 77, 3.0)  # 0 and 228 months at -1 and +1
+    out = head(torch.tensor([[0.0], [0.5]]))  # 114 and 171 months
+    parts = RegressionLoss(head)(out, torch.tensor([57.0, 228.0]), torch.tensor([0.0, 1.0]))
+    # targets -0.5 and 1.0: |0 - (-0.5)| = 0.5, |0.5 - 1| = 0.5
+    assert parts.total.item() == pytest.approx(0.5)
+    assert parts.mad_months == pytest.approx(57.0)
+    assert "sex_ce" not in parts.terms
+
+
+def test_regression_loss_adds_the_class_balanced_sex_term():
+    head = make_head("regression", 77, 3.0)
+    sex_logits = torch.tensor(SEX_LOGITS)
+    out = head(torch.tensor([[-1.0], [0.0], [1.0]]), sex_logits)
+    parts = RegressionLoss(head)(out, torch.tensor([0.0, 114.0, 228.0]), torch.tensor(MALE))
+    s = [_softmax(r) for r in SEX_LOGITS]
+    sex_ce = (1 - 1 / 3) * -math.log(s[0][0]) + (1 - 2 / 3) * (-math.log(s[1][1]) - math.log(s[2][1])) / 2
+    assert parts.total.item() == pytest.approx(sex_ce, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, kind, alpha_final", [("paper", JointLoss, 77.0), ("months", JointLoss, 77.0),
+                                                     ("regression", RegressionLoss, None)])
+def test_each_head_gets_its_loss(name, kind, alpha_final):
+    loss = make_head_loss(make_head(name, None, None))
+    assert isinstance(loss, kind)
+    if alpha_final is not None:
+        assert loss.schedule.final == alpha_final
+        assert loss.num_classes == {"paper": 77, "months": 240}[name]
+
+
+def test_months_head_loss_matches_the_hand_computed_value():
+    head = make_head("months", 3, 12.0)  # a 3-class grid stands in for the 240 classes
+    loss = make_head_loss(head)
+    parts = loss(_output(), torch.tensor(AGES), torch.tensor(MALE))
+    assert parts.total.item() == pytest.approx(_by_hand(1.5), rel=1e-5)
+    loss.schedule.raised = True
+    assert loss(_output(), torch.tensor(AGES), torch.tensor(MALE)).total.item() == pytest.approx(_by_hand(77.0), rel=1e-5)

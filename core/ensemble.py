@@ -1,0 +1,124 @@
+"""Linear ensembles of saved models, fitted on the validation split of a site folder.
+
+    age = b[s] + sum_m w[s, m] * age_m        (s = the sex when fitted per sex, else one group)
+
+The weights and intercepts are the least-squares fit of the members' validation predictions to the
+labels (unconstrained, like the linear ensemble of the second seed document). The result is one
+checkpoint (architecture "ensemble") that holds the members' weights and the fit, so `evaluate` and
+every path that reads checkpoints take it like any model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.checkpoint import architecture_of, describe, file_sha256, load_checkpoint, save_checkpoint
+from core.data import DataError, SiteDataConfig, load_site, make_loader
+from core.errors import ConfigError
+from core.data.dataset import BoneAgeDataset
+from core.metrics import compute_metrics, Predictions
+from core.model.combined import CombinedConfig, EnsembleModel, MemberSpec
+from core.training import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """weights [groups, members] and intercepts [groups]."""
+
+    weights: np.ndarray
+    intercepts: np.ndarray
+
+    def apply(self, predictions: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        return np.sum(predictions * self.weights[groups], axis=1) + self.intercepts[groups]
+
+
+def fit_linear(predictions: np.ndarray, target: np.ndarray, groups: np.ndarray, n_groups: int) -> LinearFit:
+    """Least-squares weights and intercept per group of `predictions` [N, M] against `target` [N]."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    n_members = predictions.shape[1]
+    weights = np.zeros((n_groups, n_members))
+    intercepts = np.zeros(n_groups)
+    for group in range(n_groups):
+        inside = groups == group
+        if int(inside.sum()) <= n_members:
+            raise ConfigError(f"group {group} has {int(inside.sum())} validation images, "
+                             f"too few to fit {n_members} weights and an intercept")
+        design = np.column_stack([predictions[inside], np.ones(int(inside.sum()))])
+        solution, *_ = np.linalg.lstsq(design, target[inside], rcond=None)
+        weights[group], intercepts[group] = solution[:-1], solution[-1]
+    return LinearFit(weights, intercepts)
+
+
+def member_predictions(model: EnsembleModel, dataset: BoneAgeDataset, device: torch.device,
+                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([N, members] predicted ages, [N] labels, [N] sex) on `dataset`, in order."""
+    model.to(device).eval()
+    ages, labels, sexes = [], [], []
+    with torch.inference_mode():
+        for batch in make_loader(dataset, batch_size, shuffle=False, seed=0):
+            male = batch["male"].to(device)
+            ages.append(model.member_predictions(batch["image"].to(device), male).cpu().numpy())
+            labels.append(batch["age"].numpy())
+            sexes.append(batch["male"].numpy())
+    if not ages:
+        return np.zeros((0, len(model.members))), np.zeros(0), np.zeros(0)
+    return np.concatenate(ages), np.concatenate(labels), np.concatenate(sexes)
+
+
+@dataclass(frozen=True)
+class EnsembleJob:
+    """Members (checkpoint files), the site folder to fit on, where to write, and how to group."""
+
+    models: tuple[Path, ...]
+    data: SiteDataConfig
+    out: Path
+    per_sex: bool = False
+    device: str = "auto"
+
+
+def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
+    """Fit the ensemble on the val split, report members and ensemble on val and test, save it."""
+    if len(job.models) < 2:
+        raise ConfigError("an ensemble needs at least two --models")
+    loaded = [load_checkpoint(path) for path in job.models]
+    config = CombinedConfig(
+        members=tuple(MemberSpec(architecture_of(c.model), c.model.config.to_dict()) for c in loaded),
+        per_sex=job.per_sex, names=tuple(path.name for path in job.models))
+    model = EnsembleModel(config, [c.model for c in loaded])
+    device = resolve_device(job.device)
+    site = load_site(job.data, config.image_size, None, seed=0, splits=("val", "test"))
+    if len(site.val) == 0:
+        raise DataError(f"{job.data.root}: the val split has no usable images to fit the ensemble on")
+    val_ages, val_true, val_male = member_predictions(model, site.val, device)
+    n_groups = 2 if job.per_sex else 1
+    val_groups = (val_male > 0.5).astype(int) if job.per_sex else np.zeros(len(val_true), dtype=int)
+    fit = fit_linear(val_ages, val_true, val_groups, n_groups)
+    model.set_fit(torch.tensor(fit.weights, dtype=torch.float32), torch.tensor(fit.intercepts, dtype=torch.float32))
+    report = {"members": list(config.names), "weights": fit.weights.tolist(), "intercepts": fit.intercepts.tolist(),
+              "per_sex": job.per_sex}
+    for split, dataset in (("val", site.val), ("test", site.test)):
+        if split == "val":
+            ages, true, male = val_ages, val_true, val_male
+        else:
+            ages, true, male = member_predictions(model, dataset, device)
+        groups = (male > 0.5).astype(int) if job.per_sex else np.zeros(len(true), dtype=int)
+        columns = {name: ages[:, i] for i, name in enumerate(config.names)}
+        columns["ensemble"] = fit.apply(ages, groups)
+        report[split] = {name: compute_metrics(Predictions(pred, true, male), config.class_step_months)["mad_months"]
+                         for name, pred in columns.items()} if len(true) else {}
+    metadata = describe(model, ensemble=report,
+                        member_checkpoints=[{"file": str(p), "sha256": file_sha256(p)} for p in job.models],
+                        data={"root": str(job.data.root), "label_unit": job.data.label_unit})
+    save_checkpoint(job.out, model, metadata)
+    logger.info("ensemble of %d members saved to %s; val MAD %.2f months", len(loaded), job.out,
+                report["val"]["ensemble"])
+    return report
