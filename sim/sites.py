@@ -60,7 +60,9 @@ def real_sites(config: SimConfig) -> list[PreparedSite]:
             if unit != site.label_unit:
                 raise DataError(f"site {site.path}: its site.json says labels are in {unit}, the run was told "
                                 f"{site.label_unit}; pass {site.path}:{unit}")
-        sites.append(PreparedSite(name=site.name or f"{index}-{site.path.name}", path=site.path,
+        names = [s.path.name for s in config.real_sites]
+        default = site.path.name if names.count(site.path.name) == 1 else f"{index}-{site.path.name}"
+        sites.append(PreparedSite(name=site.name or default, path=site.path,
                                   label_unit=site.label_unit))
     return sites
 
