@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.checkpoint import build_model, describe, load_checkpoint, save_checkpoint
+from core.checkpoint import build_model, check_output_path, describe, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
@@ -45,6 +45,7 @@ def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:
     """Train a model centrally on one site folder and save the best checkpoint (by val MAD)."""
+    check_output_path(job.out)  # before hours of training, not after
     if job.threads:
         torch.set_num_threads(job.threads)
     seed_everything(job.train.seed)

@@ -92,15 +92,31 @@ def describe(model: nn.Module, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Write atomically (temporary file then rename) so a crash never leaves a half file."""
+def check_output_path(path: Path) -> None:
+    """Raise `CheckpointError` now, before any training, when a checkpoint cannot be written at `path`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file to write, e.g. {path / 'model.pt'}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CheckpointError(f"cannot write {path}: permission denied")
+
+
+def save_checkpoint(path: Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write atomically (temporary file then rename) so a crash never leaves a half file, nor the temporary one."""
+    path = Path(path)
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     plain_metadata = json.loads(json.dumps(metadata, default=str))  # loadable with weights_only=True
-    torch.save({"state_dict": state, "metadata": plain_metadata}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"state_dict": state, "metadata": plain_metadata}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -115,19 +131,40 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
 def _rebuild(path: Path, source: Path | io.BytesIO, map_location: str | torch.device) -> Checkpoint:
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
+    except Exception as exc:  # torch raises many types, with long advice, for a corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or a truncated or "
+                              f"damaged one ({exc.__class__.__name__}); copy the file again") from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "metadata" not in payload:
         raise CheckpointError(f"{path} is not an OssiFL checkpoint (no state_dict/metadata)")
-    metadata = payload["metadata"]
-    model = build_model(metadata.get("architecture", "tjnet"), metadata.get("model_config", {}))
+    metadata, state = payload["metadata"], payload["state_dict"]
+    if not isinstance(metadata, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an OssiFL checkpoint (state_dict/metadata of the wrong type)")
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the saved model config ({exc})") from None
+        model = build_model(metadata.get("architecture", "tjnet"), metadata.get("model_config", {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model config cannot build a model ({str(exc).splitlines()[0]})") from None
+    mismatch = weights_mismatch(model, state)
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not match the saved model config ({mismatch})")
+    model.load_state_dict(state)
     if isinstance(model, TJNet) and metadata.get("frozen_blocks"):
         freeze_blocks(model, tuple(metadata["frozen_blocks"]))
     return Checkpoint(model=model, metadata=metadata)
+
+
+def weights_mismatch(model: nn.Module, state: dict[str, Any]) -> str:
+    """One line saying how `state` differs from `model`'s own weights ("" when it fits)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if keys:
+            example = keys[0] + (f" {tuple(state[keys[0]].shape)} vs {tuple(own[keys[0]].shape)}"
+                                 if label == "of another shape" else "")
+            parts.append(f"{len(keys)} array(s) {label}, e.g. {example}")
+    return "; ".join(parts)
 
 
 def file_sha256(path: Path) -> str:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import Record, Skip
+from core.data.memory import check_decoded_fit
 
 if TYPE_CHECKING:  # core.preprocess imports core.data: the pipeline is imported where it runs
     from core.preprocess.config import PreprocessConfig
@@ -130,6 +131,7 @@ def refusal_reason(refused: str) -> str:
 
 def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
             preprocess: PreprocessConfig | None) -> DecodedSplit:
+    check_decoded_fit(len(records), canvas, image_size)
     images = np.zeros((len(records), canvas, canvas), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[Skip] = []

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 UNREADABLE = "unreadable image"
 EMPTY = "empty image"
 CONSTANT = "constant image"
+TOO_SMALL = "image too small"
+MIN_SIDE = 16  # pixels; a hand radiograph smaller than this on either side shows no bones to age
 
 # Full-scale value of each single-channel Pillow mode.
 _PIL_FULL_SCALE = {"L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
@@ -53,7 +55,7 @@ def read_image(path: Path) -> np.ndarray:
         Array of shape (H, W), dtype float32, values in [0, 1].
 
     Raises:
-        ImageError: the file is unreadable, empty, has zero size or is constant.
+        ImageError: the file is unreadable, empty, smaller than MIN_SIDE a side or constant.
     """
     path = Path(path)
     try:
@@ -66,6 +68,9 @@ def read_image(path: Path) -> np.ndarray:
         raise ImageError(path, UNREADABLE, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
     if image.ndim != 2 or image.size == 0:
         raise ImageError(path, EMPTY, f"shape {image.shape}")
+    if min(image.shape) < MIN_SIDE:
+        raise ImageError(path, TOO_SMALL, f"{image.shape[1]}x{image.shape[0]} px; a radiograph needs at least "
+                                          f"{MIN_SIDE} px a side")
     if image.max() == image.min():
         raise ImageError(path, CONSTANT, f"every pixel is {image.flat[0]:.3f}")
     return image

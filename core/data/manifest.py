@@ -6,6 +6,7 @@ per-row problems drop the row and record a ``Skip`` with its reason. Nothing is 
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -118,10 +119,13 @@ def _read_csv(config: SiteDataConfig) -> pd.DataFrame:
         raise DataError(f"manifest not found: {path}")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except PermissionError:
+        raise DataError(f"{path}: permission denied; run as a user who may read the labels file") from None
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: the file is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+    _check_delimiter(path, table)
     roles = {"id": config.id_column, "age": config.age_column, "sex": config.sex_column}
     for role, column in roles.items():
         if column not in table.columns:
@@ -143,19 +147,46 @@ def _read_csv(config: SiteDataConfig) -> pd.DataFrame:
     return table
 
 
+_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "vertical bar"}
+
+
+def _check_delimiter(path: Path, table: pd.DataFrame) -> None:
+    """A file read as one column whose header holds another separator was saved with that separator."""
+    if len(table.columns) != 1:
+        return
+    header = str(table.columns[0])
+    for delimiter, name in _DELIMITERS.items():
+        if delimiter in header:
+            raise DataError(f"{path}: the file looks {name}-separated (header {header!r}); "
+                            f"save it as comma-separated CSV")
+
+
 def _index_images(folder: Path) -> dict[str, Path]:
     """Map each image stem to its file, preferring extensions in ``IMAGE_EXTENSIONS`` order."""
-    if not folder.is_dir():
-        raise DataError(f"image folder not found: {folder}")
     rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
     best: dict[str, tuple[int, Path]] = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            stem, ext = os.path.splitext(entry.name)
-            ext = ext.lower()
-            if ext in rank and entry.is_file() and (stem not in best or rank[ext] < best[stem][0]):
-                best[stem] = (rank[ext], Path(entry.path))
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                stem, ext = os.path.splitext(entry.name)
+                ext = ext.lower()
+                if ext in rank and entry.is_file() and (stem not in best or rank[ext] < best[stem][0]):
+                    best[stem] = (rank[ext], Path(entry.path))
+    except OSError as exc:
+        raise DataError(_folder_problem(folder, exc)) from None
     return {stem: path for stem, (_, path) in best.items()}
+
+
+def _folder_problem(folder: Path, exc: OSError) -> str:
+    """One line for an image folder (or an entry in it) that cannot be listed or followed."""
+    where = exc.filename or folder
+    if exc.errno == errno.ELOOP:
+        return f"{where}: symbolic link loop in the image folder; remove or fix the link"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied; run as a user who may read the image folder"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"image folder not found: {folder}"
+    return f"{where}: the image folder cannot be read ({os.strerror(exc.errno) if exc.errno else exc})"
 
 
 def _parse_row(image_id: str, age: str, sex: str, factor: float, images: dict[str, Path]) -> Record | Skip:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.data.config import SiteDataConfig
-from core.data.dataset import AugmentConfig, BoneAgeDataset
+from core.data.dataset import AugmentConfig, BoneAgeDataset, canvas_size
 from core.data.manifest import Manifest, load_manifest, summarize
+from core.data.memory import check_decoded_fit
 from core.data.split import DEFAULT_FRACTIONS, split_records
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
     """
     manifest = load_manifest(config)
     groups = split_records(manifest.records, DEFAULT_FRACTIONS)
+    check_decoded_fit(sum(len(groups[name]) for name in splits), canvas_size(image_size, augment_train), image_size)
+
     def decoded(name: str, augment: AugmentConfig | None) -> BoneAgeDataset:
         return BoneAgeDataset(groups[name] if name in splits else [], image_size, augment, seed, progress,
                               preprocess=preprocess)
