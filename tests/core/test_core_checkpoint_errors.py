@@ -3,6 +3,7 @@ cannot be written is refused before training and leaves no temporary file."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_pretrain_out_naming_a_folder_is_refused_before_training(
     generate_site("rsna", 12, tmp_path / "site", seed=1, image_size=32)
     (tmp_path / "out").mkdir()
     capsys.readouterr()  # the phantom writer's progress bar
+    caplog.set_level(logging.INFO)
     code = server_main(["pretrain", "--data", str(tmp_path / "site"), "--out", str(tmp_path / "out"),
                         "--epochs", "1", "--image-size", "32", "--width", "0.25", "--no-progress"])
     assert code == 2
