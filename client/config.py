@@ -3,6 +3,7 @@ simulated site list the server sends (simulation)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,12 @@ from core.model.freeze import parse_freeze_spec
 from core.privacy import DPConfig
 
 DEFAULT_STATE_ROOT = Path(os.environ.get("OSSIFL_STATE", Path.home() / ".ossifl" / "state"))
+
+
+def state_folder_name(data_root: Path) -> str:
+    """`<folder name>-<8 hex digits of the resolved path>`: sites whose folders share a name never share state."""
+    digest = hashlib.sha256(str(Path(data_root).resolve()).encode()).hexdigest()[:8]
+    return f"{Path(data_root).name}-{digest}"
 
 
 class SiteConfigError(ConfigError):
@@ -52,7 +59,8 @@ class SiteConfig:
         pretrained = node.get("pretrained", server.get("pretrained"))
         if pretrained is None:
             raise SiteConfigError("no pretrained model: set 'pretrained' in the node config")
-        state_dir = Path(str(node.get("state-dir", DEFAULT_STATE_ROOT / site_id)))
+        default_state = DEFAULT_STATE_ROOT / (site_id if "site-id" in node else state_folder_name(data.root))
+        state_dir = Path(str(node.get("state-dir", default_state)))
         cache = str(node.get("decode-cache", state_dir / "decoded"))
         return cls(site_id, data, Path(str(pretrained)), state_dir, str(node.get("device", "auto")),
                    parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node),
@@ -69,7 +77,7 @@ class SiteConfig:
             raise SiteConfigError(f"simulated node {index} has no site (only {len(paths)} site folders)")
         root = Path(paths[index])
         unit = units[index] if index < len(units) and units[index] else "months"
-        state_dir = Path(str(server.get("sim-state-dir") or DEFAULT_STATE_ROOT)) / root.name
+        state_dir = Path(str(server.get("sim-state-dir") or DEFAULT_STATE_ROOT)) / state_folder_name(root)
         freezes = str(server.get("sim-site-freeze", "")).split(";")
         site_freeze = parse_freeze_spec(freezes[index]) if index < len(freezes) and freezes[index] else ()
         return cls(str(index), SiteDataConfig(root=root, label_unit=unit), Path(str(server["pretrained"])),

@@ -26,7 +26,8 @@ def test_deployment_settings_come_from_the_node_config():
 def test_simulated_sites_are_found_by_partition_id():
     site = SiteConfig.resolve({"partition-id": 1, "num-partitions": 2}, SERVER)
     assert site.site_id == "1" and site.data.root == Path("/sites/b") and site.data.label_unit == "years"
-    assert site.freeze == (1, 2, 3, 4) and site.state_dir == Path("/state/b") and not site.dp.enabled
+    assert site.freeze == (1, 2, 3, 4) and site.state_dir.parent == Path("/state") and not site.dp.enabled
+    assert site.state_dir.name.startswith("b-")
     assert site.decode_cache is None  # simulation actors keep decoded images in memory
 
 
@@ -41,3 +42,18 @@ def test_dp_settings_are_validated():
     with pytest.raises(ValueError, match="exactly one"):
         SiteConfig.resolve({"data-path": "/d", "pretrained": "p", "dp-noise-multiplier": 1.0,
                             "dp-target-epsilon": 3.0}, {})
+
+
+@pytest.mark.parametrize("kind", ["simulation", "deployment without site-id"])
+def test_sites_whose_folders_share_a_name_get_their_own_state_folder(kind: str) -> None:
+    """a/site and b/site must not write into one audit log and one privacy ledger."""
+    if kind == "simulation":
+        server = {**SERVER, "sim-site-paths": "/hospital-a/site;/hospital-b/site"}
+        dirs = [SiteConfig.resolve({"partition-id": i}, server).state_dir for i in (0, 1)]
+    else:
+        dirs = [SiteConfig.resolve({"data-path": path, "pretrained": "/p.pt"}, {}).state_dir
+                for path in ("/hospital-a/site", "/hospital-b/site")]
+    assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent
+    assert all(d.name.startswith("site-") for d in dirs)
+    again = SiteConfig.resolve({"data-path": "/hospital-a/./site", "pretrained": "/p.pt"}, {}).state_dir
+    assert kind == "simulation" or again == dirs[0]  # the same folder, however it is spelt, keeps its state
