@@ -28,17 +28,19 @@ INPUT_SIZE = 64
 
 
 def network_input(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Min-max stretch, keep the aspect ratio, centre on a black ``size`` square: (size, size) float32 in [0, 1]."""
+    """Min-max stretch, keep the aspect ratio, pad to a ``size`` square by repeating the edges: (size, size) float32.
+
+    Edges, not black: black padding would look like background in one polarity and not in the other.
+    """
     low, high = float(image.min()), float(image.max())
     h, w = image.shape
     ratio = size / max(h, w)
     new_h, new_w = max(1, round(h * ratio)), max(1, round(w * ratio))
     interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(np.asarray(image, dtype=np.float32), (new_w, new_h), interpolation=interpolation)
-    canvas = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = (resized - low) / max(high - low, 1e-6)
-    return canvas
+    padded = cv2.copyMakeBorder(resized, top, size - new_h - top, left, size - new_w - left, cv2.BORDER_REPLICATE)
+    return (padded - low) / max(high - low, 1e-6)
 
 
 class OrientationNet(nn.Module):

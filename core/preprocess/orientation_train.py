@@ -56,7 +56,7 @@ def canonicalize_by_keypoints(image: np.ndarray, tip: np.ndarray, thumb: np.ndar
     """Turn a phantom image so the capitate -> tip axis points up, and mirror it if the thumb is on the left."""
     axis = tip - capitate
     clockwise = float(np.degrees(np.arctan2(axis[0], -axis[1])))  # tilt of the axis from straight up
-    out = rotate_small(image, clockwise, fill=float(np.median(image[:2])))  # positive angles turn anticlockwise
+    out = rotate_small(image, clockwise, fill=None)  # positive angles turn anticlockwise
     cross = axis[0] * (thumb - capitate)[1] - axis[1] * (thumb - capitate)[0]
     # A left hand seen postero-anterior, fingers up, has its thumb on the image's right: cross > 0 in pixel axes.
     return np.ascontiguousarray(out[:, ::-1]) if cross < 0 else out
@@ -112,7 +112,9 @@ def make_batch(images: list[np.ndarray], indices: np.ndarray, size: int,
     inputs, poses = [], []
     for i in indices:
         pose = random_pose(rng)
-        inputs.append(network_input(apply_pose(photometric_mix(images[i], rng), pose), size))
+        # mirrored edges, not a constant, fill the corners a small turn opens: black corners would tell the network
+        # the polarity (they turn white when inverted), a shortcut that fails on real, brightly collimated films
+        inputs.append(network_input(apply_pose(photometric_mix(images[i], rng), pose, fill=None), size))
         poses.append(pose)
     x = torch.from_numpy(np.stack(inputs))[:, None]
     targets = {"turns": torch.tensor([p.quarter_turns for p in poses]),

@@ -37,22 +37,24 @@ class Pose:
         return self.quarter_turns == 0 and not self.mirrored and not self.inverted and self.angle_deg == 0.0
 
 
-def rotate_small(image: np.ndarray, angle_deg: float, fill: float = 0.0) -> np.ndarray:
-    """Rotate counter-clockwise about the centre, same size, corners filled with ``fill``."""
+def rotate_small(image: np.ndarray, angle_deg: float, fill: float | None = 0.0) -> np.ndarray:
+    """Rotate counter-clockwise about the centre, same size, corners filled with ``fill`` (None: mirrored edges)."""
     if angle_deg == 0.0:
         return image
     h, w = image.shape
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle_deg, 1.0)
+    if fill is None:
+        return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=fill)
 
 
-def apply_pose(image: np.ndarray, pose: Pose) -> np.ndarray:
-    """Canonical -> observed, for a 2-D float image in [0, 1]."""
+def apply_pose(image: np.ndarray, pose: Pose, fill: float | None = 0.0) -> np.ndarray:
+    """Canonical -> observed, for a 2-D float image in [0, 1]; ``fill`` as in `rotate_small`."""
     out = np.asarray(image, dtype=np.float32)
     if pose.mirrored:
         out = out[:, ::-1]
-    out = rotate_small(np.ascontiguousarray(out), pose.angle_deg)
+    out = rotate_small(np.ascontiguousarray(out), pose.angle_deg, fill)
     out = np.rot90(out, pose.quarter_turns)
     if pose.inverted:
         out = 1.0 - out
