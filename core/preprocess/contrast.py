@@ -17,7 +17,9 @@ def equalize(image: np.ndarray, mask: np.ndarray | None, clip: float, tiles: int
     low-contrast image uses the whole range before equalisation (8 bits: what the model's input keeps anyway,
     and 16-bit CLAHE builds 65,536-bin histograms per tile, ten times slower).
     """
-    inside = image[mask] if mask is not None and mask.any() else image.ravel()
+    step = max(1, max(image.shape) // 256)  # percentiles of every step-th pixel: the same levels, far faster
+    sample, sample_mask = image[::step, ::step], None if mask is None else mask[::step, ::step]
+    inside = sample[sample_mask] if sample_mask is not None and sample_mask.any() else sample.ravel()
     low, high = np.percentile(inside, [0.5, 99.5])
     if high <= low:
         low, high = float(image.min()), float(image.max()) + 1e-6

@@ -127,6 +127,10 @@ class OrientationModel:
         what a correctly undone image earns, becomes the confidence. When it sees anything else the two passes
         disagree and the confidence is the product of both passes' confidences (so a doubtful image is refused).
         """
+        ratio = 2 * self.net.size / max(image.shape)  # both looks work on a small copy: a full film costs 10x more
+        if ratio < 1:
+            size = (max(1, round(image.shape[1] * ratio)), max(1, round(image.shape[0] * ratio)))
+            image = cv2.resize(np.asarray(image, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
         pose, first = self.predict(image)
         second_pose, second = self.predict(undo_pose(image, pose))
         if second_pose.quarter_turns == 0 and not second_pose.mirrored and not second_pose.inverted:

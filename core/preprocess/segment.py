@@ -76,11 +76,12 @@ def _threshold(work: np.ndarray) -> np.ndarray:
 def hand_mask(image: np.ndarray) -> Segmentation:
     """Segment the hand in a canonical-polarity (bone bright) 2-D image in [0, 1]."""
     h, w = image.shape
-    top, bottom, left, right = collimation_box(image)
-    inner = image[top:bottom, left:right]
-    ratio = min(1.0, WORK_SIDE / max(inner.shape))
-    size = (max(8, round(inner.shape[1] * ratio)), max(8, round(inner.shape[0] * ratio)))
-    work = cv2.medianBlur(cv2.resize(inner, size, interpolation=cv2.INTER_AREA), 3)  # noise and 1-px strokes
+    ratio = min(1.0, WORK_SIDE / max(h, w))
+    small = cv2.resize(image, (max(8, round(w * ratio)), max(8, round(h * ratio))), interpolation=cv2.INTER_AREA)
+    s_top, s_bottom, s_left, s_right = collimation_box(small)
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    top, bottom, left, right = round(s_top * sy), round(s_bottom * sy), round(s_left * sx), round(s_right * sx)
+    work = cv2.medianBlur(np.ascontiguousarray(small[s_top:s_bottom, s_left:s_right]), 3)  # noise, 1-px strokes
     foreground = _threshold(work).astype(np.uint8)
     # opening removes thin strokes (text, ruler ticks); the largest component is taken before closing, so a
     # marker near a finger is not joined to the hand
@@ -95,7 +96,7 @@ def hand_mask(image: np.ndarray) -> Segmentation:
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     share = float(mask.mean())
     full = np.zeros((h, w), dtype=bool)
-    full[top:bottom, left:right] = cv2.resize(mask, (inner.shape[1], inner.shape[0]),
+    full[top:bottom, left:right] = cv2.resize(mask, (right - left, bottom - top),
                                               interpolation=cv2.INTER_NEAREST).astype(bool)
     return Segmentation(full, (top, bottom, left, right), share)
 

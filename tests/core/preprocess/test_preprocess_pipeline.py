@@ -82,3 +82,24 @@ def test_registration_and_regions_on_a_phantom(phantom_hands) -> None:
     assert set(result.regions) == set(REGION_NAMES) and result.regions["carpal"].shape == (31, 38)
     assert "registration_failed" not in result.flags
     assert result.image[:3].max() < 0.05  # background above the finger tip (placed at 8 % of the height)
+
+
+@pytest.mark.parametrize("fmt", ["dicom1", "jpeg", "png16"])
+def test_a_full_size_non_square_file_in_each_format_comes_back_upright(phantom_image, tmp_path, fmt) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    import cv2
+
+    from core.data import read_image
+
+    spec = importlib.util.spec_from_file_location("data_sites", Path(__file__).parents[1] / "data" / "data_sites.py")
+    data_sites = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_sites)
+    film = np.pad(cv2.resize(phantom_image, (640, 640)), ((80, 80), (0, 0)), mode="edge")  # 800 x 640
+    suffix = {"dicom1": "dcm", "jpeg": "jpg", "png16": "png"}[fmt]
+    path = data_sites.write_image(tmp_path / f"film.{suffix}",
+                                  apply_pose(film, Pose(3, True)), fmt)
+    result = Preprocessor(PreprocessConfig(small_angle=False, equalize=False))(read_image(path))
+    assert result.pose == Pose(3, True) and result.image.shape == (800, 640)
+    assert np.abs(result.image - film).mean() < 0.02
