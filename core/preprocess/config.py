@@ -52,7 +52,8 @@ class PreprocessConfig:
         output_size: side of the registered (square) image in pixels.
         regions: also cut the region crops (whole hand, carpal, metacarpals and proximal phalanges).
         min_side: images whose shorter side is below this (pixels) are refused as too small.
-        min_confidence: images whose orientation confidence is below this are refused.
+        min_confidence: images whose orientation confidence is below this are refused (0.25 refuses 0.7 % of
+            the clean images of the rsna100 validation split with a model trained on its training split).
         exposure_clip: share of pixels at the darkest (brightest) grey level that flags under- (over-) exposure.
     """
 
@@ -68,7 +69,7 @@ class PreprocessConfig:
     output_size: int = 256
     regions: bool = False
     min_side: int = 32
-    min_confidence: float = 0.5
+    min_confidence: float = 0.25
     exposure_clip: float = 0.4
 
     def __post_init__(self) -> None:
