@@ -14,11 +14,12 @@ from torch import nn
 from core.checkpoint import build_model, check_output_path, describe, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
-from core.data.dataset import BoneAgeDataset
+from core.data.dataset import BoneAgeDataset, DecodedSplit
 from core.loss import JointLossConfig, make_head_loss
 from core.metrics import compute_metrics
+from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
 from core.preprocess import PreprocessConfig, preprocess_config_of
-from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
+from core.training import FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class PretrainJob:
     augment: AugmentConfig | None = AugmentConfig()
     threads: int | None = None
     preprocess: PreprocessConfig | None = None
+    sex_specific: bool = False
 
 
 def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
@@ -44,30 +46,41 @@ def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
 
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:
-    """Train a model centrally on one site folder and save the best checkpoint (by val MAD)."""
+    """Train a model centrally on one site folder and save the best checkpoint (by val MAD).
+
+    With `job.sex_specific`, one model is trained on the girls and one on the boys of the site (each
+    keeping its own best epoch) and both are saved as one checkpoint that routes each image by its sex.
+    """
     check_output_path(job.out)  # before hours of training, not after
     if job.threads:
         torch.set_num_threads(job.threads)
     seed_everything(job.train.seed)
     device = resolve_device(job.train.device)
     model = build_model(job.architecture, job.model_config).to(device)
-    image_size = model.config.image_size
     preprocess = None if job.preprocess is None else job.preprocess.resolved()
-    site = load_site(job.data, image_size, job.augment, job.train.seed, progress=job.train.progress,
+    site = load_site(job.data, model.config.image_size, job.augment, job.train.seed, progress=job.train.progress,
                      preprocess=preprocess)
     if len(site.train) == 0 or len(site.val) == 0:
         raise DataError(f"{job.data.root}: no usable training or validation images")
-    train_loader = make_loader(site.train, job.train.batch_size, shuffle=True, seed=job.train.seed,
-                               num_workers=job.train.num_workers, drop_last=len(site.train) > job.train.batch_size)
-    val_loader = make_loader(site.val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
-    loss_fn = make_loss(model, job.loss)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("training %s (%d parameters) on %s: %d train / %d val images, %d px, device %s",
-                job.architecture, n_params, job.data.root, len(site.train), len(site.val), image_size, device)
     started = time.perf_counter()
-    result = fit(model, train_loader, val_loader, loss_fn, job.train, device)
+    if job.sex_specific:
+        members, extra = [], {}
+        for male, name in ((False, "female"), (True, "male")):
+            seed_everything(job.train.seed)
+            member = build_model(job.architecture, job.model_config).to(device)
+            result, loss_fn = _fit(job, member, sex_subset(site.train, male, job.augment),
+                                   sex_subset(site.val, male, None), device)
+            members.append(member)
+            extra[name] = {"best_epoch": result.best_epoch, "best_val_mad_months": result.best_val_mad,
+                           "history": result.history}
+        spec = MemberSpec(job.architecture, members[0].config.to_dict())
+        model = SexSpecificModel(CombinedConfig(members=(spec, spec), names=("female", "male")), *members).to(device)
+        val_mad = evaluate_model(model, site.val, device, job.data.label_unit)["mad_months"]
+        best = {"best_epoch": None, "best_val_mad_months": val_mad, "history": [], "sex_specific": extra}
+    else:
+        result, loss_fn = _fit(job, model, site.train, site.val, device)
+        best = {"best_epoch": result.best_epoch, "best_val_mad_months": result.best_val_mad, "history": result.history}
     seconds = time.perf_counter() - started
-    model.load_state_dict(result.best_state)
     metadata = describe(
         model,
         seed=job.train.seed,
@@ -75,18 +88,40 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         loss_config=asdict(job.loss),
         loss_state=loss_fn.schedule.state_dict() if hasattr(loss_fn, "schedule") else {},
         data={"root": str(job.data.root), "label_unit": job.data.label_unit, "summary": site.summary()},
-        best_epoch=result.best_epoch,
-        best_val_mad_months=result.best_val_mad,
-        history=result.history,
+        **best,
         train_seconds=seconds,
-        n_parameters=n_params,
+        n_parameters=sum(p.numel() for p in model.parameters()),
         **conformal_metadata(model, site.val, device, str(job.data.root)),  # prediction interval (h12)
         preprocess=None if preprocess is None else preprocess.to_dict(),
     )
     save_checkpoint(job.out, model, metadata)
-    logger.info("best val MAD %.2f months at epoch %d; saved %s (%.0f s, %.1f s/epoch)",
-                result.best_val_mad, result.best_epoch, job.out, seconds, seconds / max(job.train.epochs, 1))
+    logger.info("best val MAD %.2f months; saved %s (%.0f s, %.1f s/epoch)", best["best_val_mad_months"], job.out,
+                seconds, seconds / max(job.train.epochs * (2 if job.sex_specific else 1), 1))
     return metadata
+
+
+def sex_subset(dataset: BoneAgeDataset, male: bool, augment: AugmentConfig | None) -> BoneAgeDataset:
+    """The images of one sex of a decoded split (no second decode)."""
+    keep = [i for i, record in enumerate(dataset.records) if record.male == male]
+    decoded = DecodedSplit([dataset.records[i] for i in keep], dataset.images[keep], [])
+    return BoneAgeDataset([], dataset.image_size, augment, dataset.seed, decoded=decoded)
+
+
+def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAgeDataset,
+         device: torch.device) -> tuple[FitResult, nn.Module]:
+    """Train `model` on `train`, keep its best state by MAD on `val`; returns the fit and the loss used."""
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"{job.data.root}: no usable training or validation images of one sex")
+    train_loader = make_loader(train, job.train.batch_size, shuffle=True, seed=job.train.seed,
+                               num_workers=job.train.num_workers, drop_last=len(train) > job.train.batch_size)
+    val_loader = make_loader(val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
+    loss_fn = make_loss(model, job.loss)
+    logger.info("training %s (%d parameters) on %s: %d train / %d val images, %d px, device %s",
+                job.architecture, sum(p.numel() for p in model.parameters()), job.data.root, len(train), len(val),
+                model.config.image_size, device)
+    result = fit(model, train_loader, val_loader, loss_fn, job.train, device)
+    model.load_state_dict(result.best_state)
+    return result, loss_fn
 
 
 def evaluate_model(

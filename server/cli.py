@@ -13,6 +13,7 @@ from core.ensemble import EnsembleJob, build_ensemble
 from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
 from core.data import AugmentConfig
 from core.errors import ConfigError
+from core.loss import JointLossConfig
 from core.preprocess import PreprocessConfig
 from core.model.heads import HEAD_NAMES
 from core.training import TrainConfig
@@ -36,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--head", choices=HEAD_NAMES, default=None,
                        help="output head: paper (77 classes of 3 months, joint loss), months (240 classes of 1 month), "
                             "regression (L1 on the age scaled to [-1, 1]); default paper for tjnet, regression for resnet")
+    train.add_argument("--sex-specific", action="store_true",
+                       help="one model per sex in one checkpoint; each image goes to the model of its sex")
     train.add_argument("--depth", type=int, default=18, help="ResNet depth for --arch resnet (18, 34, 50)")
     train.add_argument("--norm", choices=("group", "batch"), default="group")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--alpha-start", type=float, default=JointLossConfig.alpha_start,
+                       help="joint loss: weight of the MAD term until the batch loss is stable")
+    train.add_argument("--alpha-final", type=float, default=None,
+                       help="joint loss: weight of the MAD term after that (default: 77, the paper's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -94,6 +101,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         augment=None if args.no_augment else AugmentConfig(),
         threads=args.threads,
         preprocess=PreprocessConfig.parse(args.preprocess),
+        sex_specific=args.sex_specific,
+        loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final),
     )
     pretrain(job)
     return 0

@@ -91,3 +91,15 @@ def test_each_head_pretrains_evaluates_and_trains_a_site_round(site, tmp_path, c
     result = train_site_round(model, data.train, data.val, RoundSettings(batch_size=8, freeze=(1, 2, 3, 4)),
                               torch.device("cpu"), 1, dp=dp, ledger_dir=tmp_path / "state")
     assert math.isfinite(result.val_mad_months) and not torch.equal(before, model.block6.head[-1].weight)
+
+
+def test_sex_specific_pretraining_gives_one_checkpoint_with_a_model_per_sex(site, tmp_path, capsys):
+    out = tmp_path / "pair.pt"
+    assert main(["pretrain", "--data", str(site), "--out", str(out), "--epochs", "1", "--image-size", "48",
+                 "--width", "0.25", "--batch-size", "8", "--no-progress", "--sex-specific", "--head", "regression"]) == 0
+    loaded = load_checkpoint(out)
+    assert loaded.metadata["architecture"] == "sex_specific"
+    assert set(loaded.metadata["sex_specific"]) == {"female", "male"}
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(site), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] > 0

@@ -1,0 +1,96 @@
+"""Table of saved models on one split of a site folder: mean over seeds, intervals, and each row against a baseline.
+
+Checkpoints in `--runs` named `<row>_s<seed>.pt` form one row per `<row>`, one column entry per seed.
+For each row: the test MAD of each seed, their mean with a t interval over seeds, a bootstrap interval
+over seeds and images (`core.stats.bootstrap_mean`), and the paired difference to the `--baseline` row
+over the same seeds and images, in months and in percent of the baseline's MAD. Nothing is written: the
+predictions stay in memory (never commit predictions on RSNA images).
+
+    python -m bench.bench_heads --runs runs/h15/rsna --data ../shared/data/rsna100 --baseline resnet18
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.cli import add_data_arguments, data_config_from_args, setup_logging
+from core.data import SiteDataConfig, load_site, make_loader
+from core.data.dataset import BoneAgeDataset
+from core.preprocess import preprocess_config_of
+from core.stats import bootstrap_mean, combine_seeds, paired_difference
+from core.training import predict
+
+logger = logging.getLogger("bench.heads")
+_NAME = re.compile(r"^(?P<row>.+)_s(?P<seed>\d+)\.pt$")
+
+
+def test_errors(paths: list[Path], data: SiteDataConfig, split: str) -> dict[str, dict[int, np.ndarray]]:
+    """{row: {seed: signed errors in months on `split`, in the split's order}}."""
+    datasets: dict[tuple, BoneAgeDataset] = {}
+    errors: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    for path in paths:
+        match = _NAME.match(path.name)
+        if match is None:
+            continue
+        loaded = load_checkpoint(path)
+        preprocess = preprocess_config_of(loaded.metadata)
+        key = (loaded.model.config.image_size, None if preprocess is None else str(preprocess.to_dict()))
+        if key not in datasets:
+            site = load_site(data, key[0], None, seed=0, splits=(split,), preprocess=preprocess)
+            datasets[key] = getattr(site, split)
+        loader = make_loader(datasets[key], 128, shuffle=False, seed=0)
+        result = predict(loaded.model, loader, torch.device("cpu"))
+        errors[match["row"]][int(match["seed"])] = result.predicted_months - result.true_months
+        logger.info("%s: %s MAD %.2f months", path.name, split, float(np.mean(np.abs(errors[match["row"]][int(match["seed"])]))))
+    return errors
+
+
+def table(errors: dict[str, dict[int, np.ndarray]], baseline: str) -> list[str]:
+    """Markdown rows: row, seeds, per-seed MAD, mean [t interval], bootstrap interval, difference to baseline."""
+    lines = ["| model | seeds | MAD per seed | mean MAD [95 % t over seeds] | 95 % bootstrap (seeds x images) "
+             f"| vs {baseline}: months [95 %] | vs {baseline}: % |",
+             "|---|---|---|---|---|---|---|"]
+    base = errors.get(baseline, {})
+    for row, by_seed in sorted(errors.items()):
+        seeds = sorted(by_seed)
+        absolute = [np.abs(by_seed[s]) for s in seeds]
+        per_seed = [float(a.mean()) for a in absolute]
+        over_seeds = combine_seeds(per_seed)
+        pooled = bootstrap_mean(absolute)
+        common = [s for s in seeds if s in base]
+        if row != baseline and common:
+            diff = paired_difference([np.abs(by_seed[s]) for s in common], [np.abs(base[s]) for s in common])
+            base_mad = float(np.mean([np.abs(base[s]).mean() for s in common]))
+            versus, percent = str(diff), f"{100.0 * diff.estimate / base_mad:+.1f} %"
+        else:
+            versus, percent = "", ""
+        lines.append(f"| {row} | {','.join(map(str, seeds))} | {', '.join(f'{m:.2f}' for m in per_seed)} | "
+                     f"{over_seeds} | [{pooled.low:.2f}, {pooled.high:.2f}] | {versus} | {percent} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_heads", description=__doc__)
+    add_data_arguments(parser)
+    parser.add_argument("--runs", type=Path, required=True, help="folder of <row>_s<seed>.pt checkpoints")
+    parser.add_argument("--baseline", default="resnet18", help="row the others are compared with")
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    errors = test_errors(sorted(args.runs.glob("*.pt")), data_config_from_args(args), args.split)
+    print("\n".join(table(errors, args.baseline)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
