@@ -88,11 +88,13 @@ class Processes:
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
                 MARKER_KEY: self.marker}
 
-    def start(self, name: str, argv: list[str], flwr_home: Path) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], flwr_home: Path,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         flwr_home.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "wb") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=self.env(flwr_home), cwd=self.log_dir, start_new_session=True,
+                                       env={**self.env(flwr_home), **(extra_env or {})}, cwd=self.log_dir,
+                                       start_new_session=True,
                                        preexec_fn=_die_with_parent)
         self.started[name] = process
         return process

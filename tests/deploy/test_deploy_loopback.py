@@ -58,11 +58,11 @@ def _script(processes: Processes, root: Path, script: str, *args: str) -> None:
     assert result.returncode == 0, result.stdout
 
 
-def _prepare_sites(root: Path) -> None:
-    """Two phantom hospitals, each with its own copy of the pretrained model, and the coordinator's copy."""
+def _prepare_sites(root: Path, sites: dict[str, tuple[str, str, int]] = SITES) -> None:
+    """Phantom hospitals, each with its own copy of the pretrained model, and the coordinator's copy."""
     model = TJNet(TJNetConfig(image_size=64, width=0.25))
     save_checkpoint(root / "pretrained.pt", model, describe(model))
-    for name, (preset, unit, site_id) in SITES.items():
+    for name, (preset, unit, site_id) in sites.items():
         generate_site(preset, 40, root / "data" / name, seed=site_id, image_size=64)
         shutil.copy(root / "pretrained.pt", root / "data" / f"{name}-pretrained.pt")
         (root / f"{name}.toml").write_text(
