@@ -134,6 +134,9 @@ def test_worklist_csv_and_csv_output(tmp_path: Path, model: Path, capsys: pytest
     assert rows[0]["sex_source"] == "worklist" and float(rows[0]["chronological_age_months"]) == pytest.approx(120, abs=0.1)
     assert rows[1]["chronological_age"] == "7 y 3 m" and rows[1]["chronological_age_source"] == "worklist"
     assert json.loads(rows[0]["model_provenance"]) == {"interval_calibrated_on": "50 images, val split of phantom"}
+    main(["predict", "--model", str(model), "--no-progress", "--sex", "M", "--chronological-age", "3", str(worklist)])
+    first = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))  # the command line wins over the worklist
+    assert (first["sex"], first["sex_source"], first["chronological_age_months"]) == ("M", "command line", "36.0")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,8 +16,8 @@ from core.conformal import (ConformalError, conformal_quantile, fit_conformal, m
                             minimum_calibration_size, predictions_of)
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.model.config import TJNetConfig
-from core.site_finetune import FinetuneConfig, finetune_site
 from core.model.tjnet import TJNet
+from core.site_finetune import FinetuneConfig, finetune_site
 from core.training import TrainConfig
 from sim.phantom.writer import generate_site
 
