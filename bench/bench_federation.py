@@ -4,7 +4,7 @@ Usage:
     python -m bench.bench_federation [--sites 4] [--n 300] [--size 96] [--reps 2] [--quick]
 
 (a) Bytes the server sends each site per round (and the site returns) for each freeze spec, from
-    `server.federation.shared_keys` on a TJ-Net at the default size, against the trainable-parameter bytes:
+    `core.model.groups.parameter_groups(...).shared` on a TJ-Net at the default size, against the trainable-parameter bytes:
     the shared set also holds the normalisation layers' buffers of the unfrozen blocks (none under GroupNorm).
     The ArrayRecord column is the payload Flower serialises (numpy arrays with their headers).
 (b) Framework overhead at the simulation defaults (4 phantom sites of 300 images, 96 px, width 0.5, freeze 1-3,
@@ -52,8 +52,8 @@ def bytes_table(size: int, width: float) -> list[dict]:
 
     from core.model.config import TJNetConfig
     from core.model.freeze import freeze_blocks, parse_freeze_spec
+    from core.model.groups import parameter_groups
     from core.model.tjnet import TJNet
-    from server.federation import shared_keys
 
     rows = []
     for spec in FREEZE_SPECS:
@@ -62,10 +62,10 @@ def bytes_table(size: int, width: float) -> list[dict]:
         state = model.state_dict()
         row = {"freeze": spec}
         for mode in ("none", "norm"):
-            keys = shared_keys(model, mode)
+            keys = parameter_groups(model, parse_freeze_spec(spec), mode).shared
             row[f"keys_{mode}"] = len(keys)
             row[f"bytes_{mode}"] = sum(state[k].numel() * state[k].element_size() for k in keys)
-        keys = shared_keys(model, "none")
+        keys = parameter_groups(model, parse_freeze_spec(spec)).shared
         record = ArrayRecord({k: state[k] for k in keys})
         row["record_bytes"] = sum(len(array.data) for array in record.values())
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -99,17 +99,19 @@ def child(variant: str, rounds: int, root: Path, freeze: str, batch_size: int) -
     pretrained = root / "init.pt"
     timings = {"round_seconds": 0.0, "train_seconds": 0.0, "site_seconds": 0.0}
     if VARIANTS[variant]:
+        from core.model.freeze import parse_freeze_spec
+        from core.round_settings import RoundSettings
         from server.config import FederationConfig
-        from sim.experiment import run_federations
+        from sim.federation import SimulatedRun, run_federations, site_node_config
 
         out = Path(tempfile.mkdtemp(dir=root))
-        config = FederationConfig(
-            pretrained=pretrained, out_dir=out, num_rounds=rounds, freeze=freeze, batch_size=batch_size,
-            min_nodes=len(sites), forwarded={"sim-site-paths": ";".join(map(str, sites)),
-                                             "sim-site-units": ";".join(units), "device": "cpu",
-                                             "sim-state-dir": str(out / "site-state")})
+        settings = RoundSettings(num_rounds=rounds, freeze=parse_freeze_spec(freeze), batch_size=batch_size)
+        config = FederationConfig(pretrained=pretrained, settings=settings, out_dir=out, min_nodes=len(sites),
+                                  device="cpu")
+        nodes = tuple(site_node_config(site, index, out / "site-state" / site.name, pretrained, unit)
+                      for index, (site, unit) in enumerate(zip(sites, units)))
         start = time.perf_counter()
-        run_federations([config], len(sites), cpus_per_site=VARIANTS[variant])
+        run_federations([SimulatedRun(config, nodes)], cpus_per_site=VARIANTS[variant])
         wall = time.perf_counter() - start
         with open(out / "metrics.csv", newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
@@ -122,10 +124,11 @@ def child(variant: str, rounds: int, root: Path, freeze: str, batch_size: int) -
     else:
         from core.checkpoint import load_checkpoint
         from core.data import AugmentConfig, SiteDataConfig, load_site
-        from core.finetune import RoundSettings, train_site_round
+        from core.finetune import train_site_round
+        from core.round_settings import RoundSettings
         from core.model.freeze import parse_freeze_spec
 
-        settings = RoundSettings(batch_size=batch_size, freeze=parse_freeze_spec(freeze), planned_rounds=rounds)
+        settings = RoundSettings(batch_size=batch_size, freeze=parse_freeze_spec(freeze), num_rounds=rounds)
         start = time.perf_counter()
         models = {s: load_checkpoint(pretrained).model for s in sites}
         data = {s: load_site(SiteDataConfig(root=s, label_unit=u), models[s].config.image_size, AugmentConfig(), seed=0)

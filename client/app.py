@@ -39,7 +39,7 @@ def _reply(msg: Message, context: Context, kind: str, work: Callable[[SiteSessio
     start = time.perf_counter()
     server_config = msg.content["config"]
     try:
-        site = SiteConfig.resolve(context.node_config, server_config)
+        site = SiteConfig.from_node_config(context.node_config, str(server_config.get("pretrained", "")))
         session = SiteSession(site, msg.content["arrays"].to_torch_state_dict(), server_config, context.state)
         arrays, metrics = work(session)
     except SITE_ERRORS as exc:

@@ -28,6 +28,7 @@ from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig, Preprocessor, preprocessor_for
 from core.preprocess.review import QualityTally, contact_sheet
+from core.round_settings import RoundSettings
 from core.training import TrainConfig, make_optimizer, resolve_device, train_epoch
 
 logger = logging.getLogger("ossifl.client")
@@ -35,15 +36,17 @@ logger = logging.getLogger("ossifl.client")
 SHOWN_SKIPS = 20
 
 
+ROUND = RoundSettings()  # a federated round's defaults, the ones the check times
+
 @dataclass(frozen=True)
 class TimingSettings:
     """The training a round runs: model size, frozen blocks, batch size, timed steps."""
 
     image_size: int = 128
     width: float = 0.5
-    freeze: str = "1-3"
-    batch_size: int = 32
-    local_epochs: int = 1
+    freeze: str = ROUND.freeze_spec
+    batch_size: int = ROUND.batch_size
+    local_epochs: int = ROUND.local_epochs
     steps: int = 3
     device: str = "auto"
     pretrained: Path | None = None

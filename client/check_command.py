@@ -15,9 +15,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_data_arguments(check)
     check.add_argument("--image-size", type=int, default=128, help="model input side of the run (default: 128)")
     check.add_argument("--width", type=float, default=0.5, help="TJ-Net channel multiplier of the run")
-    check.add_argument("--freeze", default="1-3", help="blocks frozen in the run (default: 1-3)")
-    check.add_argument("--batch-size", type=int, default=32)
-    check.add_argument("--local-epochs", type=int, default=1)
+    check.add_argument("--freeze", default=TimingSettings.freeze,
+                       help=f"blocks frozen in the run (default: {TimingSettings.freeze})")
+    check.add_argument("--batch-size", type=int, default=TimingSettings.batch_size)
+    check.add_argument("--local-epochs", type=int, default=TimingSettings.local_epochs)
     check.add_argument("--steps", type=int, default=3, help="training steps to time (after one warm-up step)")
     check.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     check.add_argument("--pretrained", type=Path, default=None,

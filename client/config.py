@@ -1,5 +1,9 @@
-"""A site's settings, resolved once per message from the node config (deployment) or from the
-simulated site list the server sends (simulation)."""
+"""A site's settings, read once per message from its node config.
+
+A deployed SuperNode gets its node config from `--node-config site.toml`; a simulated site gets
+the same keys from `sim/` (see `sim/federation.py`). The server's messages carry round settings
+only, never site settings.
+"""
 
 from __future__ import annotations
 
@@ -39,16 +43,17 @@ class SiteConfig:
     freeze: tuple[int, ...] = ()
     dp: DPConfig = DPConfig()
     decode_cache: Path | None = None  # where decoded images outlive the per-message ClientApp process
+    min_group_images: int = 5  # an age group with fewer test images is not reported (n and MAD sent as 0)
 
     @classmethod
-    def resolve(cls, node_config: Mapping[str, Any], server_config: Mapping[str, Any]) -> "SiteConfig":
-        """Deployment when the node config names `data-path`, simulation otherwise."""
-        if "data-path" in node_config:
-            return cls._from_node(node_config, server_config)
-        return cls._from_simulation(node_config, server_config)
+    def from_node_config(cls, node: Mapping[str, Any], server_pretrained: str = "") -> "SiteConfig":
+        """The site's settings from its node config (`--node-config site.toml`; see deploy/site.toml).
 
-    @classmethod
-    def _from_node(cls, node: Mapping[str, Any], server: Mapping[str, Any]) -> "SiteConfig":
+        `server_pretrained` is the pretrained path the server sent; the node config's own `pretrained` wins.
+        """
+        if "data-path" not in node:
+            raise SiteConfigError("the node config has no 'data-path': start the SuperNode with "
+                                  "--node-config site.toml (see deploy/site.toml)")
         site_id = str(node.get("site-id", "site"))
         data = SiteDataConfig(
             root=Path(str(node["data-path"])), csv_name=str(node.get("csv", "labels.csv")),
@@ -56,32 +61,17 @@ class SiteConfig:
             age_column=str(node.get("age-column", "boneage")), sex_column=str(node.get("sex-column", "male")),
             label_unit=str(node.get("label-unit", "months")),
         )
-        pretrained = node.get("pretrained", server.get("pretrained"))
-        if pretrained is None:
-            raise SiteConfigError("no pretrained model: set 'pretrained' in the node config")
+        pretrained = str(node.get("pretrained") or server_pretrained or "")
+        if not pretrained:
+            raise SiteConfigError("no pretrained model: set 'pretrained' in the node config "
+                                  "(the server did not send one either)")
         default_state = DEFAULT_STATE_ROOT / (site_id if "site-id" in node else state_folder_name(data.root))
         state_dir = Path(str(node.get("state-dir", default_state)))
         cache = str(node.get("decode-cache", state_dir / "decoded"))
-        return cls(site_id, data, Path(str(pretrained)), state_dir, str(node.get("device", "auto")),
+        return cls(site_id, data, Path(pretrained), state_dir, str(node.get("device", "auto")),
                    parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node),
-                   None if cache.lower() in ("", "none", "off") else Path(cache))
-
-    @classmethod
-    def _from_simulation(cls, node: Mapping[str, Any], server: Mapping[str, Any]) -> "SiteConfig":
-        if "partition-id" not in node or not server.get("sim-site-paths"):
-            raise SiteConfigError("node config has no 'data-path' (deployment) and no simulated site list")
-        index = int(node["partition-id"])
-        paths = str(server["sim-site-paths"]).split(";")
-        units = str(server.get("sim-site-units", "")).split(";")
-        if index >= len(paths):
-            raise SiteConfigError(f"simulated node {index} has no site (only {len(paths)} site folders)")
-        root = Path(paths[index])
-        unit = units[index] if index < len(units) and units[index] else "months"
-        state_dir = Path(str(server.get("sim-state-dir") or DEFAULT_STATE_ROOT)) / state_folder_name(root)
-        freezes = str(server.get("sim-site-freeze", "")).split(";")
-        site_freeze = parse_freeze_spec(freezes[index]) if index < len(freezes) and freezes[index] else ()
-        return cls(str(index), SiteDataConfig(root=root, label_unit=unit), Path(str(server["pretrained"])),
-                   state_dir, str(server.get("device", "auto")), site_freeze, _dp_from(server))
+                   None if cache.lower() in ("", "none", "off") else Path(cache),
+                   int(node.get("min-group-images", cls.min_group_images)))
 
 
 def _dp_from(values: Mapping[str, Any]) -> DPConfig:

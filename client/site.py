@@ -1,28 +1,38 @@
-"""What a site does with one message: rebuild the model, train or evaluate, collect the reply."""
+"""What a site does with one message: rebuild the model, train or evaluate, collect the reply.
+
+Every reply of one kind carries the same metric keys at every site (`TRAIN_METRICS`,
+`evaluate_metric_keys()`), so that any strategy, Flower's own FedAvg included, can average them.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from client.config import SiteConfig
+from core.central import evaluate_model
 from core.checkpoint import CheckpointCache, CheckpointError
 from core.data import AugmentConfig, DataError, SiteData
 from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.errors import USER_ERRORS
-from core.finetune import RoundSettings, load_arrays, norm_layer_keys, train_site_round, with_freeze
-from core.central import evaluate_model
-from core.model.freeze import block_of_key, parse_freeze_spec
+from core.finetune import load_arrays, train_site_round
+from core.metrics import AGE_GROUPS_YEARS, age_group_label
+from core.model.groups import blocks_not_received, parameter_groups
 from core.preprocess import preprocess_config_of
+from core.round_settings import RoundSettings
 from core.training import resolve_device
 
 logger = logging.getLogger("ossifl.client")
 
 SITE_ERRORS = USER_ERRORS  # refused with a one-line reason; anything else is a bug and crashes the reply
 LOCAL_LAYERS_KEY = "ossifl-local-layers"
+FREEZABLE_BLOCKS = (1, 2, 3, 4, 5, 6)
+TRAIN_METRICS = ("num-examples", "val-mad-months", "train-seconds", "private", "train-loss", "train-mad-months",
+                 "epsilon", "delta", "frozen-depth", *(f"frozen-block-{b}" for b in FREEZABLE_BLOCKS), "site-id")
 
 # One of each per ClientApp process. A simulation actor answers every round's messages in the same process,
 # so the pretrained model is read and the site's images are decoded once, not once per message; both caches
@@ -33,15 +43,23 @@ PRETRAINED = CheckpointCache()
 DECODED = SiteDataCache(cache_budget_from_env())
 
 
+def evaluate_metric_keys() -> tuple[str, ...]:
+    """The keys of every evaluation reply: overall metrics, then MAD and count per age group."""
+    groups = [age_group_label(low, high) for low, high in AGE_GROUPS_YEARS]
+    return ("num-examples", "mad-months", "rmse-months", "accuracy", "accuracy-1y", "bias-months",
+            *(key for g in groups for key in (f"mad-{g}", f"n-{g}")), "site-id")
+
+
 class SiteSession:
     """The site's model for one message: pretrained weights, then the server's arrays on top."""
 
     def __init__(self, site: SiteConfig, arrays: dict[str, torch.Tensor], server_config: Mapping[str, Any],
                  state: RecordDict) -> None:
-        self.site, self.config, self.state = site, server_config, state
+        self.site, self.state = site, state
+        self.settings = RoundSettings.from_config(server_config)
         self.received_keys = list(arrays)
         checkpoint, digest = PRETRAINED.load(site.pretrained)
-        expected = server_config.get("pretrained-sha256")
+        expected = self.settings.pretrained_sha256
         if expected and digest != expected:
             raise CheckpointError(f"{site.pretrained} is not the pretrained model of this run (SHA-256 differs)")
         self.model = checkpoint.model
@@ -52,51 +70,45 @@ class SiteSession:
         self.device = resolve_device(site.device)
         self.round = int(server_config.get("server-round", 0))
 
-    def _settings(self) -> RoundSettings:
-        c = self.config
-        settings = RoundSettings(
-            local_epochs=int(c.get("local-epochs", 1)), lr=float(c.get("lr", 3e-4)),
-            batch_size=int(c.get("batch-size", 32)), proximal_mu=float(c.get("proximal-mu", 0.0)),
-            seed=int(c.get("seed", 0)), freeze=parse_freeze_spec(str(c.get("freeze", "1-3"))),
-            planned_rounds=int(c.get("num-rounds", 1)),
-        )
-        return with_freeze(settings, self.site.freeze)
-
     def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
         return DECODED.load(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
-                            seed=int(self.config.get("seed", 0)), splits=splits, disk_dir=self.site.decode_cache,
+                            seed=self.settings.seed, splits=splits, disk_dir=self.site.decode_cache,
                             preprocess=self.preprocess)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        settings = self._settings()
+        """Train the blocks whose arrays arrived (minus the site's own freeze); return those blocks' arrays."""
+        frozen = tuple(sorted(set(blocks_not_received(self.received_keys)) | set(self.site.freeze)))
+        settings = replace(self.settings, freeze=frozen)
         data = self._data(augment=True, splits=("train", "val"))
         if len(data.train) == 0:
             raise DataError(f"{self.site.data.root}: the training split has no usable images")
         result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
                                   self.site.dp, self.site.state_dir, self.site.data.label_unit)
-        self._keep_local_layers()
+        groups = parameter_groups(self.model, frozen, settings.local_layers)
+        self._keep_local_layers(groups.local)
         state = self.model.state_dict()
-        # a site that freezes deeper than the run returns only the blocks it trained
-        keys = [k for k in self.received_keys if block_of_key(k) not in settings.freeze]
+        returned = [k for k in self.received_keys if k in set(groups.trainable)]
+        private = result.epsilon is not None
         metrics: dict[str, float] = {  # central DP averages sites uniformly: the real count stays here
-            "num-examples": 1 if self.config.get("central-dp", False) else result.num_examples,
+            "num-examples": 1 if settings.uniform_weights else result.num_examples,
             "val-mad-months": result.val_mad_months,
-            "frozen-depth": max(settings.freeze, default=0),
             "train-seconds": result.train_seconds,
+            "private": float(private),
+            # under DP the noiseless training loss stays at the site; without DP there is no epsilon (0 = none)
+            "train-loss": 0.0 if private else result.train_loss,
+            "train-mad-months": 0.0 if private else result.train_mad_months,
+            "epsilon": float(result.epsilon or 0.0), "delta": float(result.delta or 0.0),
+            "frozen-depth": max(frozen, default=0),
+            **{f"frozen-block-{b}": float(b in frozen) for b in FREEZABLE_BLOCKS},
+            "site-id": _numeric_id(self.site.site_id),
         }
-        if result.epsilon is None:  # under DP, the noiseless training loss stays at the site
-            metrics["train-loss"] = result.train_loss
-            metrics["train-mad-months"] = result.train_mad_months
-        else:
-            metrics["epsilon"] = result.epsilon
-            metrics["delta"] = float(result.delta)
-        _add_site_id(metrics, self.site.site_id)
-        logger.info("site %s round %d: trained on %d images, val MAD %.2f months%s", self.site.site_id,
-                    self.round, result.num_examples, result.val_mad_months,
-                    "" if result.epsilon is None else f", epsilon {result.epsilon:.3f}")
-        return {k: state[k] for k in keys}, metrics
+        logger.info("site %s round %d: trained blocks %s on %d images, val MAD %.2f months%s", self.site.site_id,
+                    self.round, [b for b in range(1, 7) if b not in frozen], result.num_examples,
+                    result.val_mad_months, f", epsilon {result.epsilon:.3f}" if private else "")
+        return {k: state[k] for k in returned}, metrics
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Test-split metrics; an age group with fewer than `min_group_images` images is reported as n = 0."""
         data = self._data(augment=False, splits=("test",))
         if len(data.test) == 0:
             raise DataError(f"{self.site.data.root}: the test split has no usable images")
@@ -106,21 +118,22 @@ class SiteSession:
             "rmse-months": metrics["rmse_months"], "accuracy": metrics["accuracy"],
             "accuracy-1y": metrics["accuracy_1y"], "bias-months": metrics["bias_months"],
         }
-        for group, mad in metrics["mad_by_age_group"].items():
-            reply[f"mad-{group}"] = mad
-        _add_site_id(reply, self.site.site_id)
+        for low, high in AGE_GROUPS_YEARS:
+            group = age_group_label(low, high)
+            count = int(metrics["n_by_age_group"].get(group, 0))
+            shown = count >= self.site.min_group_images
+            reply[f"mad-{group}"] = float(metrics["mad_by_age_group"][group]) if shown else 0.0
+            reply[f"n-{group}"] = count if shown else 0
+        reply["site-id"] = _numeric_id(self.site.site_id)
         return {}, reply
 
-    def _keep_local_layers(self) -> None:
-        local = str(self.config.get("local-layers", "none"))
-        if local == "none":
-            return
-        state = self.model.state_dict()
-        self.state.array_records[LOCAL_LAYERS_KEY] = ArrayRecord(
-            {k: state[k] for k in norm_layer_keys(self.model) if k not in self.received_keys})
+    def _keep_local_layers(self, local: tuple[str, ...]) -> None:
+        """FedBN: the site's normalisation layers stay in its state for the next round."""
+        if local:
+            state = self.model.state_dict()
+            self.state.array_records[LOCAL_LAYERS_KEY] = ArrayRecord({k: state[k] for k in local})
 
 
-def _add_site_id(metrics: dict[str, float], site_id: str) -> None:
-    """Numeric site ids travel as `site-id` (the server reports others by node id)."""
-    if site_id.isdigit():
-        metrics["site-id"] = int(site_id)
+def _numeric_id(site_id: str) -> int:
+    """Numeric site ids travel as `site-id` (-1 for a named site: the server reports it by node id)."""
+    return int(site_id) if site_id.isdigit() else -1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,29 +19,14 @@ from core.errors import ConfigError, UserError
 from core.loss import JointLossConfig
 from core.model.freeze import freeze_blocks
 from core.privacy import LEDGER_FILENAME, DPConfig, PrivacyLedger, train_private_round
+from core.round_settings import RoundSettings
 from core.training import ExtraLoss, TrainConfig, cosine_schedule, make_optimizer, train_epoch
 
 logger = logging.getLogger(__name__)
 
-NORM_LAYER_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm)
-
 
 class ArrayMismatch(UserError, ValueError):
     """Arrays from the server that do not fit the local model."""
-
-
-@dataclass(frozen=True)
-class RoundSettings:
-    """How a site trains in one round (sent by the server; a site may freeze deeper)."""
-
-    local_epochs: int = 1
-    lr: float = 3e-4
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    proximal_mu: float = 0.0
-    seed: int = 0
-    freeze: tuple[int, ...] = (1, 2, 3)
-    planned_rounds: int = 1
 
 
 def load_arrays(model: nn.Module, arrays: dict[str, torch.Tensor]) -> None:
@@ -54,15 +39,6 @@ def load_arrays(model: nn.Module, arrays: dict[str, torch.Tensor]) -> None:
         if tuple(value.shape) != tuple(state[key].shape):
             raise ArrayMismatch(f"array {key}: shape {tuple(value.shape)}, local model has {tuple(state[key].shape)}")
     model.load_state_dict(arrays, strict=False)
-
-
-def norm_layer_keys(model: nn.Module) -> list[str]:
-    """State keys of the normalisation layers (kept local in FedBN-style runs)."""
-    keys = []
-    for name, module in model.named_modules():
-        if isinstance(module, NORM_LAYER_TYPES):
-            keys.extend(f"{name}.{key}" for key in module.state_dict())
-    return keys
 
 
 def proximal_term(model: nn.Module, mu: float) -> ExtraLoss:
@@ -119,7 +95,7 @@ def train_site_round(
         if ledger_dir is None:
             raise ConfigError("differential privacy needs a state folder for the privacy ledger")
         result = train_private_round(model, train_set, loss_fn, config, dp, PrivacyLedger(ledger_dir / LEDGER_FILENAME),
-                                     settings.local_epochs, device, settings.planned_rounds, extra,
+                                     settings.local_epochs, device, settings.num_rounds, extra,
                                      context={"round": round_number})
         stats, epsilon, delta = result.stats, result.epsilon, result.delta
     else:
@@ -134,8 +110,3 @@ def train_site_round(
     val = evaluate_model(model, val_set, device, label_unit)
     return SiteRoundResult(len(train_set), stats.loss, stats.mad_months, val["mad_months"], train_seconds,
                            epsilon, delta)
-
-
-def with_freeze(settings: RoundSettings, site_freeze: tuple[int, ...]) -> RoundSettings:
-    """A site may freeze deeper than the run, never shallower (it has no arrays for those blocks)."""
-    return replace(settings, freeze=tuple(sorted(set(settings.freeze) | set(site_freeze))))

@@ -41,17 +41,20 @@ def compute_metrics(
     n = int(pred.shape[0])
     if n == 0:
         return {"n": 0, "mad_months": float("nan"), "rmse_months": float("nan"), "accuracy": float("nan"),
-                "accuracy_1y": float("nan"), "bias_months": float("nan"), "mad_by_age_group": {}}
+                "accuracy_1y": float("nan"), "bias_months": float("nan"), "mad_by_age_group": {},
+                "n_by_age_group": {}}
     error = pred - true
     step = 12.0 if label_unit == "years" else class_step_months
     same_class = np.round(pred / step) == np.round(true / step)
     groups: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for low, high in AGE_GROUPS_YEARS:
         inside = (true >= low * 12) & (true < high * 12)
         if high == AGE_GROUPS_YEARS[-1][1]:
             inside = true >= low * 12
         if inside.any():
             groups[age_group_label(low, high)] = float(np.mean(np.abs(error[inside])))
+            counts[age_group_label(low, high)] = int(inside.sum())
     return {
         "n": n,
         "mad_months": float(np.mean(np.abs(error))),
@@ -60,4 +63,5 @@ def compute_metrics(
         "accuracy_1y": float(np.mean(np.abs(error) <= 12.0)),
         "bias_months": float(np.mean(error)),
         "mad_by_age_group": groups,
+        "n_by_age_group": counts,
     }

@@ -24,6 +24,7 @@ from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, Sa
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from core.errors import ConfigError
+from core.model.groups import batch_norm_keys
 from server.config import FederationConfig
 from strategies import PartialModelStrategy, validate_update
 from strategies.partial import read_reply
@@ -31,7 +32,6 @@ from strategies.partial import read_reply
 logger = logging.getLogger("ossifl.server")
 
 MEAN_AGGREGATORS = ("fedavg", "fedprox")  # the aggregators whose result is the plain weighted mean
-BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 class AccountedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
@@ -95,8 +95,8 @@ class AccountedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
 
 def check_shippable(model: torch.nn.Module, keys: Sequence[str]) -> None:
     """Refuse arrays that must not go through central DP: BatchNorm layers and non-float tensors."""
-    batch_norms = {name for name, module in model.named_modules() if isinstance(module, BATCH_NORMS)}
-    shipped = [key for key in keys if key.rpartition(".")[0] in batch_norms]
+    batch_norms = set(batch_norm_keys(model))
+    shipped = [key for key in keys if key in batch_norms]
     if shipped:
         raise ConfigError(f"central DP cannot ship BatchNorm layers ({shipped[0]} and {len(shipped) - 1} more): "
                          "their running statistics are not clipped or accounted; use a GroupNorm TJ-Net "

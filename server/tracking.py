@@ -9,13 +9,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from server.outcome import RoundMetrics
+
 logger = logging.getLogger("ossifl.server")
 
 COLUMNS = ("round", "phase", "site", "status", "reason", "metric", "value")
 
 
 class MetricsTracker:
-    """Appends one row per (round, phase, site, metric) to `metrics.csv` in the run folder."""
+    """Appends one row per (round, phase, site, metric) to `metrics.csv` in the run folder,
+    and keeps the same figures in memory, per round, for the run's `FederationOutcome`."""
 
     def __init__(self, out_dir: Path, use_wandb: bool = False, run_name: str = "ossifl", config: dict | None = None):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -28,12 +31,20 @@ class MetricsTracker:
         self._wandb = _start_wandb(out_dir, run_name, config or {}) if use_wandb else None
         self._train_seconds: dict[int, float] = {}
         self._site_seconds = 0.0  # summed over the messages answered since the last round_timing
+        self.rounds: dict[int, RoundMetrics] = {}
+
+    def _round(self, server_round: int) -> RoundMetrics:
+        return self.rounds.setdefault(server_round, RoundMetrics(server_round))
 
     def site_reports(self, phase: str, server_round: int, reports: list[Any]) -> None:
         """Callback for the strategy: one call per aggregation with a `SiteReport` per site."""
         logged: dict[str, float] = {}
+        record = self._round(server_round)
         for report in reports:
-            if report.status != "ok":
+            if report.status == "ok":
+                getattr(record, phase)[report.site] = dict(report.metrics)
+            else:
+                record.refused[f"{phase}/{report.site}"] = f"{report.status}: {report.reason}"
                 self._writer.writerow((server_round, phase, report.site, report.status, report.reason, "", ""))
                 logger.warning("round %d %s: site %s %s: %s", server_round, phase, report.site, report.status,
                                report.reason)
@@ -48,8 +59,10 @@ class MetricsTracker:
             self._wandb.log(logged, step=server_round)
 
     def central(self, server_round: int, metrics: dict[str, float]) -> None:
+        """The server's own figures for a round (central evaluation, timing, central epsilon)."""
         for metric, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
+                self._round(server_round).central[metric] = float(value)
                 self._writer.writerow((server_round, "central", "server", "ok", "", metric, value))
         self._file.flush()
         if self._wandb is not None:

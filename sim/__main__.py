@@ -10,6 +10,7 @@ from core.cli import run_command, setup_logging
 from sim.config import PRESETS, RealSite, load_experiment, preset
 from sim.generate import add_generate_parser
 from sim.partition import add_partition_parser
+from strategies.options import parse_option_assignments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
     parser.add_argument("--strategy", default=None,
                         help="fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg")
+    parser.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a strategy option, repeatable: server-momentum, server-learning-rate (fedavgm), eta, "
+                             "beta-1, beta-2, tau (fedadam), trimmed-beta (fedtrimmedavg), proximal-mu (fedprox); "
+                             "see docs/strategies.md")
+    parser.add_argument("--device", default=None,
+                        help="auto (default: a CUDA GPU when present, for every stage), cpu, cuda or cuda:N")
     parser.add_argument("--freeze", default=None, help="comma-separated freeze specs, e.g. '1-3,none'")
     parser.add_argument("--dp", default=None,
                         help="comma-separated DP noise multipliers: adds one DP federation per value (freeze 1-3)")
@@ -54,6 +61,8 @@ def run_sim(args: argparse.Namespace) -> int:
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, strategy=args.strategy, wandb=args.wandb or None,
         freeze_specs=tuple(s.strip() for s in args.freeze.split(",")) if args.freeze else None,
         dp_noise_multipliers=tuple(float(v) for v in args.dp.split(",")) if args.dp else None,
+        strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,
+        device=args.device,
     )
     config = preset(name, **{**from_file, **{k: v for k, v in command_line.items() if v is not None}})
     run_experiment(config)

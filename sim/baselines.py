@@ -14,13 +14,14 @@ from core.calibration import fit_linear_calibration
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
-from core.finetune import RoundSettings, train_site_round
+from core.finetune import train_site_round
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
 from core.preprocess import preprocess_config_of
+from core.round_settings import RoundSettings
 from core.training import predict
 from sim.config import SimConfig
-from sim.experiment import CPU, Evaluation, evaluate_everywhere
+from sim.experiment import Evaluation, device_of, evaluate_everywhere
 from sim.sites import PreparedSite
 
 logger = logging.getLogger("ossifl.sim")
@@ -30,18 +31,19 @@ def local_rounds(model: torch.nn.Module, train: BoneAgeDataset, val: BoneAgeData
                  freeze: str) -> torch.nn.Module:
     """The same rounds of local training a site does in the federation, without averaging."""
     settings = RoundSettings(local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
-                             seed=config.seed, freeze=parse_freeze_spec(freeze), planned_rounds=config.rounds)
+                             seed=config.seed, freeze=parse_freeze_spec(freeze), num_rounds=config.rounds)
     for round_number in range(1, config.rounds + 1):
-        train_site_round(model, train, val, settings, CPU, round_number)
+        train_site_round(model, train, val, settings, device_of(config), round_number)
     return model
 
 
 def calibrated(model: torch.nn.Module, site: PreparedSite, train: BoneAgeDataset, test: BoneAgeDataset,
                class_step: float) -> Evaluation:
     """The pretrained model with a straight line fitted on the site's training split applied to its outputs."""
-    fitted = predict(model, make_loader(train, 64, shuffle=False, seed=0), CPU)
+    device = next(model.parameters()).device  # where the caller put it
+    fitted = predict(model, make_loader(train, 64, shuffle=False, seed=0), device)
     line = fit_linear_calibration(fitted.predicted_months, fitted.true_months)
-    raw = predict(model, make_loader(test, 64, shuffle=False, seed=0), CPU)
+    raw = predict(model, make_loader(test, 64, shuffle=False, seed=0), device)
     adjusted = Predictions(line.apply(raw.predicted_months).astype(raw.predicted_months.dtype), raw.true_months,
                            raw.male)
     return Evaluation(site.name, "calibrated", "all", compute_metrics(adjusted, class_step, site.label_unit), adjusted,
@@ -55,7 +57,7 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
     loaded = load_checkpoint(pretrained)
     base, preprocess = loaded.model, preprocess_config_of(loaded.metadata)
     step = base.config.class_step_months
-    rows = evaluate_everywhere(base, sites, tests, "pretrained", "all")
+    rows = evaluate_everywhere(base, sites, tests, "pretrained", "all", device_of(config))
     pooled_train, pooled_val = [], []
     for site in sites:
         data = load_site(site.data, size, AugmentConfig(), seed=config.seed, preprocess=preprocess)
@@ -67,13 +69,13 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
             logger.info("baseline (seed %d): %s alone, freeze %s, %d rounds", config.seed, site.name, spec,
                         config.rounds)
             model = local_rounds(load_checkpoint(pretrained).model, data.train, data.val, config, spec)
-            rows += evaluate_everywhere(model, [site], tests, "site-alone", spec)
+            rows += evaluate_everywhere(model, [site], tests, "site-alone", spec, device_of(config))
     logger.info("baseline (seed %d): all %d sites pooled (%d training images, freeze %s)", config.seed, len(sites),
                 len(pooled_train), config.baseline_freeze)
     pooled = (BoneAgeDataset(pooled_train, size, AugmentConfig(), config.seed, preprocess=preprocess),
               BoneAgeDataset(pooled_val, size, None, config.seed, preprocess=preprocess))
     model = local_rounds(load_checkpoint(pretrained).model, *pooled, config, config.baseline_freeze)
-    rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze)
+    rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze, device_of(config))
     for row in rows:
         row.extra["seed"] = config.seed
     return rows
@@ -88,7 +90,7 @@ def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated
         data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"),
                          preprocess=preprocess_config_of(loaded.metadata))
         model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze)
-        rows += evaluate_everywhere(model, [site], tests, f"{config.strategy}+local", freeze)
+        rows += evaluate_everywhere(model, [site], tests, f"{config.strategy}+local", freeze, device_of(config))
     for row in rows:
         row.extra["seed"] = config.seed
     return rows

@@ -11,8 +11,11 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
+from core.round_settings import RoundSettings
 from strategies import STRATEGY_NAMES
+from strategies.options import strategy_options
 
+ROUND = RoundSettings()  # the federation's round defaults: the simulation's local rounds use the same
 FREEZE_SPECS = ("1", "1-2", "1-3", "1-4", "none")
 
 
@@ -60,12 +63,14 @@ class SimConfig:
     pretrain_epochs: int = 30
     pretrain_lr: float = 1e-3
     rounds: int = 4
-    local_epochs: int = 1
-    lr: float = 3e-4
-    batch_size: int = 32
+    local_epochs: int = ROUND.local_epochs
+    lr: float = ROUND.lr
+    batch_size: int = ROUND.batch_size
     freeze_specs: tuple[str, ...] = FREEZE_SPECS
     strategy: str = "fedavg"
-    baseline_freeze: str = "1-3"
+    strategy_options: tuple[tuple[str, float], ...] = ()  # (kebab-case key, value); see strategies/options.py
+    device: str = "auto"  # every stage: pretraining, baselines, evaluation, the simulated sites
+    baseline_freeze: str = ROUND.freeze_spec
     seed: int = 0
     dp_noise_multipliers: tuple[float, ...] = ()
     dp_max_grad_norm: float = 1.0
@@ -86,6 +91,7 @@ class SimConfig:
             parse_freeze_spec(spec)
         if self.strategy not in STRATEGY_NAMES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
+        strategy_options(self.strategy, dict(self.strategy_options))
         if self.seeds < 1:
             raise ConfigError("--seeds must be at least 1")
         if self.pretrained is not None and self.source_dir is not None:

@@ -16,14 +16,20 @@ from core.metrics import AGE_GROUPS_YEARS, age_group_label  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
 from sim.verdicts import ALL, Comparison, answers, label  # noqa: E402
+from strategies.options import effective_options, format_options  # noqa: E402
 
 logger = logging.getLogger("ossifl.sim")
 RESULT_COLUMNS = ("site", "strategy", "freeze", "mad_months", "mad_ci_low", "mad_ci_high", "rmse_months", "accuracy",
-                  "accuracy_1y", "bias_months", "n", "seeds", "epsilon")
+                  "accuracy_1y", "bias_months", "n", "seeds", "epsilon", "strategy_options")
 
 
 def _mean(rows: list[Evaluation], metric: str) -> float:
     return float(np.mean([r.metrics[metric] for r in rows]))
+
+
+def _options(config: SimConfig) -> str:
+    """The strategy's options, defaults included ("no options" for fedavg and fedmedian)."""
+    return format_options(effective_options(config.strategy, dict(config.strategy_options))) or "no options"
 
 
 def write_results(rows: list[Evaluation], path: Path) -> None:
@@ -44,7 +50,8 @@ def write_results(rows: list[Evaluation], path: Path) -> None:
                                  f"{_mean(match, 'rmse_months'):.4f}", f"{_mean(match, 'accuracy'):.4f}",
                                  f"{_mean(match, 'accuracy_1y'):.4f}", f"{_mean(match, 'bias_months'):.4f}",
                                  sum(len(e) for e in comparison.errors(site, key)) // len(comparison.seeds),
-                                 len(comparison.seeds), f"{max(eps):.4f}" if eps else ""))
+                                 len(comparison.seeds), f"{max(eps):.4f}" if eps else "",
+                                 next((r.extra["strategy_options"] for r in match if "strategy_options" in r.extra), "")))
 
 
 def table(rows: list[Evaluation]) -> str:
@@ -93,7 +100,8 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
     names = [s.path.name for s in config.real_sites] or [s.preset for s in config.sites]
     report = ["# OssiFL simulation report", "",
               f"{len(names)} hospital sites ({', '.join(names)}), TJ-Net at {config.image_size} px (width "
-              f"{config.width}); {config.rounds} rounds of {config.strategy}, {config.local_epochs} local epoch(s); "
+              f"{config.width}); {config.rounds} rounds of {config.strategy} ({_options(config)}), "
+              f"{config.local_epochs} local epoch(s); "
               f"seeds {', '.join(str(s) for s in config.seed_list())}; wall time {seconds / 60:.1f} min.", "",
               "MADs carry 95 % intervals (bootstrap over test images and seeds); differences are paired on the same "
               "test images.", "", "## Answers", "", verdict, "## Per site (the paper's Table 2)", "", table(rows),

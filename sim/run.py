@@ -12,10 +12,12 @@ from core.checkpoint import load_checkpoint
 from core.preprocess import preprocess_config_of
 from sim.baselines import federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
-from sim.experiment import (Evaluation, epsilon_by_site, evaluate_everywhere, federation_configs, load_test_splits,
-                            per_round_mad, run_federations)
+from sim.experiment import (Evaluation, device_of, epsilon_by_site, evaluate_everywhere, federation_runs,
+                            load_test_splits, per_round_mad)
+from sim.federation import run_federations
 from sim.report import write_report
 from sim.sites import prepare_sites, pretrained_model
+from strategies.options import OPTIONS, format_options
 
 logger = logging.getLogger("ossifl.sim")
 
@@ -41,29 +43,31 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     rows: list[Evaluation] = []
     for repetition in repetitions:
         rows += run_baselines(repetition, sites, pretrained, tests)
-    runs = [(repetition, fed) for repetition in repetitions for fed in federation_configs(repetition, sites, pretrained)]
+    runs = [(repetition, run) for repetition in repetitions for run in federation_runs(repetition, sites, pretrained)]
     logger.info("[4/%d] %d federated runs of %d rounds on %d sites, one engine session", stages, len(runs),
                 config.rounds, len(sites))
-    run_federations([fed for _, fed in runs], len(sites))
+    outcomes = run_federations([run for _, run in runs])
     logger.info("[5/%d] federated models, then fine-tuned locally at each site (freeze %s)", stages,
                 config.baseline_freeze)
     curves: dict[str, dict[str, list[float]]] = {}
     privacy_points: list[tuple[str, float, float]] = []
-    for repetition, fed in runs:
-        final = fed.out_dir / "federated_final.pt"
-        dp = "dp-noise-multiplier" in fed.forwarded
+    for (repetition, run), outcome in zip(runs, outcomes):
+        fed = run.config
+        dp = any("dp-noise-multiplier" in node for node in run.sites)
         name = fed.out_dir.name if dp else config.strategy
-        fed_rows = evaluate_everywhere(load_checkpoint(final).model, sites, tests, name, fed.freeze)
-        epsilons = epsilon_by_site(fed.out_dir, sites) if dp else {}
+        fed_rows = evaluate_everywhere(load_checkpoint(outcome.final_checkpoint).model, sites, tests, name, fed.freeze,
+                                       device_of(config))
+        epsilons = epsilon_by_site(outcome, sites)
+        options = format_options({k: float(v) for k, v in outcome.settings.items() if k in OPTIONS})
         for row in fed_rows:
-            row.extra.update(seed=repetition.seed, epsilon=epsilons.get(row.site))
+            row.extra.update(seed=repetition.seed, epsilon=epsilons.get(row.site), strategy_options=options)
             if row.extra["epsilon"] is not None:
                 privacy_points.append((row.site, row.extra["epsilon"], row.metrics["mad_months"]))
         rows += fed_rows
         if repetition.seed == config.seed:
-            curves[fed.out_dir.name] = per_round_mad(fed.out_dir, sites)
+            curves[fed.out_dir.name] = per_round_mad(outcome, sites)
         if not dp and fed.freeze == config.baseline_freeze:
-            rows += federated_then_local(repetition, sites, final, fed.freeze, tests)
+            rows += federated_then_local(repetition, sites, outcome.final_checkpoint, fed.freeze, tests)
     logger.info("[6/%d] report", stages)
     seconds = time.perf_counter() - started
     summary = write_report(config, rows, curves, privacy_points, seconds)

@@ -99,7 +99,7 @@ def pretrained_model(config: SimConfig, source: PreparedSite | None) -> Path:
         data=source.data, out=path, architecture="tjnet",
         model_config={"image_size": config.image_size, "width": config.width},
         train=TrainConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, lr=config.pretrain_lr,
-                          seed=config.seed, progress=True),
+                          seed=config.seed, progress=True, device=config.device),
         augment=AugmentConfig(),
     )
     pretrain(job)

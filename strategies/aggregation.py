@@ -5,13 +5,14 @@ aggregated over the updates that contain it; keys no update contains keep their 
 arrays (BatchNorm `num_batches_tracked`) take the max of their contributors; float arrays go through
 the aggregator's rule, computed in float64 and cast back to the global dtype.
 
-Server-optimiser state (`state_dict`) holds only str, int, float, bytes, lists and dicts, so it
-survives `torch.save` / `torch.load(weights_only=True)`; arrays are stored as
-{"dtype": str, "shape": list[int], "data": bytes}.
+Server-optimiser state (`state_dict`) holds only str, int, float, lists and dicts, so it survives
+the checkpoint's JSON metadata and `torch.load(weights_only=True)`; arrays are stored as
+{"dtype": str, "shape": list[int], "data": base64 str}.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +54,14 @@ def validate_update(global_arrays: Arrays, update: SiteUpdate) -> str | None:
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:
-    """Plain-type form of an array that `torch.load(weights_only=True)` accepts."""
-    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+    """Plain-type form of an array that survives JSON (checkpoint metadata) and `torch.load(weights_only=True)`."""
+    return {"dtype": array.dtype.str, "shape": list(array.shape),
+            "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")}
 
 
 def decode_array(encoded: dict[str, Any]) -> np.ndarray:
     """Inverse of `encode_array` (a writable copy)."""
-    flat = np.frombuffer(encoded["data"], dtype=np.dtype(encoded["dtype"]))
+    flat = np.frombuffer(base64.b64decode(encoded["data"]), dtype=np.dtype(encoded["dtype"]))
     return flat.reshape(encoded["shape"]).copy()
 
 
@@ -136,7 +138,7 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def __init__(self, proximal_mu: float = 0.0) -> None:
+    def __init__(self, proximal_mu: float = 0.01) -> None:
         if proximal_mu < 0:
             raise ConfigError(f"proximal_mu must be >= 0, got {proximal_mu}")
         self.proximal_mu = proximal_mu
@@ -157,7 +159,7 @@ class FedAvgM(Aggregator):
 
     name = "fedavgm"
 
-    def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
+    def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> None:
         if server_learning_rate <= 0 or not 0 <= server_momentum < 1:
             raise ConfigError("need server_learning_rate > 0 and 0 <= server_momentum < 1")
         self.server_learning_rate = server_learning_rate

@@ -55,15 +55,22 @@ def site_name(node_id: int, metrics: dict[str, float]) -> str:
 
 
 def weighted_mean_metrics(rows: list[tuple[dict[str, float], float]], skip: Iterable[str]) -> dict[str, float]:
-    """Weighted mean of each metric over the rows (metrics, weight) that report it."""
+    """Weighted mean of each metric over the rows (metrics, weight) that report it.
+
+    A per-group metric `mad-<group>` is weighted by the same row's `n-<group>` instead (0 for a group
+    the site suppressed, so it does not count); a metric nobody weighted is left out.
+    """
     skipped = set(skip)
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
     for metrics, weight in rows:
         for key, value in metrics.items():
-            if key not in skipped:
-                totals[key] = totals.get(key, 0.0) + weight * float(value)
-                weights[key] = weights.get(key, 0.0) + weight
+            if key in skipped:
+                continue
+            count = f"n-{key[len('mad-'):]}" if key.startswith("mad-") else ""
+            own = float(metrics[count]) if count in metrics else weight
+            totals[key] = totals.get(key, 0.0) + own * float(value)
+            weights[key] = weights.get(key, 0.0) + own
     return {key: totals[key] / weights[key] for key in totals if weights[key] > 0}
 
 

@@ -1,4 +1,4 @@
-"""Freezing TJ-Net block by block: parse a spec like "1-3", freeze, list what still trains."""
+"""Freeze specs ("none", "1", "1-3", "1,2"): parse and format them; freezing itself is `core.model.groups`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import re
 from torch import nn
 
 from core.errors import ConfigError
+from core.model.groups import block_of_key, parameter_groups, set_trainable
 from core.model.tjnet import BLOCK_NAMES
+
+__all__ = ["FREEZE_CHOICES", "FreezeSpecError", "block_of_key", "format_freeze_spec", "freeze_blocks",
+           "parse_freeze_spec", "trainable_state_keys"]
 
 FREEZE_CHOICES = ("none", "1", "1-2", "1-3", "1-4")
 _RANGE = re.compile(r"^(\d)(?:-(\d))?$")
@@ -46,28 +50,11 @@ def format_freeze_spec(blocks: tuple[int, ...]) -> str:
     return ",".join(str(b) for b in blocks)
 
 
-def block_of_key(key: str) -> int:
-    """Block number (1-6) of a state-dict key such as "block3.0.project.0.weight"."""
-    head = key.split(".", 1)[0]
-    if head not in BLOCK_NAMES:
-        raise KeyError(f"{key!r} does not belong to a TJ-Net block")
-    return BLOCK_NAMES.index(head) + 1
-
-
 def freeze_blocks(model: nn.Module, blocks: tuple[int, ...]) -> None:
-    """Freeze the parameters of `blocks` and keep their normalisation statistics fixed.
-
-    The model's `train()` keeps frozen blocks in eval mode, so BatchNorm running statistics
-    are neither used from the batch nor updated. Blocks not listed are unfrozen.
-    """
-    for index, name in enumerate(BLOCK_NAMES, start=1):
-        for parameter in getattr(model, name).parameters():
-            parameter.requires_grad_(index not in blocks)
-    model.frozen_blocks = tuple(blocks)
-    model.train(model.training)
+    """Freeze the parameters of `blocks` and keep their normalisation statistics fixed (see `groups.set_trainable`)."""
+    set_trainable(model, blocks)
 
 
 def trainable_state_keys(model: nn.Module) -> list[str]:
     """State-dict keys (parameters and buffers) of the blocks that are not frozen, in order."""
-    frozen = set(getattr(model, "frozen_blocks", ()))
-    return [key for key in model.state_dict() if block_of_key(key) not in frozen]
+    return list(parameter_groups(model, getattr(model, "frozen_blocks", ())).trainable)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from core.errors import UserError
 from core.loss import JointLoss, RegressionLoss
+from core.model.groups import running_stat_layers
 from core.privacy.config import DPConfig
 from core.privacy.ledger import BudgetExceeded, PrivacyLedger
 from core.privacy.guard import require_history, site_lock
@@ -59,9 +60,7 @@ def check_dp_compatible(model: nn.Module) -> None:
     Call after `model.train()`: frozen blocks must be in eval mode, or their running statistics
     would absorb private data without noise and ship to the server.
     """
-    for name, module in model.named_modules():
-        if not getattr(module, "track_running_stats", False):
-            continue
+    for name, module in running_stat_layers(model):
         if any(p.requires_grad for p in module.parameters(recurse=False)):
             raise DPIncompatibleModel(
                 f"{type(module).__name__} {name!r} is trainable: DP-SGD cannot clip per-sample gradients through "

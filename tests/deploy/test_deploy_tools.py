@@ -60,7 +60,7 @@ def test_site_keys_are_p384_openssh_as_flower_reads_them(tmp_path: Path) -> None
 def test_sample_site_config_resolves_to_a_deployed_site() -> None:
     with open(REPO / "deploy" / "site.toml", "rb") as handle:
         node_config = tomli.load(handle)
-    site = SiteConfig.resolve(node_config, {"pretrained": "/coordinator/path.pt"})
+    site = SiteConfig.from_node_config(node_config, "/coordinator/path.pt")
     assert site.site_id == "3" and site.data.label_unit == "months"
     assert site.pretrained == Path("/etc/ossifl/pretrained.pt")  # the site's own copy wins
     assert site.state_dir == Path("/var/lib/ossifl/site-3") and not site.dp.enabled

@@ -15,11 +15,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from core.checkpoint import load_checkpoint
 from core.model.config import TJNetConfig
+from core.model.groups import parameter_groups
+from core.round_settings import RoundSettings
 from core.model.tjnet import TJNet
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
-from server.federation import shared_keys
-from sim.experiment import run_federations
+from sim.federation import SimulatedRun, run_federations
 from strategies import build_strategy
 
 pytest.importorskip("dp_accounting", reason="central DP accounting needs flwr[dp]")
@@ -28,17 +29,18 @@ pytest.importorskip("dp_accounting", reason="central DP accounting needs flwr[dp
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, tiny_federation):
     root = tmp_path_factory.mktemp("central_dp")
-    pretrained, forwarded = tiny_federation(root, 30)
+    tiny = tiny_federation(root, 30)
 
-    def config(name: str, rounds: int, max_epsilon: float) -> FederationConfig:
-        return FederationConfig(pretrained=pretrained, out_dir=root / name, num_rounds=rounds, freeze="1-4",
-                                batch_size=8, min_nodes=2, central_dp_noise_multiplier=1.0,
-                                central_dp_clipping_norm=0.5, central_dp_max_epsilon=max_epsilon,
-                                forwarded={**forwarded, "sim-state-dir": str(root / name / "state")})
+    def run(name: str, rounds: int, max_epsilon: float) -> SimulatedRun:
+        config = FederationConfig(pretrained=tiny.pretrained, out_dir=root / name, min_nodes=2, device="cpu",
+                                  settings=RoundSettings(num_rounds=rounds, freeze=(1, 2, 3, 4), batch_size=8),
+                                  central_dp_noise_multiplier=1.0, central_dp_clipping_norm=0.5,
+                                  central_dp_max_epsilon=max_epsilon)
+        return SimulatedRun(config, tiny.nodes(root / name / "state"))
 
     # sigma 1, 2 of 2 sites, delta 1e-5: epsilon 4.7 after one release, 7.1 after two
-    run_federations([config("accounted", 2, 0.0), config("budget", 3, 6.0)], num_sites=2)
-    return root, pretrained
+    run_federations([run("accounted", 2, 0.0), run("budget", 3, 6.0)])
+    return root, tiny.pretrained
 
 
 def _rows(path: Path, metric: str) -> list[dict]:
@@ -126,10 +128,10 @@ def test_uneven_rounds_release_nothing_and_the_accounting_resumes(tmp_path, monk
 
 def test_batchnorm_and_non_mean_aggregation_are_refused(tmp_path):
     model = TJNet(TJNetConfig(image_size=48, width=0.25, norm="batch"))
-    keys = shared_keys(model, "none")
+    keys = list(parameter_groups(model, ()).shared)
     with pytest.raises(ValueError, match="BatchNorm"):
         wrap_central_dp(build_strategy("fedavg", min_nodes=2), _config(tmp_path), model, keys, None)
-    local_norms = shared_keys(model, "norm")  # BatchNorm stays at the sites: allowed
+    local_norms = list(parameter_groups(model, (), "norm").shared)  # BatchNorm stays at the sites: allowed
     wrap_central_dp(build_strategy("fedavg", min_nodes=2), _config(tmp_path), model, local_norms, None)
     with pytest.raises(ValueError, match="mean aggregation"):
         wrap_central_dp(build_strategy("fedmedian", min_nodes=2), _config(tmp_path), torch.nn.Linear(1, 1), [], None)

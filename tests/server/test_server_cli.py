@@ -8,7 +8,8 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, SiteDataConfig, load_site
-from core.finetune import RoundSettings, train_site_round
+from core.finetune import train_site_round
+from core.round_settings import RoundSettings
 from core.privacy import DPConfig
 from server.cli import main
 from sim.phantom.writer import generate_site

@@ -83,3 +83,27 @@ def test_calibration_baseline_fits_on_train_and_applies_to_test(tmp_path: Path) 
     fitted = predict(model, make_loader(data.train, 64, shuffle=False, seed=0), torch.device("cpu"))
     slope, intercept = np.polyfit(fitted.predicted_months, fitted.true_months, 1)
     assert (row.extra["slope"], row.extra["intercept"]) == pytest.approx((slope, intercept), rel=1e-4)
+
+
+def test_simulated_sites_share_the_gpus_the_cores_let_train_at_once() -> None:
+    from sim.federation import site_resources
+
+    assert site_resources(4, cpu_count=2, gpu_count=0) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert site_resources(4, cpu_count=16, gpu_count=1) == {"num_cpus": 1.0, "num_gpus": 0.25}  # all four on one GPU
+    assert site_resources(4, cpu_count=2, gpu_count=1) == {"num_cpus": 1.0, "num_gpus": 0.5}  # two at a time
+    assert site_resources(2, cpu_count=16, gpu_count=4) == {"num_cpus": 1.0, "num_gpus": 1.0}  # never more than one
+    assert site_resources(4, cpu_count=16, gpu_count=1, cpus_per_site=8)["num_gpus"] == 0.5
+
+
+def test_every_stage_uses_the_configured_device(tmp_path: Path) -> None:
+    from sim.experiment import device_of, federation_runs
+
+    config = SimConfig(device="cpu", out_dir=tmp_path, strategy="fedavgm",
+                       strategy_options=(("server-momentum", 0.5),), freeze_specs=("1-3",))
+    sites = [PreparedSite("a", tmp_path / "a", "months"), PreparedSite("b", tmp_path / "b", "years")]
+    (run,) = federation_runs(config, sites, tmp_path / "pre.pt")
+    assert device_of(config) == torch.device("cpu") and run.config.device == "cpu"
+    assert [node["device"] for node in run.sites] == ["cpu", "cpu"]
+    assert [node["label-unit"] for node in run.sites] == ["months", "years"]
+    assert run.config.aggregator_options() == {"server_momentum": 0.5}
+    assert device_of(SimConfig()) == torch.device("cuda" if torch.cuda.is_available() else "cpu")

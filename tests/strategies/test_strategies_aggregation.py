@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,8 @@ def two_rounds(name: str, resume_through_torch: bool) -> tuple[np.ndarray, np.nd
     round1 = [update("A", 2, w=np.array([1.0, 2.0], np.float32)), update("B", 5, w=np.array([0.0, 1.0], np.float32))]
     glob = live.aggregate(glob, round1)
     state = live.state_dict()
-    if resume_through_torch:
+    if resume_through_torch:  # as a checkpoint stores it: JSON metadata, then torch.save
+        state = json.loads(json.dumps(state, default=str))
         buffer = io.BytesIO()
         torch.save(state, buffer)
         buffer.seek(0)
@@ -156,5 +158,6 @@ def test_aggregation_module_imports_only_numpy_the_standard_library_and_the_erro
     tree = ast.parse(Path(strategies.aggregation.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert {name.split(".")[0] for name in imported} == {"__future__", "dataclasses", "typing", "numpy", "core"}
+    assert {name.split(".")[0] for name in imported} == {"__future__", "base64", "dataclasses", "typing", "numpy",
+                                                                "core"}
     assert {name for name in imported if name.startswith("core")} == {"core.errors"}

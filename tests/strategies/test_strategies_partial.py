@@ -204,3 +204,13 @@ def test_start_runs_rounds_with_a_partial_site_and_a_failing_site() -> None:
     ]
     assert {r.status for _, _, rs in reports.calls for r in rs} == {"ok", "error"}
     assert dict(result.evaluate_metrics_clientapp[2]) == pytest.approx({"mae": 5.0})
+
+
+def test_age_group_mads_are_weighted_by_their_own_counts_and_suppressed_groups_do_not_count() -> None:
+    from strategies.partial import weighted_mean_metrics
+
+    a = {"mad-months": 10.0, "mad-0-2y": 4.0, "n-0-2y": 6, "mad-2-5y": 0.0, "n-2-5y": 0}  # 2-5y suppressed
+    b = {"mad-months": 20.0, "mad-0-2y": 8.0, "n-0-2y": 2, "mad-2-5y": 9.0, "n-2-5y": 7}
+    mean = weighted_mean_metrics([(a, 30.0), (b, 10.0)], skip=())
+    assert mean["mad-months"] == 12.5  # by num-examples
+    assert mean["mad-0-2y"] == 5.0 and mean["mad-2-5y"] == 9.0  # by n-<group>

@@ -1,0 +1,77 @@
+"""One site's message handling without the engine: what it trains, what it returns, what it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import RecordDict
+
+from client.config import SiteConfig
+from client.site import TRAIN_METRICS, SiteSession, evaluate_metric_keys
+from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from core.errors import ConfigError
+from core.model.groups import block_of_key, parameter_groups
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_federation) -> tuple[SiteConfig, Path]:
+    root = tmp_path_factory.mktemp("site")
+    tiny = tiny_federation(root, 24)
+    node = tiny.nodes(root / "state")[0]
+    return SiteConfig.from_node_config(node), tiny.pretrained
+
+
+def _state(pretrained: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(pretrained).model.state_dict()
+
+
+def test_a_site_refuses_a_pretrained_model_whose_sha256_differs(site) -> None:
+    config, pretrained = site
+    arrays = _state(pretrained)
+    SiteSession(config, arrays, {"pretrained-sha256": file_sha256(pretrained)}, RecordDict())  # the right one
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        SiteSession(config, arrays, {"pretrained-sha256": "0" * 64}, RecordDict())
+
+
+def test_the_whole_model_sent_without_a_freeze_key_comes_back_whole_and_trained(site) -> None:
+    config, pretrained = site
+    before = _state(pretrained)
+    arrays, metrics = SiteSession(config, dict(before), {"batch-size": 8}, RecordDict()).train()
+    assert list(arrays) == list(before)  # all 137-odd arrays, not blocks 4-6 only
+    assert any(not torch.equal(before[k], arrays[k]) for k in before if block_of_key(k) == 1)
+    assert metrics["frozen-depth"] == 0 and all(metrics[f"frozen-block-{b}"] == 0.0 for b in range(1, 7))
+    assert set(metrics) == set(TRAIN_METRICS)
+
+
+def test_a_site_trains_what_it_was_sent_plus_its_own_deeper_freeze(site) -> None:
+    config, pretrained = site
+    before = _state(pretrained)
+    sent = {k: before[k] for k in parameter_groups(load_checkpoint(pretrained).model, (1, 2)).shared}
+    deeper = SiteConfig(**{**config.__dict__, "freeze": (1, 2, 3, 4)})
+    arrays, metrics = SiteSession(deeper, sent, {"batch-size": 8, "freeze": "none"}, RecordDict()).train()
+    assert {block_of_key(k) for k in arrays} == {5, 6}
+    assert metrics["frozen-depth"] == 4 and metrics["frozen-block-3"] == 1.0 and metrics["frozen-block-5"] == 0.0
+
+
+def test_evaluation_keys_are_fixed_and_small_age_groups_are_suppressed(site) -> None:
+    config, pretrained = site
+    _, shown = SiteSession(SiteConfig(**{**config.__dict__, "min_group_images": 1}), _state(pretrained), {},
+                           RecordDict()).evaluate()
+    _, hidden = SiteSession(SiteConfig(**{**config.__dict__, "min_group_images": 10_000}), _state(pretrained), {},
+                            RecordDict()).evaluate()
+    assert tuple(shown) == tuple(hidden) == evaluate_metric_keys()
+    counts = {k: v for k, v in shown.items() if k.startswith("n-")}
+    assert sum(counts.values()) == shown["num-examples"] > 0
+    assert all(v == 0 for k, v in hidden.items() if k.startswith(("n-", "mad-")) and k != "mad-months")
+
+
+def test_a_site_sent_one_block_trains_only_that_block_and_one_sent_nothing_refuses(site) -> None:
+    config, pretrained = site
+    before = _state(pretrained)
+    block4 = {k: v for k, v in before.items() if block_of_key(k) == 4}
+    arrays, metrics = SiteSession(config, block4, {"batch-size": 8}, RecordDict()).train()
+    assert set(arrays) == set(block4) and metrics["frozen-block-6"] == 1.0 and metrics["frozen-block-4"] == 0.0
+    with pytest.raises(ConfigError, match="nothing to train"):
+        SiteSession(config, {}, {}, RecordDict()).train()

@@ -1,0 +1,48 @@
+"""Shared set-up of the tiny simulated federations: two phantom sites and an untrained TJ-Net."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core.checkpoint import describe, save_checkpoint
+from core.model.config import TJNetConfig
+from core.model.tjnet import TJNet
+from sim.federation import site_node_config
+from sim.phantom.writer import generate_site
+
+
+@dataclass(frozen=True)
+class TinySites:
+    """A pretrained checkpoint and two phantom site folders."""
+
+    pretrained: Path
+    sites: tuple[Path, ...]
+
+    def nodes(self, state_root: Path, per_site: tuple[dict[str, Any], ...] = (), **extra: Any) -> tuple[dict, ...]:
+        """The simulated sites' node configs (state under `state_root`; `per_site[i]` adds keys to site i)."""
+        return tuple(site_node_config(path, index, state_root / path.name, self.pretrained, **extra,
+                                      **(per_site[index] if index < len(per_site) else {}))
+                     for index, path in enumerate(self.sites))
+
+
+TinyFederation = Callable[[Path, int], TinySites]
+
+
+@pytest.fixture(scope="session")
+def tiny_federation() -> TinyFederation:
+    """A function (root, n images per site) -> the pretrained checkpoint and the site folders."""
+
+    def build(root: Path, n: int) -> TinySites:
+        sites = [generate_site(p, n, root / p, seed=i + 1, image_size=48) for i, p in enumerate(("rsna", "eu_clinic"))]
+        torch.manual_seed(0)
+        model = TJNet(TJNetConfig(image_size=48, width=0.25))
+        pretrained = save_checkpoint(root / "pretrained.pt", model, describe(model))
+        return TinySites(pretrained, tuple(sites))
+
+    return build

@@ -1,0 +1,32 @@
+"""The round settings: one record, its defaults defined once, written by the server and read back by the site."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ConfigError
+from core.round_settings import KEYS, RoundSettings
+
+
+def test_a_record_survives_the_message_round_trip() -> None:
+    sent = RoundSettings(num_rounds=5, local_epochs=2, lr=1e-3, batch_size=8, proximal_mu=0.1, seed=7,
+                         freeze=(1, 2), local_layers="norm", pretrained="/m.pt", pretrained_sha256="ab" * 32,
+                         uniform_weights=True)
+    config = sent.to_config()
+    assert set(config) == set(KEYS.values()) and config["freeze"] == "1-2"
+    assert all(isinstance(v, (int, float, str, bool)) for v in config.values())  # a Flower ConfigRecord takes them
+    assert RoundSettings.from_config(config) == sent
+
+
+def test_missing_keys_take_the_defaults_and_other_keys_are_ignored() -> None:
+    assert RoundSettings.from_config({}) == RoundSettings()
+    assert RoundSettings.from_config({"server-round": 3, "lr": "0.01"}) == RoundSettings(lr=0.01)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"lr": 0}, "lr"), ({"lr": "fast"}, "lr"), ({"batch-size": 2.5}, "batch-size"), ({"freeze": "7"}, "freeze"),
+    ({"local-layers": "all"}, "local-layers"), ({"central-dp": "maybe"}, "central-dp"), ({"num-rounds": 0}, "num-rounds"),
+])
+def test_bad_values_are_one_line_config_errors(config: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RoundSettings.from_config(config)
