@@ -106,8 +106,9 @@ def answers(comparison: Comparison, strategy: str, freeze_specs: tuple[str, ...]
         if gain > 0:
             lines += [f"Federation (freeze {best[1]}) recovers {100 * got / gain:.0f} % of the MAD reduction that "
                       f"pooling all images gives over the pretrained model ({got:.2f} of {gain:.2f} months).", ""]
-    extra = [("calibrated", "all"), (f"{strategy}+local", best[1])]
-    others = [v for key in extra for v in _verdicts(comparison, key, best if key[0] != "calibrated" else pre)]
+    pairs = [(("calibrated", "all"), pre)] + [(key, (strategy, key[1])) for key in comparison.keys
+                                               if key[0] == f"{strategy}+local"]
+    others = [v for a, b in pairs for v in _verdicts(comparison, a, b)]
     if others:
         lines += _block("Also: calibration against the pretrained model, local fine-tuning after federation "
                         "against federation", others)

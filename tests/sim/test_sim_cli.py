@@ -45,6 +45,10 @@ def test_answers_name_the_best_spec_and_the_significant_differences():
     assert "0-tongji: fedavg (freeze 1-3) is better than fedavg (freeze none) by 3.00 months" in text
     assert "1-eu: fedavg (freeze none) is better than fedavg (freeze 1-3) by 1.00 months" in text
     assert "Every site is learnable" in text
+    # local fine-tuning after federation is compared with the federation of its own freeze spec
+    local = ROWS + [_evaluation(site, "fedavg+local", "none", 1.0) for site in ("0-tongji", "1-eu")]
+    assert "fedavg+local (freeze none) is better than fedavg (freeze none) by 4.00 months" in answers(
+        Comparison(local), "fedavg", ("1-3", "none"), "1-3")
 
 
 def test_seeds_enter_the_interval_and_unlearnable_sites_are_flagged():
