@@ -85,6 +85,7 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
     out = config.out_dir
     write_results(rows, out / "results.csv")
     write_seed_rows(rows, out / "results_by_seed.csv")
+    write_predictions(rows, out / "predictions.csv")
     comparison = Comparison(rows)
     baselines = {name: comparison.mad(ALL, key).estimate for name, key in
                  (("pretrained", ("pretrained", "all")), ("site-alone", ("site-alone", config.baseline_freeze)),
@@ -111,6 +112,18 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
         report += ["![Privacy / utility](privacy_utility.png)", ""]
     (out / "report.md").write_text("\n".join(report))
     return verdict
+
+
+def write_predictions(rows: list[Evaluation], path: Path) -> None:
+    """Every test prediction (months), so the statistics can be recomputed without rerunning."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("site", "strategy", "freeze", "seed", "image", "predicted_months", "true_months"))
+        for r in rows:
+            p = r.predictions
+            for index, (pred, true) in enumerate(zip(p.predicted_months, p.true_months)):
+                writer.writerow((r.site, r.strategy, r.freeze, r.extra.get("seed", 0), index, f"{pred:.3f}",
+                                 f"{true:.3f}"))
 
 
 def write_seed_rows(rows: list[Evaluation], path: Path) -> None:

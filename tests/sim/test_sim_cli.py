@@ -9,7 +9,7 @@ from core.metrics import Predictions, compute_metrics
 from sim.__main__ import main
 from sim.config import PRESETS, preset
 from sim.experiment import Evaluation
-from sim.report import plot_age_groups, plot_rounds, write_results
+from sim.report import plot_age_groups, plot_rounds, write_predictions, write_results
 from sim.verdicts import ALL, Comparison, answers
 
 
@@ -36,6 +36,16 @@ def test_results_csv_has_one_row_per_site_and_method_with_intervals(tmp_path):
     pooled = next(r for r in rows if r["site"] == ALL and r["freeze"] == "1-3")
     assert float(pooled["mad_months"]) == pytest.approx(4.0)
     assert 3.0 <= float(pooled["mad_ci_low"]) < 4.0 < float(pooled["mad_ci_high"]) <= 5.0
+
+
+def test_predictions_are_kept_per_image(tmp_path):
+    write_predictions(ROWS, tmp_path / "predictions.csv")
+    with open(tmp_path / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 * 4
+    first = rows[4]  # tongji, fedavg 1-3, first image: 30 + 3
+    assert (first["strategy"], first["freeze"], float(first["predicted_months"]), float(first["true_months"])) == (
+        "fedavg", "1-3", 33.0, 30.0)
 
 
 def test_answers_name_the_best_spec_and_the_significant_differences():
