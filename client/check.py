@@ -19,7 +19,7 @@ import torch
 from core.central import make_loss
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
-from core.data.dataset import BoneAgeDataset, refusal_reason
+from core.data.dataset import BoneAgeDataset, refusal_detail, refusal_reason
 from core.data.manifest import Record, summarize
 from core.data.split import split_records
 from core.loss import JointLossConfig
@@ -96,7 +96,7 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
             result = preprocessor(image)
             tally.add(record.image_id, image, result, time.perf_counter() - started)
             if result.refused is not None and enforce:
-                skipped.append(Skip(record.image_id, refusal_reason(result.refused), result.refused))
+                skipped.append(Skip(record.image_id, refusal_reason(result.refused), refusal_detail(result.refused)))
                 continue
         usable.append(record)
     decode_seconds = time.perf_counter() - start

@@ -129,6 +129,11 @@ def refusal_reason(refused: str) -> str:
     return "refused: " + refused.split(" (")[0]
 
 
+def refusal_detail(refused: str) -> str:
+    """The image's particulars of a refusal: the text in its parentheses ("" when there is none)."""
+    return refused.partition(" (")[2].removesuffix(")")
+
+
 def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
             preprocess: PreprocessConfig | None) -> DecodedSplit:
     check_decoded_fit(len(records), canvas, image_size)
@@ -149,7 +154,7 @@ def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
         if preprocessor is not None:
             result = preprocessor(image)
             if result.refused is not None:
-                skipped.append(Skip(record.image_id, refusal_reason(result.refused), result.refused))
+                skipped.append(Skip(record.image_id, refusal_reason(result.refused), refusal_detail(result.refused)))
                 continue
             image = result.image
             if image.max() <= image.min():

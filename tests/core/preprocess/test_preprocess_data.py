@@ -36,6 +36,8 @@ def test_refused_images_are_skipped_and_counted_with_their_reason(site: SiteData
     data = load_site(site, 32, None, seed=0, preprocess=PreprocessConfig(canonical=False))
     summary = data.summary()
     assert summary["skipped_by_reason"] == {"refused: too small": 3}
+    skips = data.train.skipped + data.val.skipped + data.test.skipped
+    assert [s.detail for s in skips] == ["24x16 px, the shorter side needs at least 32"] * 3
     assert sum(summary["split_sizes"].values()) == 6
     plain = load_site(site, 32, None, seed=0)
     assert plain.summary()["n_skipped"] == 0 and sum(plain.summary()["split_sizes"].values()) == 9
