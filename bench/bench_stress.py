@@ -100,7 +100,7 @@ def _score(model: torch.nn.Module, preprocessor: Preprocessor | None, images: li
 
 def _row(model_name: str, transform: str, cell: Cell, clean: Cell) -> dict:
     common = [i for i in cell.errors if i in clean.errors]
-    row = {"model": model_name, "transform": transform, "n": cell.n, "scored": len(cell.errors),
+    row = {"model": model_name, "transform": transform, "n": cell.n, "scored": len(cell.errors), "paired": len(common),
            "refused_share": 1.0 - len(cell.errors) / cell.n, "refused": dict(cell.refused),
            "mad_months": float(np.mean(list(cell.errors.values()))) if cell.errors else float("nan"),
            "ms_per_image": 1000.0 * cell.preprocess_seconds / cell.n}
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown transform(s) {unknown}; known: {', '.join(STRESS)}")
     images = _images(args)
-    rows = []
+    rows, cleans = [], []
     for path in args.model:
         loaded = load_checkpoint(path)
         config = preprocess_config_of(loaded.metadata)
@@ -126,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         name = f"{Path(path).stem} ({'preprocessed' if config else 'raw'})"
         clean = _score(loaded.model, preprocessor, images, CLEAN, args.seed)
         rows.append(_row(name, CLEAN, clean, clean))
+        if cleans:  # clean MAD against the first model, on the images both scored
+            rows[-1]["versus_first"] = _row(name, "clean vs first", clean, cleans[0])
+        cleans.append(clean)
         for transform in args.transforms:
             rows.append(_row(name, transform, _score(loaded.model, preprocessor, images, transform, args.seed), clean))
             logger.info("%s %s: MAD %.2f, refused %.1f %%", name, transform, rows[-1]["mad_months"],
@@ -143,6 +146,11 @@ def format_table(rows: list[dict]) -> str:
         meets = "" if "meets_target" not in r else ("yes" if r["meets_target"] else "**no**")
         lines.append(f"| {r['model']} | {r['transform']} | {r['scored']} / {r['n']} | {100 * r['refused_share']:.1f} % "
                      f"| {r['mad_months']:.2f} | {change} | {meets} |")
+    for r in rows:
+        if "versus_first" in r:
+            v = r["versus_first"]
+            lines.append(f"\nclean, {r['model']} minus {rows[0]['model']} on the {v['paired']} images both scored: "
+                         f"{v['delta_months']:+.2f} months [{v['delta_low']:+.2f}, {v['delta_high']:+.2f}]")
     timed = [r for r in rows if r["transform"] == CLEAN and r["ms_per_image"] > 0]
     for r in timed:
         lines.append(f"\npreprocessing time, {r['model']}: {r['ms_per_image']:.1f} ms per clean image")

@@ -42,6 +42,8 @@ class PreprocessConfig:
             ``python -m client train-orientation``.
         orientation_sha256: SHA-256 of that file; filled by ``resolved()`` so a changed file is noticed.
         small_angle: also undo the small rotation the orientation model estimates (degrees).
+        decollimate: set uniform bright bands along the edges (a collimator's unexposed border) to the image's
+            darkest level, as the exposed background usually is; a no-op on images without such bands.
         segment: zero the background outside the hand mask (removes collimation, markers, text); refuses an
             image without a hand. Off by default: the threshold segmentation is reliable on the phantom, not on
             real collimated films (docs/preprocessing.md).
@@ -61,6 +63,7 @@ class PreprocessConfig:
     orientation_weights: str = PACKAGED_WEIGHTS
     orientation_sha256: str = ""
     small_angle: bool = True
+    decollimate: bool = True
     segment: bool = False
     equalize: bool = True
     clahe_clip: float = 2.0

@@ -23,7 +23,7 @@ from core.preprocess.pose import Pose, undo_pose
 from core.preprocess.quality import exposure_flags, size_flags
 from core.preprocess.register import (crop_to_mask, keypoints_from_mask, plausible, registration_matrix, regions,
                                       warp)
-from core.preprocess.segment import hand_mask
+from core.preprocess.segment import WORK_SIDE, collimation_box, hand_mask
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class Preprocessor:
                 return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
                                         f"orientation uncertain (confidence {confidence:.2f} < "
                                         f"{config.min_confidence:.2f})", pose=pose)
+        if config.decollimate:
+            image = _decollimate(image)
         mask = None
         if config.segment or config.register:
             segmentation = hand_mask(image)
@@ -103,6 +105,21 @@ class Preprocessor:
     def describe(self) -> dict[str, Any]:
         """The resolved settings (what a checkpoint stores)."""
         return self.config.to_dict()
+
+
+def _decollimate(image: np.ndarray) -> np.ndarray:
+    """Uniform bright edge bands (found on a small copy, `segment.collimation_box`) set to the darkest level."""
+    h, w = image.shape
+    ratio = min(1.0, WORK_SIDE / max(h, w))
+    small = cv2.resize(image, (max(8, round(w * ratio)), max(8, round(h * ratio))), interpolation=cv2.INTER_AREA)
+    top, bottom, left, right = collimation_box(small)
+    if (top, bottom, left, right) == (0, small.shape[0], 0, small.shape[1]):
+        return image
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    out = np.full_like(image, float(image.min()))
+    t, b, l, r = round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
+    out[t:b, l:r] = image[t:b, l:r]
+    return out
 
 
 def _pose_flags(pose: Pose) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ def test_stress_rows_for_both_models(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all(r["refused_share"] == 0 for r in raw) and raw[0]["ms_per_image"] == 0
     assert pre[2]["refused"] == {"refused: too small": pre[2]["n"]} and pre[2]["scored"] == 0  # 32 px < 40
     assert "delta_months" in raw[1] and raw[1]["delta_low"] <= raw[1]["delta_months"] <= raw[1]["delta_high"]
-    assert pre[0]["ms_per_image"] > 0
+    assert pre[0]["ms_per_image"] > 0 and pre[0]["versus_first"]["paired"] == pre[0]["scored"]
 
 
 def test_an_unknown_transform_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

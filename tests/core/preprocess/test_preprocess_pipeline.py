@@ -103,3 +103,13 @@ def test_a_full_size_non_square_file_in_each_format_comes_back_upright(phantom_i
     result = Preprocessor(PreprocessConfig(small_angle=False, equalize=False))(read_image(path))
     assert result.pose == Pose(3, True) and result.image.shape == (800, 640)
     assert np.abs(result.image - film).mean() < 0.02
+
+
+def test_a_collimation_band_is_set_to_the_darkest_level(phantom_image) -> None:
+    from core.preprocess.stress import collimation
+
+    banded = collimation(phantom_image, np.random.default_rng(0), share=0.1)
+    config = PreprocessConfig(canonical=False, equalize=False)
+    out = Preprocessor(config)(banded).image
+    assert out[:10].max() == banded.min() and np.array_equal(out[20:100, 20:100], banded[20:100, 20:100])
+    assert np.array_equal(Preprocessor(config)(phantom_image).image, phantom_image)  # no band: unchanged
