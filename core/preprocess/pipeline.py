@@ -78,7 +78,7 @@ class Preprocessor:
             flags += _pose_flags(pose)
             if confidence < config.min_confidence:
                 return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
-                                        f"orientation uncertain (confidence {confidence:.2f} < "
+                                        f"orientation uncertain (confidence {confidence:.2f}, below "
                                         f"{config.min_confidence:.2f})", pose=pose)
         if config.decollimate:
             image = _decollimate(image)
