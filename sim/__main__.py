@@ -16,7 +16,7 @@ from strategies.options import parse_option_assignments
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="default (~15 min on 2 CPU cores), smoke (CI, ~3 min), paper (500 px, GPU)")
+                        help="default (~10 min on 2 CPU cores), smoke (CI, ~3 min), paper (500 px, GPU)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/sim)")
     parser.add_argument("--cache", type=Path, default=None, help="cache of sites and pretrained models")
     parser.add_argument("--seed", type=int, default=None)
