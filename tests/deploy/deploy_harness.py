@@ -64,6 +64,16 @@ def live_processes() -> dict[int, tuple[int, int]]:
     return found
 
 
+def process_tree(root: int) -> set[int]:
+    """`root` and all its live descendants."""
+    processes = live_processes()
+    tree, grew = {root} & set(processes), True
+    while grew:
+        children = {pid for pid, (parent, _) in processes.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return tree
+
 def group_alive(group: int) -> bool:
     return any(g == group for _, g in live_processes().values())
 

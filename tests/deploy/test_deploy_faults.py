@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_harness import BIN, REPO, Processes, free_port, live_processes, port_open, wait_until
+from deploy_harness import BIN, REPO, Processes, free_port, port_open, process_tree, wait_until
 from test_deploy_loopback import Federation, _prepare_sites, _script
 
 from core.checkpoint import load_checkpoint
@@ -49,18 +49,8 @@ if os.environ.get("OSSIFL_TEST_FAULT") == "nan":
 '''
 
 
-def _tree(root: int) -> set[int]:
-    processes = live_processes()
-    tree, grew = {root} & set(processes), True
-    while grew:
-        children = {pid for pid, (parent, _) in processes.items() if parent in tree} - tree
-        tree |= children
-        grew = bool(children)
-    return tree
-
-
 def _clientapp_running(root: int) -> bool:
-    for pid in _tree(root):
+    for pid in process_tree(root):
         try:
             if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return True
@@ -70,7 +60,7 @@ def _clientapp_running(root: int) -> bool:
 
 
 def _kill_tree(root: int) -> None:
-    for pid in _tree(root):
+    for pid in process_tree(root):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -136,7 +126,7 @@ def test_a_killed_supernode_and_a_nan_site_do_not_stop_the_federation(tmp_path: 
         wait_until(lambda: _clientapp_running(victim), 120, f"{KILLED}'s ClientApp to start training")
         time.sleep(1.0)
         _kill_tree(victim)  # the SuperNode, its SuperExec and the ClientApp, mid-round
-        wait_until(lambda: not _tree(victim), 15, f"{KILLED}'s processes to die")
+        wait_until(lambda: not process_tree(victim), 15, f"{KILLED}'s processes to die")
         metrics = root / "out" / "metrics.csv"
         wait_until(lambda: metrics.exists() and any(r["phase"] == "train" for r in _rows(metrics)), 240,
                    "round 1 to end without the killed site")
@@ -169,7 +159,7 @@ def test_a_killed_supernode_and_a_nan_site_do_not_stop_the_federation(tmp_path: 
 
 
 def _serverapps(superlink: int) -> list[int]:
-    return [pid for pid in _tree(superlink) if b"flwr-serverapp" in _cmdline(pid)]
+    return [pid for pid in process_tree(superlink) if b"flwr-serverapp" in _cmdline(pid)]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_harness import BIN, REPO, Processes, free_port, live_processes, port_open, wait_until
+from deploy_harness import BIN, REPO, Processes, free_port, live_processes, port_open, process_tree, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process tracking reads /proc")
 
@@ -19,16 +19,6 @@ def _local_superlink(home: Path) -> list[str]:
             "--control-api-address", f"127.0.0.1:{free_port()}", "--fleet-api-address", f"127.0.0.1:{free_port()}",
             "--host", "127.0.0.1", "--port", str(free_port()),
             "--log-file", str(home / "local-superlink" / "superlink.log"), "--database", str(home / "state.db")]
-
-
-def _tree(root: int) -> set[int]:
-    processes = live_processes()
-    tree, grew = {root} & set(processes), True
-    while grew:
-        children = {pid for pid, (parent, _) in processes.items() if parent in tree} - tree
-        tree |= children
-        grew = bool(children)
-    return tree
 
 
 def test_stops_exactly_the_local_superlink_of_one_flower_home(tmp_path: Path) -> None:
@@ -43,12 +33,12 @@ def test_stops_exactly_the_local_superlink_of_one_flower_home(tmp_path: Path) ->
         for name, port in ports.items():
             wait_until(lambda: port_open(port), 60, f"the {name} SuperLink to listen")
         mine, colleague = (processes.started[name].pid for name in homes)
-        wait_until(lambda: len(_tree(mine)) > 1, 60, "the SuperLink to start its SuperExec")
-        mine_tree, colleague_tree = _tree(mine), _tree(colleague)
+        wait_until(lambda: len(process_tree(mine)) > 1, 60, "the SuperLink to start its SuperExec")
+        mine_tree, colleague_tree = process_tree(mine), process_tree(colleague)
 
         listed = subprocess.run([sys.executable, str(REPO / "deploy" / "stop_local.py"), "--flwr-home",
                                  str(homes["mine"]), "--dry-run"], capture_output=True, text=True, timeout=60)
-        assert listed.returncode == 0 and _tree(mine) == mine_tree
+        assert listed.returncode == 0 and process_tree(mine) == mine_tree
         assert {int(line.split()[3].rstrip(":")) for line in listed.stderr.splitlines() if "would stop" in line} \
             == mine_tree, listed.stderr
 
@@ -56,7 +46,7 @@ def test_stops_exactly_the_local_superlink_of_one_flower_home(tmp_path: Path) ->
                                  str(homes["mine"]), "--grace", "5"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         wait_until(lambda: not (mine_tree & set(live_processes())), 15, "the stopped processes to be gone")
-        assert _tree(colleague) == colleague_tree, "another Flower home's SuperLink was touched"
+        assert process_tree(colleague) == colleague_tree, "another Flower home's SuperLink was touched"
         assert port_open(ports["colleague"])
 
         again = subprocess.run([sys.executable, str(REPO / "deploy" / "stop_local.py"), "--flwr-home",
