@@ -3,7 +3,8 @@
 Checkpoints in `--runs` named `<row>_s<seed>.pt` form one row per `<row>`, one column entry per seed.
 For each row: the test MAD of each seed, their mean with a t interval over seeds, a bootstrap interval
 over seeds and images (`core.stats.bootstrap_mean`), and the paired difference to the `--baseline` row
-over the same seeds and images, in months and in percent of the baseline's MAD. Nothing is written: the
+over the same seeds and images, in months and in percent of the baseline's MAD. Each model reads its own
+preprocessing (a region model its crop); every row is scored on the images all models scored. Nothing is written: the
 predictions stay in memory (never commit predictions on RSNA images).
 
     python -m bench.bench_heads --runs runs/h15/rsna --data ../shared/data/rsna100 --baseline resnet18
@@ -22,9 +23,10 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.cli import add_data_arguments, data_config_from_args, setup_logging
-from core.data import SiteDataConfig, load_site, make_loader
+from core.data import SiteDataConfig, make_loader
 from core.data.dataset import BoneAgeDataset
-from core.preprocess import preprocess_config_of
+from core.data.views import StackedViews, load_site_views
+from core.preprocess import views_of
 from core.stats import bootstrap_mean, combine_seeds, paired_difference
 from core.training import predict
 
@@ -32,25 +34,41 @@ logger = logging.getLogger("bench.heads")
 _NAME = re.compile(r"^(?P<row>.+)_s(?P<seed>\d+)\.pt$")
 
 
-def test_errors(paths: list[Path], data: SiteDataConfig, split: str) -> dict[str, dict[int, np.ndarray]]:
-    """{row: {seed: signed errors in months on `split`, in the split's order}}."""
-    datasets: dict[tuple, BoneAgeDataset] = {}
-    errors: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+Errors = dict[str, dict[int, dict[str, float]]]  # row -> seed -> image id -> signed error in months
+
+
+def test_errors(paths: list[Path], data: SiteDataConfig, split: str) -> Errors:
+    """{row: {seed: {image id: signed error in months on `split`}}}, each model reading its own views."""
+    datasets: dict[tuple, BoneAgeDataset | StackedViews] = {}
+    errors: Errors = defaultdict(dict)
     for path in paths:
         match = _NAME.match(path.name)
         if match is None:
             continue
         loaded = load_checkpoint(path)
-        preprocess = preprocess_config_of(loaded.metadata)
-        key = (loaded.model.config.image_size, None if preprocess is None else str(preprocess.to_dict()))
+        views = views_of(loaded.metadata)
+        key = (loaded.model.config.image_size, tuple(None if v is None else str(v.to_dict()) for v in views))
         if key not in datasets:
-            site = load_site(data, key[0], None, seed=0, splits=(split,), preprocess=preprocess)
+            site = load_site_views(data, key[0], views, splits=(split,))
             datasets[key] = getattr(site, split)
-        loader = make_loader(datasets[key], 128, shuffle=False, seed=0)
+        dataset = datasets[key]
+        loader = make_loader(dataset, 128, shuffle=False, seed=0)
         result = predict(loaded.model, loader, torch.device("cpu"))
-        errors[match["row"]][int(match["seed"])] = result.predicted_months - result.true_months
-        logger.info("%s: %s MAD %.2f months", path.name, split, float(np.mean(np.abs(errors[match["row"]][int(match["seed"])]))))
+        signed = result.predicted_months - result.true_months
+        errors[match["row"]][int(match["seed"])] = dict(zip((r.image_id for r in dataset.records), signed.tolist()))
+        logger.info("%s: %s MAD %.2f months on %d images (%d skipped)", path.name, split,
+                    float(np.mean(np.abs(signed))), len(signed), len(dataset.skipped))
     return errors
+
+
+def on_common_images(errors: Errors) -> tuple[dict[str, dict[int, np.ndarray]], int]:
+    """Every row and seed on the images all of them scored (a region model refuses an image whose registration
+    failed), in one order, so rows and their paired differences are over the same images; and their number."""
+    scored = [set(by_image) for by_seed in errors.values() for by_image in by_seed.values()]
+    common = sorted(set.intersection(*scored)) if scored else []
+    aligned = {row: {seed: np.array([by_image[i] for i in common]) for seed, by_image in by_seed.items()}
+               for row, by_seed in errors.items()}
+    return aligned, len(common)
 
 
 def table(errors: dict[str, dict[int, np.ndarray]], baseline: str) -> list[str]:
@@ -88,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     torch.set_num_threads(args.threads)
     errors = test_errors(sorted(args.runs.glob("*.pt")), data_config_from_args(args), args.split)
-    print("\n".join(table(errors, args.baseline)))
+    aligned, n_common = on_common_images(errors)
+    for row, by_seed in sorted(errors.items()):
+        print(f"{row}: {', '.join(f's{seed} scored {len(by_image)}' for seed, by_image in sorted(by_seed.items()))}")
+    print(f"rows compared on the {n_common} {args.split} images every model scored\n")
+    print("\n".join(table(aligned, args.baseline)))
     return 0
 
 

@@ -27,7 +27,7 @@ from core.data.dataset import fit_to_square
 from core.data.patient import read_patient_tags
 from core.explain import heat_map, overlay, png_bytes
 from core.inference import model_input, predict_batch
-from core.preprocess import preprocessor_for
+from core.preprocess import Preprocessor, views_of
 from core.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class Predictor:
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
         self.conformal = ConformalInterval.from_dict(raw) if raw else None
-        self.preprocess = preprocessor_for(self.metadata)  # the model's own preprocessing and quality gate
+        # the model's own preprocessing and quality gate, one per view (an ensemble of region models reads several)
+        self.views = [None if view is None else Preprocessor(view) for view in views_of(self.metadata)]
         self.sex_head = has_sex_head(self.model)
         if (settings.heatmap or settings.report) and not hasattr(self.model, "block4"):
             raise CheckpointError(f"{settings.model}: heat maps and reports need a TJ-Net checkpoint")
@@ -134,17 +135,24 @@ class Predictor:
             return self._refuse(pending, f"cannot open: {exc.strerror or exc}")
         if facts.male is None and not self.sex_head:
             return self._refuse(pending, "sex unknown and this model has no sex head; give --sex or a sex column")
-        if self.preprocess is not None:
-            result = self.preprocess(pixels)
-            pending.flags.extend(result.flags)
-            row["quality_confidence"] = round(float(result.confidence), 3)
+        views = []
+        for preprocessor in self.views:
+            if preprocessor is None:
+                views.append(pixels)
+                continue
+            result = preprocessor(pixels)
+            pending.flags.extend(flag for flag in result.flags if flag not in pending.flags)
+            confidence = round(float(result.confidence), 3)
+            earlier = row["quality_confidence"]
+            row["quality_confidence"] = confidence if earlier == "" else min(confidence, earlier)
             if result.refused is not None:
                 return self._refuse(pending, f"refused by the quality gate: {result.refused}")
-            pixels = result.image
-            if pixels.max() <= pixels.min():
+            if result.image.max() <= result.image.min():
                 return self._refuse(pending, "refused by the quality gate: constant after preprocessing")
-        pending.pixels = pixels
-        pending.square, pending.tensor = model_input(pixels, self.image_size)
+            views.append(result.image)
+        inputs = [model_input(view, self.image_size) for view in views]
+        pending.pixels, pending.square = views[0], inputs[0][0]
+        pending.tensor = torch.cat([tensor for _, tensor in inputs])
         return pending
 
     def _refuse(self, pending: _Pending, reason: str) -> _Pending:

@@ -18,7 +18,8 @@ from core.data.dataset import BoneAgeDataset, DecodedSplit
 from core.loss import JointLossConfig, make_head_loss
 from core.metrics import compute_metrics
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
-from core.preprocess import PreprocessConfig, preprocess_config_of
+from core.data.views import StackedViews, decode_views, load_site_views
+from core.preprocess import PreprocessConfig, views_of
 from core.training import FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAge
 
 
 def evaluate_model(
-    model: nn.Module, dataset: BoneAgeDataset, device: torch.device, label_unit: str = "months",
+    model: nn.Module, dataset: BoneAgeDataset | StackedViews, device: torch.device, label_unit: str = "months",
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Metrics of `model` on `dataset` (see `core.metrics.compute_metrics`)."""
@@ -141,11 +142,11 @@ def evaluate_checkpoint(
     """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder."""
     loaded = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    preprocess = preprocess_config_of(loaded.metadata)
-    site = load_site(data, loaded.model.config.image_size, None, seed=0, progress=progress, preprocess=preprocess)
+    views = views_of(loaded.metadata)  # the model's own preprocessing (one per view for a region ensemble)
+    site = load_site_views(data, loaded.model.config.image_size, views, progress=progress)
     if split == "all":
         records = site.train.records + site.val.records + site.test.records
-        dataset = BoneAgeDataset(records, loaded.model.config.image_size, None, 0, progress, preprocess=preprocess)
+        dataset = decode_views(records, loaded.model.config.image_size, views, progress)
     else:
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:

@@ -5,7 +5,10 @@
 The weights and intercepts are the least-squares fit of the members' validation predictions to the
 labels (unconstrained, like the linear ensemble of the second seed document). The result is one
 checkpoint (architecture "ensemble") that holds the members' weights and the fit, so `evaluate` and
-every path that reads checkpoints take it like any model.
+every path that reads checkpoints take it like any model. Members trained on differently preprocessed images
+(a region crop beside the whole hand) each read their own: the checkpoint records the distinct settings
+(metadata "views") and which one each member reads; `evaluate` and `predict` feed every view
+(`core.data.views`), and an image one view refuses is refused for the ensemble.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import numpy as np
 import torch
 
 from core.checkpoint import architecture_of, describe, file_sha256, load_checkpoint, save_checkpoint
-from core.data import DataError, SiteDataConfig, load_site, make_loader
+from core.data import DataError, SiteDataConfig, make_loader
+from core.data.views import StackedViews, load_site_views
 from core.errors import ConfigError
 from core.data.dataset import BoneAgeDataset
+from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.metrics import compute_metrics, Predictions
 from core.model.combined import CombinedConfig, EnsembleModel, MemberSpec
 from core.training import resolve_device
@@ -58,7 +63,7 @@ def fit_linear(predictions: np.ndarray, target: np.ndarray, groups: np.ndarray, 
     return LinearFit(weights, intercepts)
 
 
-def member_predictions(model: EnsembleModel, dataset: BoneAgeDataset, device: torch.device,
+def member_predictions(model: EnsembleModel, dataset: BoneAgeDataset | StackedViews, device: torch.device,
                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """([N, members] predicted ages, [N] labels, [N] sex) on `dataset`, in order."""
     model.to(device).eval()
@@ -72,6 +77,23 @@ def member_predictions(model: EnsembleModel, dataset: BoneAgeDataset, device: to
     if not ages:
         return np.zeros((0, len(model.members))), np.zeros(0), np.zeros(0)
     return np.concatenate(ages), np.concatenate(labels), np.concatenate(sexes)
+
+
+def member_views_of(metadata: list[dict[str, Any]]) -> tuple[tuple[PreprocessConfig | None, ...], tuple[int, ...]]:
+    """(the distinct preprocessings of the members, in order of first use; the view index of each member).
+
+    A member trained on a region crop reads that crop, a whole-hand member the whole image: each is fed
+    exactly what it was trained on.
+    """
+    views: list[PreprocessConfig | None] = []
+    indices = []
+    for settings in metadata:
+        view = preprocess_config_of(settings)
+        view = None if view is None else view.resolved()
+        if view not in views:
+            views.append(view)
+        indices.append(views.index(view))
+    return tuple(views), tuple(indices)
 
 
 @dataclass(frozen=True)
@@ -90,12 +112,14 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
     if len(job.models) < 2:
         raise ConfigError("an ensemble needs at least two --models")
     loaded = [load_checkpoint(path) for path in job.models]
+    views, member_views = member_views_of([c.metadata for c in loaded])
     config = CombinedConfig(
         members=tuple(MemberSpec(architecture_of(c.model), c.model.config.to_dict()) for c in loaded),
-        per_sex=job.per_sex, names=tuple(path.name for path in job.models))
+        per_sex=job.per_sex, names=tuple(path.name for path in job.models),
+        member_views=member_views if len(views) > 1 else ())
     model = EnsembleModel(config, [c.model for c in loaded])
     device = resolve_device(job.device)
-    site = load_site(job.data, config.image_size, None, seed=0, splits=("val", "test"))
+    site = load_site_views(job.data, config.image_size, views, splits=("val", "test"))
     if len(site.val) == 0:
         raise DataError(f"{job.data.root}: the val split has no usable images to fit the ensemble on")
     val_ages, val_true, val_male = member_predictions(model, site.val, device)
@@ -115,9 +139,12 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
         columns["ensemble"] = fit.apply(ages, groups)
         report[split] = {name: compute_metrics(Predictions(pred, true, male), config.class_step_months)["mad_months"]
                          for name, pred in columns.items()} if len(true) else {}
+    settings = [None if view is None else view.to_dict() for view in views]
     metadata = describe(model, ensemble=report,
                         member_checkpoints=[{"file": str(p), "sha256": file_sha256(p)} for p in job.models],
-                        data={"root": str(job.data.root), "label_unit": job.data.label_unit})
+                        data={"root": str(job.data.root), "label_unit": job.data.label_unit,
+                              "summary": site.summary()},
+                        **({"views": settings} if len(views) > 1 else {"preprocess": settings[0]}))
     save_checkpoint(job.out, model, metadata)
     logger.info("ensemble of %d members saved to %s; val MAD %.2f months", len(loaded), job.out,
                 report["val"]["ensemble"])

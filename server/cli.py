@@ -14,7 +14,7 @@ from core.cli import add_data_arguments, data_config_from_args, run_command, set
 from core.data import AugmentConfig
 from core.errors import ConfigError
 from core.loss import JointLossConfig
-from core.preprocess import PreprocessConfig
+from core.preprocess import REGION_NAMES, PreprocessConfig
 from core.model.heads import HEAD_NAMES
 from core.training import TrainConfig
 
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preprocess", default="none",
                        help="none, default or default,key=value,... (docs/preprocessing.md); saved in the checkpoint "
                             "and applied by every command that reads images for the model")
+    train.add_argument("--region", choices=REGION_NAMES, default=None,
+                       help="train on this crop of the registered hand (switches registration on in --preprocess, "
+                            "'default' when that is none); images whose registration fails are skipped")
     train.add_argument("--no-progress", action="store_true")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a site folder")
@@ -88,6 +91,14 @@ def _model_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def _preprocess(args: argparse.Namespace) -> PreprocessConfig | None:
+    """--preprocess, switched to the --region crop of the registered hand when one is given."""
+    preprocess = PreprocessConfig.parse(args.preprocess)
+    if args.region is None:
+        return preprocess
+    return (preprocess or PreprocessConfig()).for_region(args.region)
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
@@ -100,7 +111,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                       device=args.device, num_workers=args.workers, progress=not args.no_progress),
         augment=None if args.no_augment else AugmentConfig(),
         threads=args.threads,
-        preprocess=PreprocessConfig.parse(args.preprocess),
+        preprocess=_preprocess(args),
         sex_specific=args.sex_specific,
         loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final),
     )

@@ -46,3 +46,27 @@ def tiny_federation() -> TinyFederation:
         return TinySites(pretrained, tuple(sites))
 
     return build
+
+
+@dataclass(frozen=True)
+class RegionModels:
+    """A phantom site and two TJ-Nets trained one epoch on it by `python -m server pretrain`: one on the carpal
+    crop of the registered hand (no orientation model), one on the whole images (no preprocessing)."""
+
+    site: Path
+    carpal: Path
+    whole: Path
+
+
+@pytest.fixture(scope="session")
+def region_models(tmp_path_factory: pytest.TempPathFactory) -> RegionModels:
+    from server.cli import main  # local: only the tests that use the fixture import the server
+
+    root = tmp_path_factory.mktemp("regions")
+    site = generate_site("rsna", 100, root / "site", seed=4, image_size=128)
+    common = ["pretrain", "--data", str(site), "--epochs", "1", "--image-size", "32", "--width", "0.25", "--threads",
+              "1", "--no-progress", "--seed", "0"]
+    carpal, whole = root / "carpal.pt", root / "whole.pt"
+    assert main([*common, "--out", str(carpal), "--preprocess", "default,canonical=false", "--region", "carpal"]) == 0
+    assert main([*common, "--out", str(whole)]) == 0
+    return RegionModels(site, carpal, whole)

@@ -13,6 +13,7 @@ from core.data.memory import check_decoded_fit
 from core.data.split import DEFAULT_FRACTIONS, split_records
 
 if TYPE_CHECKING:
+    from core.data.views import StackedViews
     from core.preprocess.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
@@ -20,12 +21,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SiteData:
-    """A site's manifest and its three in-memory splits."""
+    """A site's manifest and its three in-memory splits (several aligned views each: `core.data.views`)."""
 
     manifest: Manifest
-    train: BoneAgeDataset
-    val: BoneAgeDataset
-    test: BoneAgeDataset
+    train: BoneAgeDataset | StackedViews
+    val: BoneAgeDataset | StackedViews
+    test: BoneAgeDataset | StackedViews
 
     def summary(self) -> dict[str, Any]:
         """Manifest summary updated with decode skips, plus the size of each split."""

@@ -34,11 +34,24 @@ class CombinedConfig:
         members: the members' specs, in order.
         per_sex: ensemble only: one set of weights and an intercept per sex.
         names: ensemble only: a label per member (the checkpoint file it came from).
+        member_views: ensemble only: the input channel (view) each member reads, when members read differently
+            preprocessed images (e.g. region crops); empty: every member reads the one channel.
     """
 
     members: tuple[MemberSpec, ...]
     per_sex: bool = False
     names: tuple[str, ...] = field(default=())
+    member_views: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.member_views and (len(self.member_views) != len(self.members) or min(self.member_views) < 0):
+            raise ConfigError(f"member_views {list(self.member_views)} must give one view index >= 0 per member "
+                              f"({len(self.members)} members)")
+
+    @property
+    def n_views(self) -> int:
+        """Input channels the model reads: one per distinct member preprocessing."""
+        return max(self.member_views) + 1 if self.member_views else 1
 
     @property
     def image_size(self) -> int:
@@ -51,7 +64,8 @@ class CombinedConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"members": [{"architecture": m.architecture, "model_config": dict(m.model_config)}
                             for m in self.members],
-                "per_sex": self.per_sex, "names": list(self.names), "image_size": self.image_size}
+                "per_sex": self.per_sex, "names": list(self.names), "image_size": self.image_size,
+                "member_views": list(self.member_views)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "CombinedConfig":
@@ -59,7 +73,7 @@ class CombinedConfig:
         if not members:
             raise ConfigError("a combined model needs at least one member")
         return cls(members=members, per_sex=bool(values.get("per_sex", False)),
-                   names=tuple(values.get("names", ())))
+                   names=tuple(values.get("names", ())), member_views=tuple(values.get("member_views", ())))
 
 
 def _fit_size(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -132,9 +146,13 @@ class EnsembleModel(nn.Module):
         self.intercepts.copy_(intercepts)
 
     def member_predictions(self, image: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
-        """[B, members] bone ages in months."""
-        outputs = [m(_fit_size(image, spec.model_config["image_size"]), male).expected_months.float()
-                   for m, spec in zip(self.members, self.config.members)]
+        """[B, members] bone ages in months; `image` is [B, views, S, S], member m reading its own view."""
+        if image.shape[1] != self.config.n_views:
+            raise ValueError(f"this ensemble reads {self.config.n_views} view(s) per image, got {image.shape[1]} "
+                             "channel(s)")
+        views = self.config.member_views or (0,) * len(self.members)
+        outputs = [m(_fit_size(image[:, v:v + 1], spec.model_config["image_size"]), male).expected_months.float()
+                   for m, spec, v in zip(self.members, self.config.members, views)]
         return torch.stack(outputs, dim=1)
 
     def forward(self, image: torch.Tensor, male: torch.Tensor) -> AgeOutput:

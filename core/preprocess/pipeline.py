@@ -15,14 +15,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.errors import ConfigError
 from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND, REGISTRATION_FAILED, ROTATED,
                                     PreprocessConfig)
 from core.preprocess.contrast import equalize
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.pose import Pose, undo_pose
 from core.preprocess.quality import exposure_flags, size_flags
-from core.preprocess.register import (crop_to_mask, keypoints_from_mask, plausible, registration_matrix, regions,
-                                      warp)
+from core.preprocess.register import (crop_to_mask, keypoints_from_mask, plausible, region_crop,
+                                      registration_matrix, regions, warp)
 from core.preprocess.segment import WORK_SIDE, collimation_box, hand_mask
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class PreprocessResult:
 
     Attributes:
         image: the canonical image, 2-D float32 in [0, 1] (the input unchanged in size when nothing was refused
-            and no registration ran).
+            and no registration ran; the settings' region crop of the registered image when they name one).
         flags: quality flags (see `core.preprocess.config.FLAGS`).
         confidence: how sure the orientation model is of the pose it undid (1.0 when it did not run).
         refused: a one-line reason when the image must not be used, else None.
@@ -99,7 +100,14 @@ class Preprocessor:
             image, registered = _register(image, mask, config.output_size)
             if not registered:
                 flags += (REGISTRATION_FAILED,)
+                if config.region:
+                    return PreprocessResult(image, flags, confidence,
+                                            f"registration failed (the {config.region} model reads a crop of the "
+                                            "registered hand; the key points of this hand are implausible)",
+                                            pose=pose)
         cut = regions(image) if config.regions else {}
+        if config.region:
+            image = region_crop(image, config.region)
         return PreprocessResult(image, flags, confidence, None, cut, pose)
 
     def describe(self) -> dict[str, Any]:
@@ -154,9 +162,28 @@ def _fit(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess_config_of(checkpoint_metadata: dict[str, Any] | None) -> PreprocessConfig | None:
-    """The settings a checkpoint's model was trained with; None when it records none (the old behaviour)."""
+    """The settings a checkpoint's model was trained with; None when it records none (the old behaviour).
+
+    Raises:
+        ConfigError: the checkpoint is an ensemble whose members read differently preprocessed images (e.g.
+            region crops beside the whole hand): only the paths that read `views_of` (evaluate, predict,
+            ensemble) can feed it.
+    """
+    views = (checkpoint_metadata or {}).get("views") or ()
+    if len(views) > 1:
+        raise ConfigError(f"this ensemble's members read {len(views)} differently preprocessed views of each image "
+                          "(e.g. region crops); only evaluate, predict and ensemble take it, not training, "
+                          "calibration or a site")
     settings = (checkpoint_metadata or {}).get("preprocess")
     return PreprocessConfig.from_dict(settings) if settings else None
+
+
+def views_of(checkpoint_metadata: dict[str, Any] | None) -> tuple[PreprocessConfig | None, ...]:
+    """The preprocessing of each input channel: an ensemble's distinct member settings, else the one setting."""
+    views = (checkpoint_metadata or {}).get("views")
+    if views:
+        return tuple(None if view is None else PreprocessConfig.from_dict(view) for view in views)
+    return (preprocess_config_of(checkpoint_metadata),)
 
 
 def preprocessor_for(checkpoint_metadata: dict[str, Any]) -> Preprocessor | None:

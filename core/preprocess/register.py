@@ -96,8 +96,13 @@ def crop_to_mask(image: np.ndarray, mask: np.ndarray, margin: float = 0.04) -> n
     return image[max(0, rows[0] - pad_y):min(h, rows[-1] + 1 + pad_y), max(0, cols[0] - pad_x):min(w, cols[-1] + 1 + pad_x)]
 
 
+def region_crop(image: np.ndarray, name: str) -> np.ndarray:
+    """One region crop (a name of REGION_BOXES) of a registered square image."""
+    h, w = image.shape
+    t, b, l, r = REGION_BOXES[name]
+    return np.ascontiguousarray(image[round(t * h):round(b * h), round(l * w):round(r * w)])
+
+
 def regions(image: np.ndarray) -> dict[str, np.ndarray]:
     """The three region crops of a registered square image."""
-    h, w = image.shape
-    return {name: np.ascontiguousarray(image[round(t * h):round(b * h), round(l * w):round(r * w)])
-            for name, (t, b, l, r) in REGION_BOXES.items()}
+    return {name: region_crop(image, name) for name in REGION_BOXES}
