@@ -40,7 +40,8 @@ def _reply(msg: Message, context: Context, kind: str, work: Callable[[SiteSessio
     server_config = msg.content["config"]
     try:
         site = SiteConfig.from_node_config(context.node_config, str(server_config.get("pretrained", "")))
-        session = SiteSession(site, msg.content["arrays"].to_torch_state_dict(), server_config, context.state)
+        session = SiteSession(site, msg.content["arrays"].to_torch_state_dict(), server_config, context.state,
+                             msg.metadata.run_id)
         arrays, metrics = work(session)
     except SITE_ERRORS as exc:
         logger.error("site refused the %s request: %s", kind, exc)

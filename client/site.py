@@ -20,6 +20,7 @@ from core.data import AugmentConfig, DataError, SiteData
 from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.errors import USER_ERRORS
 from core.finetune import load_arrays, train_site_round
+from core.local_layers import LocalLayers, load_local_layers, save_local_layers
 from core.metrics import AGE_GROUPS_YEARS, age_group_label
 from core.model.groups import blocks_not_received, parameter_groups
 from core.preprocess import preprocess_config_of
@@ -54,19 +55,20 @@ class SiteSession:
     """The site's model for one message: pretrained weights, then the server's arrays on top."""
 
     def __init__(self, site: SiteConfig, arrays: dict[str, torch.Tensor], server_config: Mapping[str, Any],
-                 state: RecordDict) -> None:
-        self.site, self.state = site, state
+                 state: RecordDict, run_id: int = 0) -> None:
+        self.site, self.state, self.run_id = site, state, run_id
         self.settings = RoundSettings.from_config(server_config)
         self.received_keys = list(arrays)
         checkpoint, digest = PRETRAINED.load(site.pretrained)
         expected = self.settings.pretrained_sha256
         if expected and digest != expected:
             raise CheckpointError(f"{site.pretrained} is not the pretrained model of this run (SHA-256 differs)")
-        self.model = checkpoint.model
+        self.model, self.pretrained_sha256 = checkpoint.model, digest
         self.preprocess = preprocess_config_of(checkpoint.metadata)  # the images as the model was trained on
         load_arrays(self.model, arrays)
-        if LOCAL_LAYERS_KEY in state.array_records:
-            load_arrays(self.model, state.array_records[LOCAL_LAYERS_KEY].to_torch_state_dict())
+        kept = self._kept_layers()
+        if kept:
+            load_arrays(self.model, kept)
         self.device = resolve_device(site.device)
         self.round = int(server_config.get("server-round", 0))
 
@@ -127,11 +129,22 @@ class SiteSession:
         reply["site-id"] = _numeric_id(self.site.site_id)
         return {}, reply
 
+    def _kept_layers(self) -> dict[str, torch.Tensor] | None:
+        """FedBN: this run's local layers, from the node state or (after a SuperNode restart) the state folder."""
+        if LOCAL_LAYERS_KEY in self.state.array_records:
+            return self.state.array_records[LOCAL_LAYERS_KEY].to_torch_state_dict()
+        saved = load_local_layers(self.site.state_dir) if self.settings.local_layers != "none" else None
+        if saved and (saved.run_id, saved.pretrained_sha256) == (self.run_id, self.pretrained_sha256):
+            return saved.layers
+        return None
+
     def _keep_local_layers(self, local: tuple[str, ...]) -> None:
-        """FedBN: the site's normalisation layers stay in its state for the next round."""
+        """FedBN: the site's normalisation layers stay in its state for the next round and in its state folder."""
         if local:
             state = self.model.state_dict()
-            self.state.array_records[LOCAL_LAYERS_KEY] = ArrayRecord({k: state[k] for k in local})
+            kept = {k: state[k] for k in local}
+            self.state.array_records[LOCAL_LAYERS_KEY] = ArrayRecord(kept)
+            save_local_layers(self.site.state_dir, LocalLayers(kept, self.run_id, self.round, self.pretrained_sha256))
 
 
 def _numeric_id(site_id: str) -> int:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core.data import SiteDataConfig
 from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
 from core.round_settings import RoundSettings
@@ -39,6 +40,13 @@ class RealSite:
     id_column: str = "id"
     age_column: str = "boneage"
     sex_column: str = "male"
+
+    @property
+    def data(self) -> SiteDataConfig:
+        """The site as the data contract reads it (refuses an unknown unit or columns that coincide)."""
+        return SiteDataConfig(root=self.path, csv_name=self.csv_name, image_dir=self.image_dir,
+                              id_column=self.id_column, age_column=self.age_column, sex_column=self.sex_column,
+                              label_unit=self.label_unit)
 
     @classmethod
     def parse(cls, text: str) -> "RealSite":

@@ -9,7 +9,11 @@ from pathlib import Path
 import torch
 
 from client.config import state_folder_name
+from core.checkpoint import load_checkpoint
 from core.data import load_site, make_loader
+from core.errors import FederationFailed
+from core.finetune import load_arrays
+from core.local_layers import load_local_layers
 from core.data.dataset import BoneAgeDataset
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
@@ -19,7 +23,7 @@ from core.training import predict, resolve_device
 from server.config import FederationConfig
 from server.outcome import FederationOutcome
 from sim.config import SimConfig
-from sim.federation import SimulatedRun, site_node_config
+from sim.federation import SimulatedRun, manifest_keys, site_node_config
 from sim.sites import PreparedSite
 
 logger = logging.getLogger("ossifl.sim")
@@ -58,26 +62,54 @@ def device_of(config: SimConfig) -> torch.device:
     return resolve_device(config.device)
 
 
+def fedbn_name(strategy: str) -> str:
+    """The method name of FedBN rows: the run's strategy with each site's normalisation layers kept local."""
+    return f"{strategy}+fedbn"
+
+
 def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Path) -> list[SimulatedRun]:
-    """One federated run per freeze spec (and per DP noise level when asked), each site as its node config."""
-    runs: list[tuple[str, str, dict]] = [(spec, f"{config.strategy}_freeze-{spec}", {}) for spec in config.freeze_specs]
+    """One federated run per freeze spec, one with the norm layers kept at the sites (FedBN, at the baseline
+    freeze spec) and one per DP noise level when asked; each site as its node config."""
+    base = config.baseline_freeze
+    runs: list[tuple[str, str, str, dict]] = [(spec, f"{config.strategy}_freeze-{spec}", "none", {})
+                                              for spec in config.freeze_specs]
+    runs.append((base, f"{config.strategy}_freeze-{base}_fedbn", "norm", {}))
     for sigma in config.dp_noise_multipliers:
-        runs.append((config.baseline_freeze, f"{config.strategy}_freeze-{config.baseline_freeze}_dp-{sigma:g}",
+        runs.append((base, f"{config.strategy}_freeze-{base}_dp-{sigma:g}", "none",
                      {"dp-noise-multiplier": sigma, "dp-max-grad-norm": config.dp_max_grad_norm,
                       "dp-seed": config.seed}))
     result = []
-    for spec, name, dp in runs:
+    for spec, name, local_layers, dp in runs:
         out = config.out_dir / "federations" / name
         settings = RoundSettings(num_rounds=config.rounds, local_epochs=config.local_epochs, lr=config.lr,
-                                 batch_size=config.batch_size, seed=config.seed, freeze=parse_freeze_spec(spec))
+                                 batch_size=config.batch_size, seed=config.seed, freeze=parse_freeze_spec(spec),
+                                 local_layers=local_layers)
         federation = FederationConfig(pretrained=pretrained, settings=settings, out_dir=out, strategy=config.strategy,
                                       strategy_options=dict(config.strategy_options), min_nodes=len(sites),
                                       wandb=config.wandb, device=config.device)
         state = out / "site-state"
         nodes = tuple(site_node_config(site.path, index, state / state_folder_name(site.path), pretrained,
-                                       site.label_unit, config.device, **dp) for index, site in enumerate(sites))
+                                       site.label_unit, config.device, **manifest_keys(site.data), **dp)
+                      for index, site in enumerate(sites))
         result.append(SimulatedRun(federation, nodes))
     return result
+
+
+def evaluate_fedbn(outcome: FederationOutcome, run: SimulatedRun, sites: list[PreparedSite],
+                   tests: dict[str, BoneAgeDataset], strategy: str, device: torch.device) -> list[Evaluation]:
+    """Each site's FedBN model on its own test split: the federated model with that site's own normalisation
+    layers, as the site kept them in its state folder after the last round it trained in."""
+    last = outcome.rounds[-1] if outcome.rounds else None
+    rows = []
+    for index, site in enumerate(sites):
+        kept = load_local_layers(Path(run.sites[index]["state-dir"]))
+        if last is None or str(index) not in last.train or kept is None or kept.round != last.round:
+            raise FederationFailed(f"FedBN: site {site.name} did not train in the last round ({outcome.rounds_done}), "
+                                   "so it has no normalisation layers of this run; see the log above")
+        model = load_checkpoint(outcome.final_checkpoint).model
+        load_arrays(model, kept.layers)
+        rows += evaluate_everywhere(model, [site], tests, fedbn_name(strategy), run.config.freeze, device)
+    return rows
 
 
 def per_round_mad(outcome: FederationOutcome, sites: list[PreparedSite]) -> dict[str, list[float]]:

@@ -21,6 +21,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from core.data import SiteDataConfig
 from core.errors import FederationFailed
 from server.config import FederationConfig
 from server.federation import run_federation
@@ -44,6 +45,12 @@ def site_node_config(data: Path, site_id: int, state_dir: Path, pretrained: Path
     """A simulated site's node config: the keys of `deploy/site.toml`, decoded images kept in memory."""
     return {"data-path": str(data), "label-unit": label_unit, "site-id": site_id, "state-dir": str(state_dir),
             "pretrained": str(pretrained), "device": device, "decode-cache": "none", **extra}
+
+
+def manifest_keys(data: SiteDataConfig) -> dict[str, str]:
+    """The node config keys (`deploy/site.toml`) that declare a site's manifest: file, image folder, columns."""
+    return {"csv": data.csv_name, "image-dir": data.image_dir, "id-column": data.id_column,
+            "age-column": data.age_column, "sex-column": data.sex_column}
 
 
 class _TaggedGrid:

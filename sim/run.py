@@ -12,8 +12,8 @@ from core.checkpoint import load_checkpoint
 from core.preprocess import preprocess_config_of
 from sim.baselines import federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
-from sim.experiment import (Evaluation, device_of, epsilon_by_site, evaluate_everywhere, federation_runs,
-                            load_test_splits, per_round_mad)
+from sim.experiment import (Evaluation, device_of, epsilon_by_site, evaluate_everywhere, evaluate_fedbn,
+                            federation_runs, load_test_splits, per_round_mad)
 from sim.federation import run_federations
 from sim.report import write_report
 from sim.sites import prepare_sites, pretrained_model
@@ -44,8 +44,8 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     for repetition in repetitions:
         rows += run_baselines(repetition, sites, pretrained, tests)
     runs = [(repetition, run) for repetition in repetitions for run in federation_runs(repetition, sites, pretrained)]
-    logger.info("[4/%d] %d federated runs of %d rounds on %d sites, one engine session", stages, len(runs),
-                config.rounds, len(sites))
+    logger.info("[4/%d] %d federated runs of %d rounds on %d sites (FedBN among them), one engine session", stages,
+                len(runs), config.rounds, len(sites))
     outcomes = run_federations([run for _, run in runs])
     logger.info("[5/%d] federated models, then fine-tuned locally at each site (freeze %s)", stages,
                 config.baseline_freeze)
@@ -54,9 +54,12 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     for (repetition, run), outcome in zip(runs, outcomes):
         fed = run.config
         dp = any("dp-noise-multiplier" in node for node in run.sites)
-        name = fed.out_dir.name if dp else config.strategy
-        fed_rows = evaluate_everywhere(load_checkpoint(outcome.final_checkpoint).model, sites, tests, name, fed.freeze,
-                                       device_of(config))
+        fedbn = fed.settings.local_layers != "none"
+        if fedbn:
+            fed_rows = evaluate_fedbn(outcome, run, sites, tests, config.strategy, device_of(config))
+        else:
+            fed_rows = evaluate_everywhere(load_checkpoint(outcome.final_checkpoint).model, sites, tests,
+                                           fed.out_dir.name if dp else config.strategy, fed.freeze, device_of(config))
         epsilons = epsilon_by_site(outcome, sites)
         options = format_options({k: float(v) for k, v in outcome.settings.items() if k in OPTIONS})
         for row in fed_rows:
@@ -66,7 +69,7 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
         rows += fed_rows
         if repetition.seed == config.seed:
             curves[fed.out_dir.name] = per_round_mad(outcome, sites)
-        if not dp and fed.freeze == config.baseline_freeze:
+        if not dp and not fedbn and fed.freeze == config.baseline_freeze:
             rows += federated_then_local(repetition, sites, outcome.final_checkpoint, fed.freeze, tests)
     logger.info("[6/%d] report", stages)
     seconds = time.perf_counter() - started

@@ -10,24 +10,27 @@ from pathlib import Path
 
 from core.central import PretrainJob, pretrain
 from core.checkpoint import CheckpointError
-from core.data import AugmentConfig, DataError, SiteDataConfig
+from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest
 from core.training import TrainConfig
 from sim.config import SimConfig, SiteSpec
 from sim.phantom.writer import generate_site
 
 logger = logging.getLogger("ossifl.sim")
-DEFAULT_LAYOUT = ("labels.csv", "images", "id", "boneage", "male")
 
 
 @dataclass(frozen=True)
 class PreparedSite:
+    """A hospital site of the comparison; `declared`: a real site's manifest as the experiment declared it
+    (file and column names, unit); without it the site has the RSNA layout (phantom sites)."""
+
     name: str
     path: Path
     label_unit: str
+    declared: SiteDataConfig | None = None
 
     @property
     def data(self) -> SiteDataConfig:
-        return SiteDataConfig(root=self.path, label_unit=self.label_unit)
+        return self.declared or SiteDataConfig(root=self.path, label_unit=self.label_unit)
 
 
 def prepare_site(spec: SiteSpec, image_size: int, seed: int, cache_dir: Path, name: str) -> PreparedSite:
@@ -46,24 +49,29 @@ def prepare_site(spec: SiteSpec, image_size: int, seed: int, cache_dir: Path, na
 
 
 def real_sites(config: SimConfig) -> list[PreparedSite]:
-    """The researcher's own site folders, checked before anything is trained."""
+    """The researcher's own site folders, read with the data contract before anything is trained."""
     sites = []
+    names = [s.path.name for s in config.real_sites]
     for index, site in enumerate(config.real_sites):
-        if not (site.path / site.csv_name).is_file():
-            raise DataError(f"site {site.path}: no {site.csv_name} (a site folder holds labels.csv and images/)")
-        if (site.csv_name, site.image_dir, site.id_column, site.age_column, site.sex_column) != DEFAULT_LAYOUT:
-            raise DataError(f"site {site.path}: simulated federation sites read the RSNA layout "
-                            f"({', '.join(DEFAULT_LAYOUT)}); other file or column names are not supported yet")
         declared = site.path / "site.json"
         if declared.is_file():
             unit = json.loads(declared.read_text()).get("label_unit", site.label_unit)
             if unit != site.label_unit:
                 raise DataError(f"site {site.path}: its site.json says labels are in {unit}, the run was told "
                                 f"{site.label_unit}; pass {site.path}:{unit}")
-        names = [s.path.name for s in config.real_sites]
-        default = site.path.name if names.count(site.path.name) == 1 else f"{index}-{site.path.name}"
-        sites.append(PreparedSite(name=site.name or default, path=site.path,
-                                  label_unit=site.label_unit))
+        data = site.data
+        if not data.csv_path.is_file():
+            raise DataError(f"site {site.path}: no {data.csv_name} (a site folder holds its labels CSV and images)")
+        manifest = load_manifest(data)  # missing file or column: one line; bad rows: skipped and counted
+        summary = manifest.summary()
+        if not manifest.records:
+            raise DataError(f"site {site.path}: no usable images in {data.csv_name} ({summary['n_skipped']} rows "
+                            f"skipped: {summary['skipped_by_reason']})")
+        name = site.name or (site.path.name if names.count(site.path.name) == 1 else f"{index}-{site.path.name}")
+        logger.info("site %s: %d usable images, %d rows skipped %s (ages in %s, column %r)", name,
+                    summary["n_usable"], summary["n_skipped"], summary["skipped_by_reason"] or "", data.label_unit,
+                    data.age_column)
+        sites.append(PreparedSite(name=name, path=site.path, label_unit=site.label_unit, declared=data))
     return sites
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.stats import Interval, bootstrap_mean, paired_difference
-from sim.experiment import Evaluation
+from sim.experiment import Evaluation, fedbn_name
 
 ALL = "all sites"
 Key = tuple[str, str]  # (strategy, freeze)
@@ -112,6 +112,12 @@ def answers(comparison: Comparison, strategy: str, freeze_specs: tuple[str, ...]
     if others:
         lines += _block("Also: calibration against the pretrained model, local fine-tuning after federation "
                         "against federation", others)
+    fedbn = [(key, other) for key in comparison.keys if key[0] == fedbn_name(strategy)
+             for other in ((strategy, key[1]), ("site-alone", key[1]))]
+    kept = [v for a, b in fedbn for v in _verdicts(comparison, a, b)]
+    if kept:
+        lines += _block("FedBN (each site keeps its own normalisation layers) against plain federation and against "
+                        "each site alone (same freeze spec)", kept)
     lines += learnability(comparison)
     if len(federated) > 1:
         widths = [comparison.difference(ALL, a, b) for a in federated for b in federated if a < b]

@@ -12,6 +12,7 @@ from client.config import SiteConfig
 from client.site import TRAIN_METRICS, SiteSession, evaluate_metric_keys
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from core.errors import ConfigError
+from core.local_layers import load_local_layers
 from core.model.groups import block_of_key, parameter_groups
 
 
@@ -75,3 +76,22 @@ def test_a_site_sent_one_block_trains_only_that_block_and_one_sent_nothing_refus
     assert set(arrays) == set(block4) and metrics["frozen-block-6"] == 1.0 and metrics["frozen-block-4"] == 0.0
     with pytest.raises(ConfigError, match="nothing to train"):
         SiteSession(config, {}, {}, RecordDict()).train()
+
+
+def test_fedbn_layers_outlive_a_supernode_restart_of_the_same_run_only(site, tmp_path) -> None:
+    config, pretrained = site
+    config = SiteConfig(**{**config.__dict__, "state_dir": tmp_path / "state"})
+    before = _state(pretrained)
+    groups = parameter_groups(load_checkpoint(pretrained).model, (1, 2, 3), "norm")
+    sent = {k: before[k] for k in groups.shared}
+    server = {"batch-size": 8, "freeze": "1-3", "local-layers": "norm", "server-round": 1}
+    arrays, _ = SiteSession(config, sent, server, RecordDict(), run_id=7).train()
+    assert arrays and not set(arrays) & set(groups.local)
+    kept = load_local_layers(config.state_dir)
+    assert (kept.run_id, kept.round, kept.pretrained_sha256) == (7, 1, file_sha256(pretrained))
+    assert set(kept.layers) == set(groups.local) and any(not torch.equal(kept.layers[k], before[k]) for k in kept.layers)
+    # a restarted SuperNode has an empty node state: the same run takes the kept layers, another run the pretrained ones
+    restarted = SiteSession(config, sent, {**server, "server-round": 2}, RecordDict(), run_id=7).model.state_dict()
+    other = SiteSession(config, sent, server, RecordDict(), run_id=8).model.state_dict()
+    assert all(torch.equal(restarted[k], kept.layers[k]) for k in groups.local)
+    assert all(torch.equal(other[k], before[k]) for k in groups.local)

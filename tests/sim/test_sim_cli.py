@@ -61,6 +61,18 @@ def test_answers_name_the_best_spec_and_the_significant_differences():
         Comparison(local), "fedavg", ("1-3", "none"), "1-3")
 
 
+def test_fedbn_is_compared_with_plain_federation_and_each_site_alone():
+    rows = ROWS + [_evaluation(site, "fedavg+fedbn", "1-3", offset) for site, offset in (("0-tongji", 1.0),
+                                                                                        ("1-eu", 5.0))]
+    rows += [_evaluation(site, "site-alone", "1-3", 2.0) for site in ("0-tongji", "1-eu")]
+    text = answers(Comparison(rows), "fedavg", ("1-3", "none"), "1-3")
+    block = text.split("**FedBN")[1]
+    assert "0-tongji: fedavg+fedbn (freeze 1-3) is better than fedavg (freeze 1-3) by 2.00 months" in block
+    assert "1-eu: fedavg+fedbn (freeze 1-3) and fedavg (freeze 1-3) cannot be told apart" in block
+    assert "1-eu: site-alone (freeze 1-3) is better than fedavg+fedbn (freeze 1-3) by 3.00 months" in block
+    assert "all sites: fedavg+fedbn (freeze 1-3) and site-alone (freeze 1-3)" in block
+
+
 def test_seeds_enter_the_interval_and_unlearnable_sites_are_flagged():
     rows = [_evaluation("a", "pretrained", "all", 5.0, seed) for seed in (0, 1)]
     rows += [_evaluation("a", "fedavg", "1-3", offset, seed) for seed, offset in ((0, 3.0), (1, 7.0))]

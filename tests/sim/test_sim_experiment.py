@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from core.data import SiteDataConfig, load_site, make_loader
+from client.config import SiteConfig
+from core.data import DataError, SiteDataConfig, load_site, make_loader
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.training import predict
 from sim.__main__ import main
 from sim.baselines import calibrated, seeded
 from sim.config import RealSite, SimConfig, load_experiment, preset
+from sim.experiment import federation_runs
 from sim.sites import PreparedSite, real_sites
 
 
@@ -24,12 +28,16 @@ def test_site_arguments_and_experiment_files(tmp_path: Path) -> None:
     assert RealSite.parse("c:\\data") == RealSite(Path("c:\\data"), "months")
     (tmp_path / "exp.toml").write_text(
         'pretrained = "model.pt"\nseeds = 3\nfreeze = ["1-3", "none"]\nrounds = 2\n'
-        '[[sites]]\npath = "hospital_a"\nlabel_unit = "years"\n[[sites]]\npath = "hospital_b"\nname = "b"\n')
+        '[[sites]]\npath = "hospital_a"\nlabel_unit = "years"\n[[sites]]\npath = "hospital_b"\nname = "b"\n'
+        '[[sites]]\npath = "c"\ncsv = "scan.csv"\nimage_dir = "png"\nid_column = "image"\nage_column = "age_y"\n'
+        'sex_column = "sex"\n')
     overrides = load_experiment(tmp_path / "exp.toml")
     config = preset(overrides.pop("preset"), **overrides)
     assert config.pretrained == tmp_path / "model.pt" and config.seeds == 3 and config.rounds == 2
     assert config.freeze_specs == ("1-3", "none") and config.seed_list() == [0, 1, 2]
-    assert config.real_sites == (RealSite(tmp_path / "hospital_a", "years"), RealSite(tmp_path / "hospital_b", name="b"))
+    assert config.real_sites == (RealSite(tmp_path / "hospital_a", "years"), RealSite(tmp_path / "hospital_b", name="b"),
+                                 RealSite(tmp_path / "c", csv_name="scan.csv", image_dir="png", id_column="image",
+                                          age_column="age_y", sex_column="sex"))
     several = seeded(config, 2)
     assert several.seed == 2 and several.out_dir == config.out_dir / "seed-2"
     (tmp_path / "bad.toml").write_text('sources = "x"\n')
@@ -37,18 +45,48 @@ def test_site_arguments_and_experiment_files(tmp_path: Path) -> None:
         load_experiment(tmp_path / "bad.toml")
 
 
+def _write_site(folder: Path, lines: list[str], csv_name: str = "labels.csv", image_dir: str = "images") -> Path:
+    """A real-looking site folder: the manifest `lines` and a small PNG for every id in the first column."""
+    (folder / image_dir).mkdir(parents=True)
+    (folder / csv_name).write_text("\n".join(lines) + "\n")
+    for line in lines[1:]:
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 32), dtype=np.uint8)).save(folder / image_dir / f"{line.split(',')[0]}.png")
+    return folder
+
+
 def test_real_sites_are_checked_before_anything_trains(tmp_path: Path) -> None:
-    site = tmp_path / "h"
-    site.mkdir()
-    (site / "labels.csv").write_text("id,boneage,male\n")
+    site = _write_site(tmp_path / "h", ["id,boneage,male", "a,10,1"])
     (site / "site.json").write_text(json.dumps({"label_unit": "years"}))
     with pytest.raises(Exception, match="pass .*:years"):
         real_sites(SimConfig(real_sites=(RealSite(site, "months"),)))
     assert real_sites(SimConfig(real_sites=(RealSite(site, "years"),)))[0].label_unit == "years"
     with pytest.raises(Exception, match="no labels.csv"):
         real_sites(SimConfig(real_sites=(RealSite(tmp_path / "missing"),)))
-    with pytest.raises(Exception, match="not supported yet"):
-        real_sites(SimConfig(real_sites=(RealSite(site, "years", age_column="age"),)))
+    empty = _write_site(tmp_path / "e", ["id,boneage,male", "a,10,unknown"])
+    with pytest.raises(DataError, match="no usable images"):
+        real_sites(SimConfig(real_sites=(RealSite(empty),)))
+
+
+def test_a_site_declares_its_own_file_columns_and_unit_and_every_stage_reads_them(tmp_path: Path) -> None:
+    lines = ["image,age_years,sex", "a,2,M", "b,11.5,F", "c,not-a-number,F", "d,7,F"]
+    folder = _write_site(tmp_path / "tongji", lines, csv_name="scan.csv", image_dir="png")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    declared = RealSite(folder, "years", csv_name="scan.csv", image_dir="png", id_column="image",
+                        age_column="age_years", sex_column="sex")
+    (site,) = real_sites(SimConfig(real_sites=(declared,)))
+    data = load_site(site.data, 32, None, seed=0)
+    records = [*data.train.records, *data.val.records, *data.test.records]
+    assert sorted((r.image_id, r.age_months, r.male) for r in records) == [
+        ("a", 24.0, True), ("b", 138.0, False), ("d", 84.0, False)]  # c skipped (age not a number), counted
+    (run, _) = federation_runs(SimConfig(out_dir=tmp_path / "o", freeze_specs=("1-3",)), [site], tmp_path / "p.pt")
+    assert SiteConfig.from_node_config(run.sites[0]).data == site.data  # the simulated site reads the same manifest
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # nothing written or changed
+    wrong = replace(declared, age_column="age")
+    with pytest.raises(DataError, match="missing age column 'age'; columns found: image, age_years, sex") as caught:
+        real_sites(SimConfig(real_sites=(wrong,)))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(DataError, match="columns must differ"):
+        real_sites(SimConfig(real_sites=(replace(declared, sex_column="image"),)))
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -59,9 +97,7 @@ def test_real_sites_are_checked_before_anything_trains(tmp_path: Path) -> None:
     (["--experiment", "missing.toml"], "cannot read experiment file"),
 ])
 def test_bad_real_data_options_are_one_line_errors(argv, message, tmp_path: Path, capsys) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "labels.csv").write_text("id,boneage,male\n")
+    site = _write_site(tmp_path / "site", ["id,boneage,male", "a,100,1"])
     argv = [str(site) if a == "SITE" else a for a in argv]
     assert main([*argv, "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
@@ -101,9 +137,9 @@ def test_every_stage_uses_the_configured_device(tmp_path: Path) -> None:
     config = SimConfig(device="cpu", out_dir=tmp_path, strategy="fedavgm",
                        strategy_options=(("server-momentum", 0.5),), freeze_specs=("1-3",))
     sites = [PreparedSite("a", tmp_path / "a", "months"), PreparedSite("b", tmp_path / "b", "years")]
-    (run,) = federation_runs(config, sites, tmp_path / "pre.pt")
-    assert device_of(config) == torch.device("cpu") and run.config.device == "cpu"
-    assert [node["device"] for node in run.sites] == ["cpu", "cpu"]
+    run, fedbn = federation_runs(config, sites, tmp_path / "pre.pt")
+    assert device_of(config) == torch.device("cpu") and run.config.device == fedbn.config.device == "cpu"
+    assert [node["device"] for node in (*run.sites, *fedbn.sites)] == ["cpu"] * 4
     assert [node["label-unit"] for node in run.sites] == ["months", "years"]
     assert run.config.aggregator_options() == {"server_momentum": 0.5}
     assert device_of(SimConfig()) == torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,67 @@
+"""FedBN's site-kept layers on disk: the normalisation layers a site trained and never sent.
+
+A site running with `local-layers = "norm"` keeps those layers in its node state between the messages
+of a run; it also writes them to `<state-dir>/local_layers.pt` after every round it trains, so that
+
+- a SuperNode restarted in the middle of a run picks them up again (same run id, same pretrained model);
+- after the run, the site's own model is the federated model with these layers loaded on top
+  (`python -m sim` evaluates FedBN that way).
+
+The file is replaced atomically; it is derived from the site's images only through trained weights, like
+any model the site returns.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.checkpoint import CheckpointError
+
+LOCAL_LAYERS_FILE = "local_layers.pt"
+
+
+@dataclass(frozen=True)
+class LocalLayers:
+    """A site's kept layers and where they come from.
+
+    Attributes:
+        layers: state key -> tensor (the normalisation layers of the blocks the site trained).
+        run_id: the Flower run that trained them.
+        round: the last server round the site trained in.
+        pretrained_sha256: SHA-256 of the pretrained model the run started from.
+    """
+
+    layers: dict[str, torch.Tensor]
+    run_id: int
+    round: int
+    pretrained_sha256: str
+
+
+def save_local_layers(state_dir: Path, kept: LocalLayers) -> Path:
+    """Write `kept` to `<state_dir>/local_layers.pt` (atomically: a reader never sees half a file)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCAL_LAYERS_FILE
+    partial = path.with_suffix(".pt.partial")
+    torch.save({"layers": {k: v.detach().cpu().clone() for k, v in kept.layers.items()}, "run_id": kept.run_id,
+                "round": kept.round, "pretrained_sha256": kept.pretrained_sha256}, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_local_layers(state_dir: Path) -> LocalLayers | None:
+    """The layers kept in `state_dir`, or None when the site has kept none there."""
+    path = Path(state_dir) / LOCAL_LAYERS_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return LocalLayers(dict(saved["layers"]), int(saved["run_id"]), int(saved["round"]),
+                           str(saved["pretrained_sha256"]))
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path} is not a file of kept layers ({exc.__class__.__name__}); "
+                              "move it away to start the site's local layers afresh") from None

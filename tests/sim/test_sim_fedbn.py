@@ -1,0 +1,64 @@
+"""FedBN in `python -m sim`: each site is evaluated with the federated model plus its own normalisation layers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.errors import FederationFailed
+from core.local_layers import LOCAL_LAYERS_FILE
+from core.model.groups import parameter_groups
+from core.preprocess import preprocess_config_of
+from sim.config import SimConfig
+from sim.experiment import evaluate_everywhere, evaluate_fedbn, federation_runs, load_test_splits
+from sim.federation import run_federations
+from sim.sites import PreparedSite
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def fedbn(tmp_path_factory, tiny_federation):
+    root = tmp_path_factory.mktemp("fedbn")
+    tiny = tiny_federation(root, 30)
+    sites = [PreparedSite(path.name, path, "months") for path in tiny.sites]
+    config = SimConfig(out_dir=root / "out", freeze_specs=("1-3",), baseline_freeze="1-3", rounds=2, batch_size=8,
+                       device="cpu")
+    runs = federation_runs(config, sites, tiny.pretrained)
+    outcomes = run_federations(runs)
+    tests = load_test_splits(sites, 48, preprocess_config_of(load_checkpoint(tiny.pretrained).metadata))
+    return sites, tests, runs, outcomes
+
+
+def test_the_sim_runs_one_fedbn_federation_at_the_baseline_freeze_spec(fedbn) -> None:
+    _, _, runs, _ = fedbn
+    assert [(r.config.freeze, r.config.settings.local_layers) for r in runs] == [("1-3", "none"), ("1-3", "norm")]
+    assert runs[1].config.out_dir.name == "fedavg_freeze-1-3_fedbn"
+
+
+def test_each_site_is_scored_with_its_own_norm_layers_as_it_scored_itself(fedbn) -> None:
+    sites, tests, runs, outcomes = fedbn
+    rows = evaluate_fedbn(outcomes[1], runs[1], sites, tests, "fedavg", CPU)
+    assert [(r.site, r.strategy, r.freeze) for r in rows] == [(s.name, "fedavg+fedbn", "1-3") for s in sites]
+    last = outcomes[1].rounds[-1]
+    for index, row in enumerate(rows):  # the site's own evaluation in the last round used its node state's layers
+        assert row.metrics["mad_months"] == pytest.approx(last.evaluate[str(index)]["mad-months"], rel=1e-4)
+    model = load_checkpoint(outcomes[1].final_checkpoint).model
+    shared_only = evaluate_everywhere(model, sites, tests, "global", "1-3", CPU)
+    for kept, plain in zip(rows, shared_only):  # the global model's own (pretrained) norm layers score differently
+        assert not torch.allclose(torch.as_tensor(kept.predictions.predicted_months),
+                                  torch.as_tensor(plain.predictions.predicted_months))
+    local = parameter_groups(model, (1, 2, 3), "norm").local
+    a, b = (torch.load(runs[1].sites[i]["state-dir"] + "/" + LOCAL_LAYERS_FILE, weights_only=True)["layers"]
+            for i in range(2))
+    assert set(a) == set(local) and any(not torch.equal(a[k], b[k]) for k in local)
+
+
+def test_a_site_without_layers_of_the_last_round_fails_the_fedbn_evaluation(fedbn, tmp_path) -> None:
+    sites, tests, runs, outcomes = fedbn
+    moved = replace(runs[1], sites=(runs[1].sites[0], {**runs[1].sites[1], "state-dir": str(tmp_path)}))
+    with pytest.raises(FederationFailed, match=f"site {sites[1].name} did not train in the last round"):
+        evaluate_fedbn(outcomes[1], moved, sites, tests, "fedavg", CPU)
