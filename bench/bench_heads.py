@@ -7,6 +7,9 @@ over the same seeds and images, in months and in percent of the baseline's MAD. 
 preprocessing (a region model its crop); every row is scored on the images all models scored. Nothing is written: the
 predictions stay in memory (never commit predictions on RSNA images).
 
+Each checkpoint is scored with the test-time augmentation its metadata records (as `evaluate` does);
+`--tta SHIFT,SCALE` also scores every checkpoint with that augmentation, as an extra row `<row>+tta`.
+
     python -m bench.bench_heads --runs runs/h15/rsna --data ../shared/data/rsna100 --baseline resnet18
 """
 
@@ -27,8 +30,10 @@ from core.data import SiteDataConfig, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.data.views import StackedViews, load_site_views
 from core.preprocess import views_of
+from core.errors import ConfigError
 from core.stats import bootstrap_mean, combine_seeds, paired_difference
 from core.training import predict
+from core.tta import TTAConfig, tta_config_of
 
 logger = logging.getLogger("bench.heads")
 _NAME = re.compile(r"^(?P<row>.+)_s(?P<seed>\d+)\.pt$")
@@ -37,8 +42,9 @@ _NAME = re.compile(r"^(?P<row>.+)_s(?P<seed>\d+)\.pt$")
 Errors = dict[str, dict[int, dict[str, float]]]  # row -> seed -> image id -> signed error in months
 
 
-def test_errors(paths: list[Path], data: SiteDataConfig, split: str) -> Errors:
-    """{row: {seed: {image id: signed error in months on `split`}}}, each model reading its own views."""
+def test_errors(paths: list[Path], data: SiteDataConfig, split: str, extra_tta: TTAConfig | None = None) -> Errors:
+    """{row: {seed: {image id: signed error in months on `split`}}}, each model reading its own views (and
+    `<row>+tta` rows scored with `extra_tta`)."""
     datasets: dict[tuple, BoneAgeDataset | StackedViews] = {}
     errors: Errors = defaultdict(dict)
     for path in paths:
@@ -53,11 +59,15 @@ def test_errors(paths: list[Path], data: SiteDataConfig, split: str) -> Errors:
             datasets[key] = getattr(site, split)
         dataset = datasets[key]
         loader = make_loader(dataset, 128, shuffle=False, seed=0)
-        result = predict(loaded.model, loader, torch.device("cpu"))
-        signed = result.predicted_months - result.true_months
-        errors[match["row"]][int(match["seed"])] = dict(zip((r.image_id for r in dataset.records), signed.tolist()))
-        logger.info("%s: %s MAD %.2f months on %d images (%d skipped)", path.name, split,
-                    float(np.mean(np.abs(signed))), len(signed), len(dataset.skipped))
+        scorings = [(match["row"], tta_config_of(loaded.metadata))]
+        if extra_tta is not None:
+            scorings.append((match["row"] + "+tta", extra_tta))
+        for row, tta in scorings:
+            result = predict(loaded.model, loader, torch.device("cpu"), tta=tta)
+            signed = result.predicted_months - result.true_months
+            errors[row][int(match["seed"])] = dict(zip((r.image_id for r in dataset.records), signed.tolist()))
+            logger.info("%s (%s): %s MAD %.2f months on %d images (%d skipped)", path.name, row, split,
+                        float(np.mean(np.abs(signed))), len(signed), len(dataset.skipped))
     return errors
 
 
@@ -95,6 +105,14 @@ def table(errors: dict[str, dict[int, np.ndarray]], baseline: str) -> list[str]:
     return lines
 
 
+def _tta(text: str) -> TTAConfig:
+    try:
+        shift, scale = (float(value) for value in text.split(","))
+        return TTAConfig(shift, scale)
+    except (ValueError, ConfigError) as exc:
+        raise argparse.ArgumentTypeError(f"expected SHIFT,SCALE (e.g. 0.04,0.05): {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_heads", description=__doc__)
     add_data_arguments(parser)
@@ -102,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="resnet18", help="row the others are compared with")
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tta", type=_tta, default=None, metavar="SHIFT,SCALE",
+                        help="also score each checkpoint with this test-time augmentation (rows <row>+tta)")
     args = parser.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    errors = test_errors(sorted(args.runs.glob("*.pt")), data_config_from_args(args), args.split)
+    errors = test_errors(sorted(args.runs.glob("*.pt")), data_config_from_args(args), args.split, args.tta)
     aligned, n_common = on_common_images(errors)
     for row, by_seed in sorted(errors.items()):
         print(f"{row}: {', '.join(f's{seed} scored {len(by_image)}' for seed, by_image in sorted(by_seed.items()))}")

@@ -29,6 +29,7 @@ from core.explain import heat_map, overlay, png_bytes
 from core.inference import model_input, predict_batch
 from core.preprocess import Preprocessor, views_of
 from core.training import resolve_device
+from core.tta import tta_config_of
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Predictor:
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
         self.conformal = ConformalInterval.from_dict(raw) if raw else None
+        self.tta = tta_config_of(self.metadata)  # the test-time augmentation the model was scored with
         # the model's own preprocessing and quality gate, one per view (an ensemble of region models reads several)
         self.views = [None if view is None else Preprocessor(view) for view in views_of(self.metadata)]
         self.sex_head = has_sex_head(self.model)
@@ -165,7 +167,7 @@ class Predictor:
             return
         images = torch.stack([p.tensor for p in ready])
         male = torch.tensor([float("nan") if p.facts.male is None else float(p.facts.male) for p in ready])
-        batch = predict_batch(self.model, images, male, self.device)
+        batch = predict_batch(self.model, images, male, self.device, self.tta)
         for i, pending in enumerate(ready):
             self._fill(pending, float(batch.expected_months[i]), bool(batch.male_used[i]),
                        bool(batch.sex_from_head[i]), float(batch.p_male[i]))

@@ -20,6 +20,7 @@ from core.metrics import compute_metrics
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
 from core.data.views import StackedViews, decode_views, load_site_views
 from core.preprocess import PreprocessConfig, views_of
+from core.tta import TTAConfig, tta_config_of
 from core.training import FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class PretrainJob:
     threads: int | None = None
     preprocess: PreprocessConfig | None = None
     sex_specific: bool = False
+    tta: TTAConfig = TTAConfig()
 
 
 def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
@@ -92,7 +94,8 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         **best,
         train_seconds=seconds,
         n_parameters=sum(p.numel() for p in model.parameters()),
-        **conformal_metadata(model, site.val, device, str(job.data.root)),  # prediction interval (h12)
+        **conformal_metadata(model, site.val, device, str(job.data.root), tta=job.tta),  # prediction interval (h12)
+        tta=job.tta.to_dict(),
         preprocess=None if preprocess is None else preprocess.to_dict(),
     )
     save_checkpoint(job.out, model, metadata)
@@ -127,11 +130,11 @@ def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAge
 
 def evaluate_model(
     model: nn.Module, dataset: BoneAgeDataset | StackedViews, device: torch.device, label_unit: str = "months",
-    batch_size: int = 64,
+    batch_size: int = 64, tta: TTAConfig | None = None,
 ) -> dict[str, Any]:
-    """Metrics of `model` on `dataset` (see `core.metrics.compute_metrics`)."""
+    """Metrics of `model` on `dataset` (see `core.metrics.compute_metrics`), with test-time augmentation `tta`."""
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
-    predictions = predict(model.to(device), loader, device, amp=device.type == "cuda")
+    predictions = predict(model.to(device), loader, device, amp=device.type == "cuda", tta=tta)
     step = getattr(model.config, "class_step_months", 3.0)
     return compute_metrics(predictions, class_step_months=step, label_unit=label_unit)
 
@@ -151,8 +154,10 @@ def evaluate_checkpoint(
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:
         raise DataError(f"{data.root}: the {split} split has no usable images")
-    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit)
+    tta = tta_config_of(loaded.metadata)
+    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit, tta=tta)
     metrics["split"] = split
+    metrics["tta"] = tta.to_dict()
     summary = site.summary()
     metrics["skipped"] = summary["n_skipped"]
     metrics["skipped_by_reason"] = summary["skipped_by_reason"]

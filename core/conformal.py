@@ -32,6 +32,7 @@ from core.errors import ConfigError
 from core.inference import predict_batch
 from core.preprocess import preprocess_config_of
 from core.training import resolve_device
+from core.tta import TTAConfig, tta_config_of
 
 logger = logging.getLogger(__name__)
 
@@ -100,36 +101,37 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
 
 
 def conformal_metadata(model: nn.Module, dataset: BoneAgeDataset, device: torch.device, source: str = "",
-                       split: str = "val") -> dict:
+                       split: str = "val", tta: TTAConfig | None = None) -> dict:
     """{"conformal": ...} for a checkpoint's metadata, calibrated on `dataset`; {} (and a warning) when it is
     too small. What pretraining and fine-tuning call right before saving."""
     try:
-        return {"conformal": fit_conformal(model, dataset, device, split=split, source=source).to_dict()}
+        return {"conformal": fit_conformal(model, dataset, device, split=split, source=source, tta=tta).to_dict()}
     except ConformalError as exc:
         logger.warning("no prediction interval stored: %s", exc)
         return {}
 
 
 def predictions_of(model: nn.Module, dataset: BoneAgeDataset, device: torch.device,
-                   sex_from_head: bool = False, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                   sex_from_head: bool = False, batch_size: int = 64,
+                   tta: TTAConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) bone ages in months, with the given sex or the sex the sex head predicts."""
     predicted, true = [np.zeros(0)], [np.zeros(0)]
     for batch in make_loader(dataset, batch_size, shuffle=False, seed=0):
         male = torch.full_like(batch["male"], float("nan")) if sex_from_head else batch["male"]
-        predicted.append(predict_batch(model, batch["image"], male, device).expected_months)
+        predicted.append(predict_batch(model, batch["image"], male, device, tta).expected_months)
         true.append(batch["age"].numpy())
     return np.concatenate(predicted), np.concatenate(true)
 
 
 def absolute_errors(model: nn.Module, dataset: BoneAgeDataset, device: torch.device,
-                    sex_from_head: bool = False) -> np.ndarray:
+                    sex_from_head: bool = False, tta: TTAConfig | None = None) -> np.ndarray:
     """|true - predicted| bone age (months) of each image."""
-    predicted, true = predictions_of(model, dataset, device, sex_from_head)
+    predicted, true = predictions_of(model, dataset, device, sex_from_head, tta=tta)
     return np.abs(true - predicted)
 
 
 def fit_conformal(model: nn.Module, dataset: BoneAgeDataset, device: torch.device, coverage: float = 0.9,
-                  split: str = "val", source: str = "") -> ConformalInterval:
+                  split: str = "val", source: str = "", tta: TTAConfig | None = None) -> ConformalInterval:
     """Calibrate the interval on a labelled split the model was not trained on.
 
     Raises:
@@ -139,10 +141,10 @@ def fit_conformal(model: nn.Module, dataset: BoneAgeDataset, device: torch.devic
     if len(dataset) < n_needed:
         raise ConformalError(f"a {coverage:.0%} interval needs at least {n_needed} labelled calibration images, "
                              f"the {split} split has {len(dataset)}")
-    halfwidth = conformal_quantile(absolute_errors(model, dataset, device), coverage)
+    halfwidth = conformal_quantile(absolute_errors(model, dataset, device, tta=tta), coverage)
     from_head = None
     if has_sex_head(model):
-        from_head = conformal_quantile(absolute_errors(model, dataset, device, sex_from_head=True), coverage)
+        from_head = conformal_quantile(absolute_errors(model, dataset, device, sex_from_head=True, tta=tta), coverage)
     interval = ConformalInterval(coverage, halfwidth, from_head, len(dataset), split, source)
     logger.info("conformal %.0f%% interval on %d %s images: +-%.1f months (sex given), %s (sex from the head)",
                 coverage * 100, len(dataset), split, halfwidth,
@@ -217,13 +219,14 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
         calibration = BoneAgeDataset(records, model.config.image_size, preprocess=preprocess)
     else:
         calibration = getattr(site, split)
-    interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root))
+    tta = tta_config_of(checkpoint.metadata)
+    interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root), tta)
     reports: dict[str, CoverageReport] = {}
     if split == "val" and len(site.test) > 0:
         for name, from_head in (("sex given", False), ("sex from head", True)):
             if from_head and interval.halfwidth_months_sex_from_head is None:
                 continue
-            predicted, true = predictions_of(model, site.test, torch_device, sex_from_head=from_head)
+            predicted, true = predictions_of(model, site.test, torch_device, sex_from_head=from_head, tta=tta)
             reports[name] = measure_coverage(predicted, true, interval.halfwidth(from_head), max_months(model))
     metadata = dict(checkpoint.metadata, conformal=interval.to_dict())
     save_checkpoint(out, model.cpu(), metadata)

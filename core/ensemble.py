@@ -29,6 +29,7 @@ from core.data.dataset import BoneAgeDataset
 from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.metrics import compute_metrics, Predictions
 from core.model.combined import CombinedConfig, EnsembleModel, MemberSpec
+from core.tta import tta_config_of
 from core.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
     if len(job.models) < 2:
         raise ConfigError("an ensemble needs at least two --models")
     loaded = [load_checkpoint(path) for path in job.models]
+    with_tta = [path.name for path, c in zip(job.models, loaded) if tta_config_of(c.metadata).enabled]
+    if with_tta:
+        raise ConfigError(f"members with test-time augmentation cannot be ensembled yet: {', '.join(with_tta)}")
     views, member_views = member_views_of([c.metadata for c in loaded])
     config = CombinedConfig(
         members=tuple(MemberSpec(architecture_of(c.model), c.model.config.to_dict()) for c in loaded),

@@ -15,6 +15,7 @@ from torch import nn
 
 from core.data.dataset import NORM_MEAN, NORM_STD, fit_to_square
 from core.errors import ConfigError
+from core.tta import TTAConfig, forward_tta
 
 
 class NoSexHeadError(ConfigError):
@@ -45,8 +46,10 @@ def model_input(pixels: np.ndarray, image_size: int) -> tuple[np.ndarray, torch.
     return square, tensor
 
 
-def predict_batch(model: nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device) -> BatchPrediction:
-    """Predict a batch [B, 1, S, S]; ``male`` holds 1, 0 or NaN (unknown: taken from the sex head).
+def predict_batch(model: nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device,
+                  tta: TTAConfig | None = None) -> BatchPrediction:
+    """Predict a batch [B, 1, S, S]; ``male`` holds 1, 0 or NaN (unknown: taken from the sex head); the age is
+    averaged over the views of `tta` (`core.tta`) when given.
 
     Raises:
         NoSexHeadError: some sex is unknown and the model has no sex head.
@@ -57,7 +60,7 @@ def predict_batch(model: nn.Module, images: torch.Tensor, male: torch.Tensor, de
     unknown = torch.isnan(male)
     with torch.inference_mode():
         given = torch.where(unknown, torch.zeros_like(male), male).to(device)
-        output = model(images, given)
+        output = forward_tta(model, images, given, tta)
         if output.sex_logits is None:
             if bool(unknown.any()):
                 raise NoSexHeadError("the sex is unknown and this model has no sex head to predict it; give the sex")
@@ -66,7 +69,7 @@ def predict_batch(model: nn.Module, images: torch.Tensor, male: torch.Tensor, de
             p_male = torch.softmax(output.sex_logits.float(), dim=1)[:, 1].cpu()
         used = torch.where(unknown, (p_male >= 0.5).float(), male)
         if bool(unknown.any()):
-            output = model(images, used.to(device))
+            output = forward_tta(model, images, used.to(device), tta)
     model.train(was_training)
     return BatchPrediction(output.expected_months.float().cpu().numpy(), used.numpy(), unknown.numpy(),
                            p_male.numpy())

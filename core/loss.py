@@ -11,9 +11,19 @@ Choices the paper leaves open, made explicit here:
 * H_c is the cross-entropy of the samples of class c in the batch, averaged over those samples;
   the sums run over the classes present in the batch, each weighted by 1 - |C_c| / |C_t| (the
   batch share of the class), which levels the influence of frequent and rare classes.
-* alpha starts at 1.5 and is raised to the number of classes once the batch loss is stable,
-  by `AlphaSchedule`: the loss is stable when the mean of the last `window` batch losses is
-  within `tolerance` (relative) of the mean of the `window` before it. The switch happens once.
+* alpha starts at 1.5 and is raised to the number of classes once the loss is stable, by
+  `AlphaSchedule`, under one of three rules (`alpha_rule`):
+  - ``loss`` (the default): the batch loss is stable when the mean of the last `window` batch losses
+    is within `tolerance` (relative) of the mean of the `window` before it;
+  - ``val``: at the end of the first epoch whose val MAD improved on the previous epoch's by no more
+    than `alpha_val_tolerance` (relative), i.e. the val MAD, not the batch loss, has levelled off;
+  - ``ramp``: alpha rises linearly from its start to its final value over `alpha_ramp_steps` steps
+    (at step k, counted from 0 before the first update: start + (final - start) * min(k / n, 1)).
+  Under ``loss`` and ``val`` the switch happens once.
+* `label_sigma_months` > 0 smooths the class targets of the age cross-entropy over neighbouring
+  classes: the target of an image of age a is q_k proportional to exp(-(c_k - a)^2 / (2 sigma^2))
+  over the class centres c_k, instead of a one-hot on the nearest class (`smoothed_targets`). The
+  class weights of the paper's form still count each image in its nearest class.
 * `per_sample=True` gives the variant DP-SGD needs: a mean of per-sample terms,
   alpha * (|g_i - p_i| in years)^2 plus the plain cross-entropies, with no batch-dependent class
   weights. The paper's form couples the samples of a batch (e^2 and the class shares), so one
@@ -35,7 +45,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.errors import ConfigError
 from core.model.heads import AgeHead, AgeOutput, RegressionHead
+
+
+ALPHA_RULES = ("loss", "val", "ramp")
 
 
 @dataclass(frozen=True)
@@ -44,29 +58,55 @@ class JointLossConfig:
 
     alpha_start: float = 1.5
     alpha_final: float | None = None  # None: the number of classes, as in the paper
+    alpha_rule: str = "loss"
     window: int = 50
     tolerance: float = 0.02
+    alpha_val_tolerance: float = 0.02
+    alpha_ramp_steps: int = 500
+    label_sigma_months: float = 0.0
     mad_unit_months: float = 12.0
     per_sample: bool = False
 
+    def __post_init__(self) -> None:
+        if self.alpha_rule not in ALPHA_RULES:
+            raise ConfigError(f"alpha rule must be one of {ALPHA_RULES}, got {self.alpha_rule!r}")
+        if self.label_sigma_months < 0 or self.alpha_ramp_steps < 1:
+            raise ConfigError("label smoothing sigma must be >= 0 and the alpha ramp at least 1 step")
+
 
 class AlphaSchedule:
-    """Raises alpha from its start value to its final value once the batch loss is stable."""
+    """Raises alpha from its start value to its final value (see the module docstring for the rules)."""
 
-    def __init__(self, start: float, final: float, window: int, tolerance: float) -> None:
+    def __init__(self, start: float, final: float, window: int, tolerance: float, rule: str = "loss",
+                 val_tolerance: float = 0.02, ramp_steps: int = 500) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.start, self.final, self.window, self.tolerance = start, final, window, tolerance
+        self.rule, self.val_tolerance, self.ramp_steps = rule, val_tolerance, ramp_steps
         self.raised = False
+        self.steps = 0
+        self._last_val: float | None = None
         self._recent: deque[float] = deque(maxlen=2 * window)
 
     @property
     def alpha(self) -> float:
+        if self.rule == "ramp":
+            return self.start + (self.final - self.start) * min(self.steps / self.ramp_steps, 1.0)
         return self.final if self.raised else self.start
 
+    def observe_val(self, val_mad: float) -> bool:
+        """Record an epoch's val MAD; under the ``val`` rule, True on the epoch alpha is raised."""
+        if self.rule != "val" or self.raised:
+            return False
+        last, self._last_val = self._last_val, float(val_mad)
+        if last is not None and last - val_mad <= self.val_tolerance * last:
+            self.raised = True
+        return self.raised
+
     def observe(self, batch_loss: float) -> bool:
-        """Record one batch loss; return True on the step alpha is raised."""
-        if self.raised:
+        """Record one batch loss; return True on the step alpha is raised (the ``loss`` rule)."""
+        self.steps += 1
+        if self.rule != "loss" or self.raised:
             return False
         self._recent.append(float(batch_loss))
         if len(self._recent) < 2 * self.window:
@@ -80,16 +120,30 @@ class AlphaSchedule:
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"raised": self.raised, "recent": list(self._recent)}
+        return {"raised": self.raised, "recent": list(self._recent), "steps": self.steps, "last_val": self._last_val}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.raised = bool(state.get("raised", False))
         self._recent = deque(state.get("recent", []), maxlen=2 * self.window)
+        self.steps = int(state.get("steps", 0))
+        self._last_val = state.get("last_val")
 
 
-def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """sum over classes c present of (1 - n_c / B) * mean cross-entropy of the samples of class c."""
-    per_sample = F.cross_entropy(logits.float(), target, reduction="none")
+def smoothed_targets(age_months: torch.Tensor, num_classes: int, class_step_months: float,
+                     sigma_months: float) -> torch.Tensor:
+    """[B, K] targets: a Gaussian of width `sigma_months` around each age over the class centres, summing to 1."""
+    centres = torch.arange(num_classes, dtype=torch.float32, device=age_months.device) * class_step_months
+    distance = centres.unsqueeze(0) - age_months.float().unsqueeze(1)
+    return torch.softmax(-distance.pow(2) / (2.0 * sigma_months**2), dim=1)
+
+
+def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                                 soft_target: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over classes c present of (1 - n_c / B) * mean cross-entropy of the samples of class c.
+
+    With `soft_target` ([B, K] distributions) each sample's cross-entropy is taken against it; `target`
+    (the nearest class) still defines the groups and their weights."""
+    per_sample = F.cross_entropy(logits.float(), target if soft_target is None else soft_target, reduction="none")
     batch = target.shape[0]
     classes, inverse, counts = torch.unique(target, return_inverse=True, return_counts=True)
     per_class_sum = torch.zeros(classes.shape[0], dtype=per_sample.dtype, device=per_sample.device)
@@ -112,7 +166,9 @@ class JointLoss(nn.Module):
         super().__init__()
         self.config = config or JointLossConfig()
         final = self.config.alpha_final if self.config.alpha_final is not None else float(num_classes)
-        self.schedule = AlphaSchedule(self.config.alpha_start, final, self.config.window, self.config.tolerance)
+        self.schedule = AlphaSchedule(self.config.alpha_start, final, self.config.window, self.config.tolerance,
+                                      self.config.alpha_rule, self.config.alpha_val_tolerance,
+                                      self.config.alpha_ramp_steps)
         self.num_classes = num_classes
         self.class_step_months = class_step_months
 
@@ -131,7 +187,10 @@ class JointLoss(nn.Module):
             mad_term = alpha * torch.mean((error / self.config.mad_unit_months) ** 2)
         else:
             mad_term = alpha * (torch.mean(error) / self.config.mad_unit_months) ** 2
-        age_term = cross_entropy(output.age_logits, self.age_classes(age_months))
+        soft = None
+        if self.config.label_sigma_months > 0:
+            soft = smoothed_targets(age_months, self.num_classes, self.class_step_months, self.config.label_sigma_months)
+        age_term = cross_entropy(output.age_logits, self.age_classes(age_months), soft)
         total = mad_term + age_term
         terms = {"alpha": alpha, "mad_term": float(mad_term.detach()), "age_ce": float(age_term.detach())}
         if output.sex_logits is not None:
@@ -141,12 +200,17 @@ class JointLoss(nn.Module):
         return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
 
     @staticmethod
-    def _per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target)
+    def _per_sample_ce(logits: torch.Tensor, target: torch.Tensor,
+                       soft_target: torch.Tensor | None = None) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target if soft_target is None else soft_target)
 
     def after_step(self, parts: LossParts) -> bool:
         """Feed the schedule with a training batch loss; True when alpha was just raised."""
         return self.schedule.observe(float(parts.total.detach()))
+
+    def after_epoch(self, val_mad: float) -> bool:
+        """Feed the schedule with an epoch's val MAD; True when alpha was just raised."""
+        return self.schedule.observe_val(val_mad)
 
 
 class RegressionLoss(nn.Module):
@@ -171,6 +235,9 @@ class RegressionLoss(nn.Module):
         return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
 
     def after_step(self, parts: LossParts) -> bool:
+        return False
+
+    def after_epoch(self, val_mad: float) -> bool:
         return False
 
 

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from core.errors import ConfigError
 from core.loss import LossParts
 from core.metrics import Predictions
+from core.schedule import LRFactor
+from core.tta import TTAConfig, forward_tta
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +29,28 @@ ExtraLoss = Callable[[nn.Module], torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (the paper: Adam, batch 16, lr 1e-3 decayed to 1/1000)."""
+    """Optimisation settings (the paper: Adam, batch 16, lr 1e-3 decayed to 1/1000).
+
+    The learning-rate schedule (`lr_schedule`, `warmup_steps`, `lr_drop_at`, `lr_patience`) is described in
+    `core.schedule`. `early_stop_patience` > 0 ends training once the val MAD has not improved for that many
+    epochs (0: always train all `epochs`); the best state by val MAD is kept either way.
+    """
 
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     lr_final_factor: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    lr_drop_at: float = 0.8
+    lr_patience: int = 1
+    early_stop_patience: int = 0
+
+    def __post_init__(self) -> None:
+        if self.early_stop_patience < 0:
+            raise ConfigError(f"early-stop patience must be >= 0, got {self.early_stop_patience}")
+        lr_factor(self, 1)  # a bad schedule setting fails here, not after the data is loaded
     device: str = "auto"
     amp: bool = True
     seed: int = 0
@@ -154,8 +171,9 @@ def _train_pass(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
 
 
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-            channels_last: bool = True) -> Predictions:
-    """Predicted bone ages (months) for every item of `loader`, in loader order, under inference mode."""
+            channels_last: bool = True, tta: TTAConfig | None = None) -> Predictions:
+    """Predicted bone ages (months) for every item of `loader`, in loader order, under inference mode
+    (averaged over the views of `tta`, `core.tta`, when given)."""
     was_training = model.training
     model.eval()
     predicted, true, male = [], [], []
@@ -164,7 +182,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
         for batch in loader:
             image, sex, age = _to_device(batch, device, layout)
             with autocast_for(device, amp):
-                output = model(image, sex)
+                output = forward_tta(model, image, sex, tta)
             predicted.append(output.expected_months.float().cpu())
             true.append(age.float().cpu())
             male.append(sex.float().cpu())
@@ -185,13 +203,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, final_factor: float):
     """Cosine decay from the optimiser's lr to lr * final_factor over `total_steps` steps."""
-    total = max(total_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor("cosine", total_steps, final_factor))
 
-    def factor(step: int) -> float:
-        progress = min(step / total, 1.0)
-        return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def lr_factor(config: TrainConfig, total_steps: int) -> LRFactor:
+    """The learning-rate factor of `config` over `total_steps` optimiser steps (`core.schedule`)."""
+    return LRFactor(config.lr_schedule, total_steps, config.lr_final_factor, config.warmup_steps,
+                    config.lr_drop_at, config.lr_patience)
 
 
 @dataclass
@@ -213,7 +231,8 @@ def fit(
 ) -> FitResult:
     """Train for `config.epochs`, validating each epoch; keeps the state with the best val MAD."""
     optimizer = make_optimizer(model, config)
-    scheduler = cosine_schedule(optimizer, config.epochs * max(len(train_loader), 1), config.lr_final_factor)
+    factor = lr_factor(config, config.epochs * max(len(train_loader), 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     amp = config.amp and device.type == "cuda"
     best = FitResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_mad=float("inf"))
     for epoch in range(1, config.epochs + 1):
@@ -224,15 +243,25 @@ def fit(
                             channels_last=config.channels_last)
         val = predict(model, val_loader, device, amp, config.channels_last)
         val_mad = float(np.mean(np.abs(val.predicted_months - val.true_months))) if len(val.true_months) else float("nan")
-        row = {"epoch": epoch, "train_loss": stats.loss, "train_mad_months": stats.mad_months, "val_mad_months": val_mad}
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_mad_months": stats.mad_months, "val_mad_months": val_mad,
+               "lr": optimizer.param_groups[0]["lr"], "alpha": getattr(getattr(loss_fn, "schedule", None), "alpha", None)}
         best.history.append(row)
         logger.info("epoch %d/%d  train loss %.4f  train MAD %.2f mo  val MAD %.2f mo",
                     epoch, config.epochs, stats.loss, stats.mad_months, val_mad)
         if stats.alpha_raised_at is not None:
             logger.info("batch loss stable: alpha raised to %.1f", loss_fn.schedule.alpha)
+        if loss_fn.after_epoch(val_mad):
+            logger.info("val MAD stable: alpha raised to %.1f", loss_fn.schedule.alpha)
+        if factor.observe_val(val_mad):
+            logger.info("val MAD on a plateau: learning rate dropped to %.3g of its start", config.lr_final_factor)
+            for group in optimizer.param_groups:  # from the next step on, not one step late
+                group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
         if on_epoch is not None:
             on_epoch(row)
         if val_mad < best.best_val_mad or math.isnan(best.best_val_mad):
             best.best_state = copy.deepcopy(model.state_dict())
             best.best_epoch, best.best_val_mad = epoch, val_mad
+        if config.early_stop_patience and epoch - best.best_epoch >= config.early_stop_patience:
+            logger.info("early stop: no val MAD improvement for %d epochs", config.early_stop_patience)
+            break
     return best

@@ -13,10 +13,12 @@ from core.ensemble import EnsembleJob, build_ensemble
 from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
 from core.data import AugmentConfig
 from core.errors import ConfigError
-from core.loss import JointLossConfig
+from core.loss import ALPHA_RULES, JointLossConfig
 from core.preprocess import REGION_NAMES, PreprocessConfig
 from core.model.heads import HEAD_NAMES
+from core.schedule import LR_SCHEDULES
 from core.training import TrainConfig
+from core.tta import TTAConfig
 
 logger = logging.getLogger("server")
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="joint loss: weight of the MAD term until the batch loss is stable")
     train.add_argument("--alpha-final", type=float, default=None,
                        help="joint loss: weight of the MAD term after that (default: 77, the paper's)")
+    add_recipe_arguments(train)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -80,6 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training recipe (docs/benchmarks.md, "Training recipe"); defaults from the typed configs."""
+    loss, train, tta = JointLossConfig(), TrainConfig(), TTAConfig()
+    parser.add_argument("--alpha-rule", choices=ALPHA_RULES, default=loss.alpha_rule,
+                        help="when alpha rises: loss (batch loss stable), val (val MAD stable), ramp (linear)")
+    parser.add_argument("--alpha-val-tolerance", type=float, default=loss.alpha_val_tolerance,
+                        help="--alpha-rule val: raise once an epoch improves the val MAD by at most this fraction")
+    parser.add_argument("--alpha-ramp-steps", type=int, default=loss.alpha_ramp_steps,
+                        help="--alpha-rule ramp: steps from --alpha-start to --alpha-final")
+    parser.add_argument("--label-sigma", type=float, default=loss.label_sigma_months,
+                        help="class heads: Gaussian label smoothing over neighbouring classes, sigma in months (0: off)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train.lr_schedule,
+                        help="cosine to 1/1000, step (drop to 1/1000 at --lr-drop-at) or plateau (drop when the "
+                             "val MAD stalls for --lr-patience epochs)")
+    parser.add_argument("--lr-drop-at", type=float, default=train.lr_drop_at, help="step: fraction of the steps")
+    parser.add_argument("--lr-patience", type=int, default=train.lr_patience, help="plateau: epochs without gain")
+    parser.add_argument("--warmup-steps", type=int, default=train.warmup_steps, help="linear learning-rate warm-up")
+    parser.add_argument("--early-stop", type=int, default=train.early_stop_patience,
+                        help="stop after this many epochs without a val MAD gain (0: train all --epochs)")
+    parser.add_argument("--tta-shift", type=float, default=tta.shift,
+                        help="test-time augmentation: average over shifts by this fraction of the side (0: off); "
+                             "saved in the checkpoint and applied by evaluate and predict")
+    parser.add_argument("--tta-scale", type=float, default=tta.scale,
+                        help="test-time augmentation: average over zooms by 1 +- this (0: off)")
+
+
 def _model_config(args: argparse.Namespace) -> dict:
     config = {"image_size": args.image_size, "width": args.width, "norm": args.norm}
     if args.head is not None:
@@ -108,12 +137,17 @@ def run_pretrain(args: argparse.Namespace) -> int:
         architecture=args.arch,
         model_config=_model_config(args),
         train=replace(TrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      device=args.device, num_workers=args.workers, progress=not args.no_progress),
+                      device=args.device, num_workers=args.workers, progress=not args.no_progress,
+                      lr_schedule=args.lr_schedule, lr_drop_at=args.lr_drop_at, lr_patience=args.lr_patience,
+                      warmup_steps=args.warmup_steps, early_stop_patience=args.early_stop),
         augment=None if args.no_augment else AugmentConfig(),
         threads=args.threads,
         preprocess=_preprocess(args),
         sex_specific=args.sex_specific,
-        loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final),
+        loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final, alpha_rule=args.alpha_rule,
+                             alpha_val_tolerance=args.alpha_val_tolerance, alpha_ramp_steps=args.alpha_ramp_steps,
+                             label_sigma_months=args.label_sigma),
+        tta=TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
     )
     pretrain(job)
     return 0

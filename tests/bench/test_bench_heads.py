@@ -1,8 +1,16 @@
 """The results table of bench_heads on made-up errors: per-seed MADs, means and the difference to the baseline."""
 
 import numpy as np
+import torch
 
 from bench.bench_heads import on_common_images, table
+from bench.bench_heads import test_errors as scored_errors  # not a test: keep pytest from collecting it
+from core.checkpoint import describe, save_checkpoint
+from core.data import SiteDataConfig
+from core.model.config import TJNetConfig
+from core.model.tjnet import TJNet
+from core.tta import TTAConfig
+from sim.phantom.writer import generate_site
 
 
 def test_table_rows_hold_per_seed_mads_and_the_relative_difference():
@@ -28,3 +36,20 @@ def test_rows_are_compared_on_the_images_every_model_scored():
     np.testing.assert_array_equal(aligned["whole"][0], [1.0, -3.0])
     np.testing.assert_array_equal(aligned["whole"][1], [-1.0, 2.0])
     np.testing.assert_array_equal(aligned["carpal"][0], [2.0, 4.0])
+
+
+def test_checkpoints_are_scored_with_their_own_tta_and_optionally_an_extra_one(tmp_path):
+    site = generate_site("rsna", 40, tmp_path / "site", seed=2, image_size=48)
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=48, width=0.25))
+    runs = tmp_path / "runs"
+    save_checkpoint(runs / "plain_s0.pt", model, describe(model))
+    save_checkpoint(runs / "tta_s0.pt", model, describe(model, tta=TTAConfig(0.05, 0.0).to_dict()))
+    errors = scored_errors(sorted(runs.glob("*.pt")), SiteDataConfig(site), "test", TTAConfig(0.05, 0.0))
+    assert set(errors) == {"plain", "plain+tta", "tta", "tta+tta"}
+    # the same weights: the checkpoint that records the augmentation scores as the plain one does with it
+    def values(row: str) -> list[float]:
+        return [errors[row][0][image] for image in sorted(errors["plain"][0])]
+
+    assert np.allclose(values("tta"), values("plain+tta"))
+    assert not np.allclose(values("plain"), values("plain+tta"))

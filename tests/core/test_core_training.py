@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from core import training
 from core.central import make_loss
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
-from core.training import TrainConfig, channels_last_layout, make_optimizer, predict, train_epoch
+from core.metrics import Predictions
+from core.training import TrainConfig, channels_last_layout, fit, make_optimizer, predict, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -85,3 +90,35 @@ def test_a_model_evaluated_on_the_fast_path_can_train_again() -> None:
     optimizer = make_optimizer(model, TrainConfig(lr=1e-3))
     stats = train_epoch(model, batches, make_loss(model, JointLossConfig()), optimizer, CPU)
     assert stats.examples == 24
+
+
+def _scripted_fit(monkeypatch, val_mads: list[float], config: TrainConfig, loss_config: JointLossConfig):
+    """`fit` on three small batches, with the val MAD of epoch k set to val_mads[k - 1]."""
+    sequence = iter(val_mads)
+
+    def scripted(*args, **kwargs) -> Predictions:
+        mad = next(sequence)
+        return Predictions(np.array([mad], dtype=np.float32), np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32))
+
+    monkeypatch.setattr(training, "predict", scripted)
+    items = [{"image": b["image"][i], "male": b["male"][i], "age": b["age"][i]} for b in _batches() for i in range(8)]
+    loader = DataLoader(items, batch_size=8)
+    model = _model()
+    return fit(model, loader, loader, make_loss(model, loss_config), config, CPU)
+
+
+def test_fit_stops_early_drops_the_lr_on_a_plateau_and_raises_alpha_on_a_stable_val_mad(monkeypatch) -> None:
+    config = TrainConfig(epochs=6, lr=1e-3, lr_schedule="plateau", lr_patience=1, early_stop_patience=2,
+                         progress=False)
+    result = _scripted_fit(monkeypatch, [30.0, 31.0, 32.0, 1.0], config, JointLossConfig(alpha_rule="val"))
+    # epoch 2 is no better than epoch 1: the plateau drop (patience 1) and the val rule both fire after it;
+    # epoch 3 is the second epoch without a gain: training stops there (patience 2), keeping epoch 1
+    assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.best_epoch == 1
+    assert [row["lr"] for row in result.history] == pytest.approx([1e-3, 1e-3, 1e-6])
+    assert [row["alpha"] for row in result.history] == [1.5, 1.5, 77.0]
+
+
+def test_fit_without_early_stopping_trains_every_epoch(monkeypatch) -> None:
+    result = _scripted_fit(monkeypatch, [30.0, 31.0, 32.0], TrainConfig(epochs=3, progress=False), JointLossConfig())
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.history[-1]["lr"] < result.history[0]["lr"] < 1e-3  # the cosine decays

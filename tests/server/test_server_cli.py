@@ -6,11 +6,13 @@ import math
 import pytest
 import torch
 
+from core.central import evaluate_model
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, SiteDataConfig, load_site
 from core.finetune import train_site_round
 from core.round_settings import RoundSettings
 from core.privacy import DPConfig
+from core.tta import TTAConfig
 from server.cli import main
 from sim.phantom.writer import generate_site
 
@@ -104,3 +106,33 @@ def test_sex_specific_pretraining_gives_one_checkpoint_with_a_model_per_sex(site
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out), "--data", str(site), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] > 0
+
+
+def test_recipe_flags_reach_the_configs_and_tta_is_saved_and_applied_by_evaluate(site, tmp_path, capsys):
+    out = tmp_path / "recipe.pt"
+    assert main(["pretrain", "--data", str(site), "--out", str(out), "--epochs", "2", "--image-size", "48",
+                 "--width", "0.25", "--batch-size", "8", "--no-progress", "--alpha-rule", "ramp",
+                 "--alpha-ramp-steps", "7", "--label-sigma", "4.5", "--lr-schedule", "step", "--lr-drop-at", "0.5",
+                 "--warmup-steps", "2", "--early-stop", "3", "--tta-shift", "0.04", "--tta-scale", "0.05"]) == 0
+    loaded = load_checkpoint(out)
+    meta = loaded.metadata
+    assert meta["loss_config"]["alpha_rule"] == "ramp" and meta["loss_config"]["alpha_ramp_steps"] == 7
+    assert meta["loss_config"]["label_sigma_months"] == 4.5
+    assert (meta["train_config"]["lr_schedule"], meta["train_config"]["lr_drop_at"]) == ("step", 0.5)
+    assert (meta["train_config"]["warmup_steps"], meta["train_config"]["early_stop_patience"]) == (2, 3)
+    assert meta["tta"] == {"shift": 0.04, "scale": 0.05}
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(site), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    test_split = load_site(SiteDataConfig(site), 48, None, seed=0).test
+    with_tta = evaluate_model(loaded.model, test_split, torch.device("cpu"), tta=TTAConfig(0.04, 0.05))
+    without = evaluate_model(loaded.model, test_split, torch.device("cpu"))
+    assert metrics["tta"] == {"shift": 0.04, "scale": 0.05}
+    assert metrics["mad_months"] == pytest.approx(with_tta["mad_months"])
+    assert with_tta["mad_months"] != pytest.approx(without["mad_months"], abs=1e-6)
+
+
+def test_a_bad_recipe_setting_is_one_line_and_exit_code_2(site, tmp_path, capsys):
+    code = main(["pretrain", "--data", str(site), "--out", str(tmp_path / "x.pt"), "--tta-shift", "0.7"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err
