@@ -249,7 +249,8 @@ def fit(
         logger.info("epoch %d/%d  train loss %.4f  train MAD %.2f mo  val MAD %.2f mo",
                     epoch, config.epochs, stats.loss, stats.mad_months, val_mad)
         if stats.alpha_raised_at is not None:
-            logger.info("batch loss stable: alpha raised to %.1f", loss_fn.schedule.alpha)
+            logger.info("batch loss stable at step %d of the epoch: alpha raised to %.1f", stats.alpha_raised_at,
+                        loss_fn.schedule.alpha)
         if loss_fn.after_epoch(val_mad):
             logger.info("val MAD stable: alpha raised to %.1f", loss_fn.schedule.alpha)
         if factor.observe_val(val_mad):
