@@ -56,22 +56,22 @@ class AccountedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
         problem = self._refusal(received)
         if problem is None:
             return super().aggregate_train(server_round, received)
+        self.strategy.record_unreleased(server_round, received)
         self._pop_pending_event(server_round)
         logger.warning("central DP round %d: %s; nothing released, global model unchanged",
                        server_round + self.round_offset, problem)
         return None, None
 
     def _refusal(self, replies: list[Message]) -> str | None:
-        """Why these replies cannot be released as a uniform mean of all global arrays, or None.
-
-        Replies with errors and missing replies are left to Flower, which skips the round too.
-        """
+        """Why these replies cannot be released as a uniform mean of all global arrays, or None."""
+        failed = sum(msg.has_error() for msg in replies)
+        missing = len(self.strategy.sent) - len(replies)
+        if failed or missing > 0:
+            return f"{failed} site(s) answered with an error and {max(missing, 0)} did not answer in time"
         global_arrays = {key: array.numpy() for key, array in self.current_arrays.items()}
         weight_key = self.strategy.weighted_by_key
         weights: set[int] = set()
         for msg in replies:
-            if msg.has_error():
-                continue
             report, update = read_reply(msg.metadata.src_node_id, msg.content, weight_key, with_arrays=True)
             reason = report.reason if update is None else validate_update(global_arrays, update)
             if reason is None and list(update.arrays) != list(global_arrays):

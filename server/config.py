@@ -16,7 +16,8 @@ from strategies.options import OPTIONS, effective_options, strategy_options
 DERIVED_ROUND_KEYS = ("pretrained", "pretrained-sha256", "central-dp", "proximal-mu")
 RUN_ROUND_KEYS = tuple(key for key in ROUND_KEYS.values() if key not in DERIVED_ROUND_KEYS)
 # Settings a resume may change: they do not change the model of the rounds already done.
-FREE_ON_RESUME = ("resume", "num-rounds", "timeout", "wandb", "device", "central-data", "central-label-unit", "out-dir")
+FREE_ON_RESUME = ("resume", "num-rounds", "timeout", "fraction-evaluate", "wandb", "device", "central-data",
+                  "central-label-unit", "out-dir")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class FederationConfig:
         central_data, central_label_unit: optional site folder evaluated on the server each round.
         wandb: also log to Weights & Biases (offline unless WANDB_MODE says otherwise).
         timeout: seconds to wait for the sites' replies.
+        fraction_evaluate: share of the sites asked to evaluate the merged model each round (Flower's FedAvg
+            sampling, at least `min_nodes` sites); 0 = none (the server's central evaluation still runs).
         device: where the server evaluates the central set ("auto": a CUDA GPU when present).
         central_dp_noise_multiplier: client-level DP on the server (0 = off): Gaussian noise of std
             multiplier * clipping norm / min-nodes on the mean of the clipped site updates.
@@ -55,6 +58,7 @@ class FederationConfig:
     central_label_unit: str = "months"
     wandb: bool = False
     timeout: float = 3600.0
+    fraction_evaluate: float = 1.0
     device: str = "auto"
     central_dp_noise_multiplier: float = 0.0
     central_dp_clipping_norm: float = 1.0
@@ -65,6 +69,8 @@ class FederationConfig:
         self.aggregator_options()
         if self.min_nodes < 1:
             raise ConfigError("min-nodes must be at least 1")
+        if not 0 <= self.fraction_evaluate <= 1:
+            raise ConfigError(f"fraction-evaluate must be between 0 and 1, got {self.fraction_evaluate}")
         if self.central_dp_noise_multiplier < 0 or self.central_dp_max_epsilon < 0:
             raise ConfigError("central-dp-noise-multiplier and central-dp-max-epsilon must be >= 0")
         if self.central_dp_clipping_norm <= 0 or not 0 < self.central_dp_delta < 1:
@@ -134,7 +140,8 @@ class FederationConfig:
                 values[name] = Path(str(values[name]))
             elif name == "central_data":
                 values[name] = None
-        for name, kind in (("min_nodes", int), ("timeout", float), ("central_dp_noise_multiplier", float),
+        for name, kind in (("min_nodes", int), ("timeout", float), ("fraction_evaluate", float),
+                           ("central_dp_noise_multiplier", float),
                            ("central_dp_clipping_norm", float), ("central_dp_max_epsilon", float),
                            ("central_dp_delta", float)):
             if name in values:

@@ -48,7 +48,7 @@ class Federation:
                                       run_name=f"{config.strategy}-freeze{config.freeze}", config=config.describe())
         self.strategy: PartialModelStrategy = build_strategy(
             config.strategy, round_offset=self.start_round, on_site_reports=self.tracker.site_reports,
-            min_nodes=config.min_nodes, **config.aggregator_options())
+            min_nodes=config.min_nodes, fraction_evaluate=config.fraction_evaluate, **config.aggregator_options())
         if strategy_state is not None:
             self.strategy.load_state_dict(strategy_state)
         self.private: AccountedFixedClipping | None = None

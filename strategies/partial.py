@@ -3,7 +3,11 @@
 Sites may freeze deeper than the run and return a subset of the arrays they received. Flower's own
 strategies refuse such replies (InconsistentMessageReplies); this one validates each reply on its
 own, rejects bad ones with a reason, and aggregates the rest with an `Aggregator`. A bad reply never
-raises: it becomes a `SiteReport` with status "rejected" or "error".
+raises: it becomes a `SiteReport` with status "rejected" or "error", and a site that was sent a request
+and did not answer within the run's timeout gets one with status "no-reply".
+
+Replies are attributed to the node the request was sent to (its `reply_to_message_id`), not to the
+reply's `src_node_id`: the SuperLink answers for a dead node with an error from node 1, itself.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from strategies.aggregation import Aggregator, SiteUpdate, build_aggregator, val
 logger = logging.getLogger(__name__)
 
 SITE_ID_KEY = "site-id"
+NO_REPLY = "no-reply"
+NO_REPLY_REASON = "no reply within the run's timeout"
 
 
 @dataclass
@@ -33,7 +39,7 @@ class SiteReport:
     round: int
     node_id: int
     site: str
-    status: str  # "ok" | "rejected" | "error"
+    status: str  # "ok" | "rejected" | "error" | "no-reply"
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     keys_returned: int = 0
@@ -49,9 +55,10 @@ def scalar_metrics(record: MetricRecord) -> dict[str, float]:
 
 
 def site_name(node_id: int, metrics: dict[str, float]) -> str:
-    """metrics["site-id"] as an int string if the site sent a finite one, else the node id."""
+    """metrics["site-id"] as an int string if the site sent a finite one >= 0 (a named site sends -1), else the
+    node id."""
     value = metrics.get(SITE_ID_KEY)
-    return str(int(value)) if value is not None and math.isfinite(value) else str(node_id)
+    return str(int(value)) if value is not None and math.isfinite(value) and value >= 0 else str(node_id)
 
 
 def weighted_mean_metrics(rows: list[tuple[dict[str, float], float]], skip: Iterable[str]) -> dict[str, float]:
@@ -114,6 +121,11 @@ def error_report(node_id: int, error: Error) -> SiteReport:
     return SiteReport(round=0, node_id=node_id, site=str(node_id), status="error", reason=error.reason or "")
 
 
+def destinations(sent: Iterable[Message]) -> dict[str, int]:
+    """Node each sent message went to, by message id (set by the Grid when it pushes the message)."""
+    return {msg.metadata.message_id: msg.metadata.dst_node_id for msg in sent if msg.metadata.message_id}
+
+
 class PartialModelStrategy(FedAvg):
     """FedAvg's sampling and round loop; aggregation per key by `aggregator`, bad replies rejected."""
 
@@ -140,6 +152,8 @@ class PartialModelStrategy(FedAvg):
         self.round_offset = round_offset
         self.on_site_reports = on_site_reports
         self.current_arrays: dict[str, np.ndarray] | None = None
+        self.sent: list[Message] = []  # the requests of the current phase, as handed to the Grid
+        self.site_ids: dict[int, str] = {}  # node id -> the site id it reported, for replies without metrics
 
     def summary(self) -> None:
         """Log the aggregator and its options, then FedAvg's sampling summary."""
@@ -154,14 +168,16 @@ class PartialModelStrategy(FedAvg):
         self.current_arrays = {key: a.numpy() for key, a in arrays.items()}
         for key, value in self.aggregator.train_config().items():
             config[key] = value
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        self.sent = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        return self.sent
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's configure_evaluate with the offset round."""
         self.current_arrays = {key: a.numpy() for key, a in arrays.items()}
-        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+        self.sent = list(super().configure_evaluate(server_round + self.round_offset, arrays, config, grid))
+        return self.sent
 
     def _collect(
         self, server_round: int, replies: Iterable[Message], global_arrays: dict[str, np.ndarray] | None
@@ -174,23 +190,32 @@ class PartialModelStrategy(FedAvg):
         phase = "train" if with_arrays else "evaluate"
         reports: list[SiteReport] = []
         accepted: list[SiteUpdate] = []
+        sent_to = destinations(self.sent)
+        answered: set[str] = set()
         for msg in replies:
-            node_id = msg.metadata.src_node_id
+            answered.add(msg.metadata.reply_to_message_id)
+            node_id = sent_to.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             if msg.has_error():
                 report, update = error_report(node_id, msg.error), None
+                report.site = self.site_ids.get(node_id, report.site)
             else:
                 report, update = read_reply(node_id, msg.content, self.weighted_by_key, with_arrays)
+                self.site_ids[node_id] = report.site
             if update is not None and global_arrays is not None:
                 reason = validate_update(global_arrays, update)
                 if reason:
                     report.status, report.reason, update = "rejected", reason, None
+            reports.append(report)
+            if update is not None:
+                accepted.append(update)
+        reports += [SiteReport(round=0, node_id=node_id, site=self.site_ids.get(node_id, str(node_id)),
+                               status=NO_REPLY, reason=NO_REPLY_REASON)
+                    for message_id, node_id in sent_to.items() if message_id not in answered]
+        for report in reports:
             report.round = server_round + self.round_offset
             if report.status != "ok":
                 logger.warning("%s round %d: %s from site %s: %s", phase, report.round, report.status,
                                report.site, report.reason)
-            reports.append(report)
-            if update is not None:
-                accepted.append(update)
         logger.info("%s round %d: %d of %d replies accepted", phase, server_round + self.round_offset,
                     len(accepted), len(reports))
         return reports, accepted
@@ -219,6 +244,11 @@ class PartialModelStrategy(FedAvg):
         record = ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in new_arrays.items()})
         return record, self._mean_metrics(reports)
 
+    def record_unreleased(self, server_round: int, replies: Iterable[Message]) -> None:
+        """Report every site of a train round whose aggregate is not released (central DP refused the round)."""
+        if self.current_arrays is not None:
+            self._report("train", server_round, self._collect(server_round, replies, self.current_arrays)[0])
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted mean of the evaluation metrics of the usable replies; None if there is none."""
         reports, accepted = self._collect(server_round, replies, None)
@@ -239,11 +269,14 @@ def build_strategy(
     round_offset: int = 0,
     on_site_reports: SiteReportsCallback | None = None,
     min_nodes: int = 1,
+    fraction_evaluate: float = 1.0,
     **aggregator_options: float,
 ) -> PartialModelStrategy:
-    """A PartialModelStrategy with the aggregator `name`; `min_nodes` sets all three node minimums."""
+    """A PartialModelStrategy with the aggregator `name`; `min_nodes` sets all three node minimums;
+    `fraction_evaluate` 0 asks no site to evaluate."""
     return PartialModelStrategy(
         build_aggregator(name, **aggregator_options),
+        fraction_evaluate=fraction_evaluate,
         min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes,
         min_available_nodes=min_nodes,

@@ -74,6 +74,38 @@ def process_tree(root: int) -> set[int]:
         grew = bool(children)
     return tree
 
+
+def named_in_tree(root: int, name: str) -> list[int]:
+    """Live processes under `root` (included) whose command line contains `name`."""
+    found = []
+    for pid in process_tree(root):
+        try:
+            if name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and all its descendants, as a power cut or the OOM killer would: stopped first, so that none
+    starts a child that would escape as an orphan."""
+    stopped: set[int] = set()
+    while tree := process_tree(root) - stopped:
+        for pid in tree:
+            _signal(pid, signal.SIGSTOP)
+        stopped |= tree
+    for pid in stopped:
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def group_alive(group: int) -> bool:
     return any(g == group for _, g in live_processes().values())
 
@@ -118,6 +150,20 @@ class Processes:
             self._signal_group(process.pid, signal.SIGKILL)
             process.wait()
         return subprocess.CompletedProcess(argv, process.returncode, self.log(name), "")
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """`wait_until`, failing with the end of every log."""
+        try:
+            wait_until(condition, timeout, what)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.tails()}") from None
+
+    def wait(self, name: str, timeout: float) -> int:
+        """Wait for the process `name` to exit; fail with the end of every log if it outlives `timeout` seconds."""
+        try:
+            return self.started[name].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} still running after {timeout:.0f} s\n{self.tails()}") from None
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"

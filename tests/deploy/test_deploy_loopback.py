@@ -7,98 +7,29 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from deploy_harness import BIN, REPO, Processes, free_port, group_alive, port_open, wait_until
+from deploy_federation import Federation, SiteData, start_federation
+from deploy_harness import REPO, Processes, free_port, group_alive, wait_until
 
-from core.checkpoint import describe, load_checkpoint, save_checkpoint
-from core.model.config import TJNetConfig
-from core.model.tjnet import TJNet
-from sim.phantom.writer import generate_site
+from core.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process tracking reads /proc")
 
 SITES = {"siteA": ("rsna", "months", 1), "siteB": ("tongji", "years", 2)}
-
-
-@dataclass
-class Federation:
-    root: Path
-    port: int
-    processes: Processes
-
-    @property
-    def ca(self) -> Path:
-        return self.root / "certs" / "ca.crt"
-
-    def supernode(self, name: str, key: str | None, ca: bool = True, superlink_port: int | None = None,
-                  extra: tuple[str, ...] = ()) -> list[str]:
-        argv = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{superlink_port or self.port}",
-                "--port", str(free_port()), "--node-config", str(self.root / f"{name}.toml"), *extra]
-        if ca:
-            argv += ["--root-certificates", str(self.ca)]
-        if key:
-            argv += ["--auth-supernode-private-key", str(self.root / "keys" / key)]
-        return argv
-
-    def flwr(self, name: str, *args: str, timeout: float = 60) -> str:
-        result = self.processes.run(name, [str(BIN / "flwr"), *args], self.root / "home-cli", timeout)
-        assert result.returncode == 0, f"flwr {' '.join(args)} failed:\n{result.stdout}\n{self.processes.tails()}"
-        return result.stdout
-
-
-def _script(processes: Processes, root: Path, script: str, *args: str) -> None:
-    name = f"{Path(script).stem}-{Path(args[-1]).name}"
-    result = processes.run(name, [sys.executable, str(REPO / "deploy" / script), *args], root, timeout=60)
-    assert result.returncode == 0, result.stdout
-
-
-def _prepare_sites(root: Path, sites: dict[str, tuple[str, str, int]] = SITES) -> None:
-    """Phantom hospitals, each with its own copy of the pretrained model, and the coordinator's copy."""
-    model = TJNet(TJNetConfig(image_size=64, width=0.25))
-    save_checkpoint(root / "pretrained.pt", model, describe(model))
-    for name, (preset, unit, site_id) in sites.items():
-        generate_site(preset, 40, root / "data" / name, seed=site_id, image_size=64)
-        shutil.copy(root / "pretrained.pt", root / "data" / f"{name}-pretrained.pt")
-        (root / f"{name}.toml").write_text(
-            f'data-path = "{root / "data" / name}"\nlabel-unit = "{unit}"\nsite-id = {site_id}\ndevice = "cpu"\n'
-            f'state-dir = "{root / "state" / name}"\npretrained = "{root / "data" / f"{name}-pretrained.pt"}"\n')
+DATA = SiteData(images=40, image_size=64, width=0.25)
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory):
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("deploy")
     (root / "logs").mkdir()
     processes = Processes(root / "logs")
     try:
-        _prepare_sites(root)
-        _script(processes, root, "make_certs.py", "--out", str(root / "certs"))
-        for key in (*SITES, "rogue"):
-            _script(processes, root, "make_site_keys.py", "--out", str(root / "keys"), "--name", key)
-        port = free_port()
-        certs = root / "certs"
-        processes.start("superlink", [
-            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-            "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
-            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-            "--host", "127.0.0.1", "--port", str(port)], root / "home-superlink")
-        wait_until(lambda: port_open(port), 60, "the SuperLink to listen")
-        (root / "home-cli").mkdir()
-        (root / "home-cli" / "config.toml").write_text(
-            f'[superlink]\ndefault = "ossifl"\n\n[superlink.ossifl]\naddress = "127.0.0.1:{port}"\n'
-            f'root-certificates = "{certs / "ca.crt"}"\n')
-        fed = Federation(root, port, processes)
-        for name in SITES:
-            fed.flwr(f"register-{name}", "supernode", "register", str(root / "keys" / f"{name}.pub"), "ossifl")
-            processes.start(name, fed.supernode(name, key=name), root / f"home-{name}")
-        for name in SITES:
-            wait_until(lambda: "SuperNode ID" in processes.log(name), 60, f"{name} to connect")
-        yield fed
+        yield start_federation(root, processes, SITES, DATA, extra_keys=("rogue",))
     finally:
         processes.stop_all()
         assert not processes.ours(), "processes survived the teardown"
@@ -143,7 +74,7 @@ def test_one_round_over_tls_with_two_authenticated_sites(federation: Federation)
                     timeout=300)
     logs = federation.processes.tails()
     assert (root / "out" / "federated_final.pt").is_file(), logs
-    assert load_checkpoint(root / "out" / "federated_final.pt").model.config.image_size == 64
+    assert load_checkpoint(root / "out" / "federated_final.pt").model.config.image_size == DATA.image_size
 
     for name in SITES:
         decoded = sorted((root / "state" / name / "decoded").iterdir())  # train+val and test, for the next rounds

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.supercore.task_identity import TaskIdentity
 
 from core.checkpoint import load_checkpoint
@@ -93,8 +94,9 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray], weight: float) -> Messag
     return Message(content, reply_to=msg)
 
 
-def _config(tmp_path: Path, **extra) -> FederationConfig:
-    return FederationConfig(pretrained=tmp_path / "none.pt", min_nodes=2, central_dp_noise_multiplier=1.0, **extra)
+def _config(tmp_path: Path, min_nodes: int = 2, **extra) -> FederationConfig:
+    return FederationConfig(pretrained=tmp_path / "none.pt", min_nodes=min_nodes, central_dp_noise_multiplier=1.0,
+                            **extra)
 
 
 def test_uneven_rounds_release_nothing_and_the_accounting_resumes(tmp_path, monkeypatch):
@@ -135,3 +137,21 @@ def test_batchnorm_and_non_mean_aggregation_are_refused(tmp_path):
     wrap_central_dp(build_strategy("fedavg", min_nodes=2), _config(tmp_path), model, local_norms, None)
     with pytest.raises(ValueError, match="mean aggregation"):
         wrap_central_dp(build_strategy("fedmedian", min_nodes=2), _config(tmp_path), torch.nn.Linear(1, 1), [], None)
+
+
+def test_a_round_with_a_dead_or_late_site_releases_nothing_and_records_every_site(tmp_path, monkeypatch):
+    for attribute in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+    global_arrays = {"block6.weight": np.ones(3, np.float32)}
+    reports = []
+    strategy = build_strategy("fedavg", min_nodes=3, on_site_reports=lambda phase, rnd, rs: reports.append(rs))
+    wrapper = wrap_central_dp(strategy, _config(tmp_path, min_nodes=3), torch.nn.Linear(1, 1), [], None)
+    sent = {msg.metadata.dst_node_id: msg for msg in wrapper.configure_train(
+        1, ArrayRecord({k: Array(v) for k, v in global_arrays.items()}), ConfigRecord(), FakeGrid([1, 2, 3]))}
+    for node, msg in sent.items():  # pushed, as a Grid does
+        msg.metadata.__dict__["_message_id"] = f"request-{node}"
+    replies = [_reply(sent[1], {"block6.weight": np.full(3, 2.0, np.float32)}, 1.0),
+               create_message_error_unavailable_res_message(sent[2].metadata, "node_unavail")]  # node 3: late
+    assert wrapper.aggregate_train(1, replies) == (None, None)
+    assert wrapper.accountant.num_releases == 0
+    assert sorted((r.node_id, r.status) for r in reports[-1]) == [(1, "ok"), (2, "error"), (3, "no-reply")]

@@ -43,6 +43,7 @@ def test_strategy_options_reach_the_aggregator_and_are_recorded() -> None:
     ({"pretrained": ""}, "no 'pretrained' checkpoint"),
     ({"lr": "fast"}, "lr"),
     ({"strategy": "fedavgm", "server-momentum": 1.5}, "server_momentum"),
+    ({"fraction-evaluate": 1.5}, "fraction-evaluate must be between 0 and 1, got 1.5"),
 ])
 def test_bad_run_configs_are_one_line_errors(change: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -52,7 +53,7 @@ def test_bad_run_configs_are_one_line_errors(change: dict, match: str) -> None:
 def test_a_resume_may_change_rounds_and_timeout_but_nothing_that_shapes_the_model() -> None:
     before = FederationConfig(pretrained=Path("m.pt"), strategy="fedadam").describe()
     longer = FederationConfig(pretrained=Path("m.pt"), strategy="fedadam", settings=RoundSettings(num_rounds=9),
-                              timeout=10.0)
+                              timeout=10.0, fraction_evaluate=0.0)
     assert longer.resume_differences(before) == []
     other = FederationConfig(pretrained=Path("m.pt"), strategy="fedadam", strategy_options={"eta": 0.01},
                              settings=RoundSettings(freeze=()))

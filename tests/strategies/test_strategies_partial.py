@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.supercore.task_identity import TaskIdentity
 
+from deploy.site_report import site_report
+from server.tracking import MetricsTracker
 from strategies import PartialModelStrategy, SiteReport, build_strategy
+from strategies.partial import NO_REPLY_REASON, read_reply, weighted_mean_metrics
 
 GLOBAL = {
     "block5.weight": np.zeros((2, 2), np.float32),
@@ -72,6 +77,8 @@ def test_round_offset_and_proximal_mu_in_train_config() -> None:
         assert list(msg.content["arrays"].keys()) == list(GLOBAL)
     evaluate = strategy.configure_evaluate(2, array_record(GLOBAL), ConfigRecord(), FakeGrid([11]))
     assert [m.content["config"]["server-round"] for m in evaluate] == [9]
+    silent = build_strategy("fedavg", fraction_evaluate=0.0)
+    assert list(silent.configure_evaluate(1, array_record(GLOBAL), ConfigRecord(), FakeGrid([11, 12]))) == []
 
 
 def test_subset_replies_aggregated_per_key_with_reports() -> None:
@@ -207,10 +214,62 @@ def test_start_runs_rounds_with_a_partial_site_and_a_failing_site() -> None:
 
 
 def test_age_group_mads_are_weighted_by_their_own_counts_and_suppressed_groups_do_not_count() -> None:
-    from strategies.partial import weighted_mean_metrics
-
     a = {"mad-months": 10.0, "mad-0-2y": 4.0, "n-0-2y": 6, "mad-2-5y": 0.0, "n-2-5y": 0}  # 2-5y suppressed
     b = {"mad-months": 20.0, "mad-0-2y": 8.0, "n-0-2y": 2, "mad-2-5y": 9.0, "n-2-5y": 7}
     mean = weighted_mean_metrics([(a, 30.0), (b, 10.0)], skip=())
     assert mean["mad-months"] == 12.5  # by num-examples
     assert mean["mad-0-2y"] == 5.0 and mean["mad-2-5y"] == 9.0  # by n-<group>
+
+
+class PushingGrid(FakeGrid):
+    """Sends as Flower's grids do (each message gets an id when pushed) and answers from `behaviour`:
+    node -> {round: "ok" | "dead" | "late"}. A dead node is answered for by the SuperLink, with Flower's own
+    "Node Unavailable" reply (from node 1); a late node's reply is not back when the timeout ends."""
+
+    def __init__(self, behaviour: dict[int, dict[int, str]]) -> None:
+        super().__init__(sorted(behaviour))
+        self.behaviour, self.round = behaviour, 0
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"request-{msg.object_id}"
+            self.round = int(msg.content["config"]["server-round"])
+            node, how = msg.metadata.dst_node_id, self.behaviour[msg.metadata.dst_node_id][self.round]
+            if how == "dead":
+                replies.append(create_message_error_unavailable_res_message(msg.metadata, "node_unavail"))
+            elif how == "ok":
+                content = {"metrics": MetricRecord({"num-examples": 4, "site-id": node - 10})}
+                if msg.metadata.message_type.startswith("train"):
+                    content["arrays"] = array_record({"block6.weight": np.full(3, float(node), np.float32)})
+                replies.append(Message(RecordDict(content), reply_to=msg))
+        return replies
+
+
+def test_a_dead_node_is_named_by_the_request_and_a_missing_reply_gets_a_row(tmp_path: Path) -> None:
+    reports, tracker = Reports(), MetricsTracker(tmp_path)
+
+    def record(phase: str, server_round: int, site_reports: list[SiteReport]) -> None:
+        reports(phase, server_round, site_reports)
+        tracker.site_reports(phase, server_round, site_reports)
+
+    strategy = build_strategy("fedavg", on_site_reports=record)
+    grid = PushingGrid({11: {1: "ok", 2: "ok"}, 12: {1: "ok", 2: "dead"}, 13: {1: "late", 2: "dead"}})
+    result = strategy.start(grid=grid, initial_arrays=array_record(GLOBAL), num_rounds=2, timeout=5)
+    tracker.close()
+    rows = {(phase, rnd, r.node_id): (r.site, r.status, r.reason) for phase, rnd, rs in reports.calls for r in rs}
+    assert len(rows) == sum(len(rs) for _, _, rs in reports.calls) == 12  # one report per site and phase
+    assert rows[("train", 1, 13)] == ("13", "no-reply", "no reply within the run's timeout")
+    assert rows[("evaluate", 1, 13)][1] == "no-reply"
+    site, status, reason = rows[("train", 2, 12)]
+    assert (site, status) == ("2", "error") and reason.startswith("Error: Node Unavailable")  # its site-id of round 1
+    assert rows[("train", 2, 13)][:2] == ("13", "error")  # never answered: named by its node id
+    assert {rows[("train", n, 11)] for n in (1, 2)} == {("1", "ok", "")}
+    np.testing.assert_allclose(result.arrays["block6.weight"].numpy(), 11.0)  # round 2: node 11 alone
+    assert site_report(tmp_path / "metrics.csv", 1)[1]["13"]["status"] == "evaluate no-reply: " + NO_REPLY_REASON
+    assert "error: Error: Node Unavailable" in site_report(tmp_path / "metrics.csv", 2)[1]["2"]["status"]
+
+
+def test_a_named_site_sending_site_id_minus_one_is_reported_by_its_node_id() -> None:
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 1, "site-id": -1})})
+    assert read_reply(42, content, "num-examples", with_arrays=False)[0].site == "42"
