@@ -87,7 +87,7 @@ def script(processes: Processes, root: Path, name: str, *args: str) -> None:
 
 
 def prepare_sites(root: Path, sites: Sites, data: SiteData = SiteData()) -> None:
-    """Phantom hospitals, each with its own copy of the pretrained model and a node config, and the coordinator's copy."""
+    """Phantom hospitals, each with its own copy of the pretrained model and a node config; the coordinator's copy."""
     torch.manual_seed(0)
     model = TJNet(TJNetConfig(image_size=data.image_size, width=data.width))
     save_checkpoint(root / "pretrained.pt", model, describe(model))

@@ -94,6 +94,7 @@ def test_a_killed_supernode_and_a_nan_site_do_not_stop_the_federation(tmp_path: 
         assert not processes.ours(), "processes survived the teardown"
     print(f"fault federation: {time.monotonic() - started:.0f} s", file=sys.stderr)  # for docs/deployment.md
 
+    assert (root / "out" / "federated_final.pt").is_file(), logs
     final = load_checkpoint(root / "out" / "federated_final.pt")
     assert all(torch.isfinite(v).all() for v in final.model.state_dict().values() if v.is_floating_point())
     assert load_checkpoint(root / "out" / "federated_latest.pt").metadata["round"] == 2, logs
@@ -114,7 +115,8 @@ def test_a_killed_supernode_and_a_nan_site_do_not_stop_the_federation(tmp_path: 
     assert first[healthy] == {"ok:"}
     assert [s.split(":", 1)[0] for s in first[killed_node] if "Node Unavailable" in s] == ["error"], first
     assert any("non-finite values" in s for s in first[poisoned]), first
-    assert status("evaluate", 1) == {site: {"ok:"} for site in (healthy, killed, poisoned)}, rows  # the killed site is back, under its site id
+    back = {site: {"ok:"} for site in (healthy, killed, poisoned)}  # the killed site is back, under its site id
+    assert status("evaluate", 1) == back, rows
     second = status("train", 2)
     assert second[healthy] == second[killed] == {"ok:"}, (rows, logs)
     assert any("non-finite values" in s for s in second[poisoned]), second
