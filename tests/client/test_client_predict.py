@@ -14,10 +14,12 @@ import torch
 from predict_helpers import (HALFWIDTH, HALFWIDTH_FROM_HEAD, radiograph, tagged_dicom, tiny_checkpoint,
                              tree_digest, write_all_formats)
 
+from client import predict as client_predict
 from client.__main__ import main
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import read_image
-from core.inference import model_input
+from core.inference import model_input, predict_batch
+from core.tta import TTAConfig
 from tests.core.data.data_sites import write_image
 
 
@@ -166,3 +168,24 @@ def test_attention_heat_map_of_a_model_without_cbam_is_a_one_line_error(tmp_path
     path = write_image(tmp_path / "in" / "a.png", radiograph(1), "png8")
     code, rows, err = predict(capsys, model, "--heatmap", "--heatmap-method", "attention", "--out", tmp_path / "o", path)
     assert code == 2 and "no CBAM" in err and rows == []
+
+
+def test_a_checkpoint_with_test_time_augmentation_predicts_with_its_views(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_checkpoint(model)
+    tta = TTAConfig(shift=0.1, scale=0.1)
+    with_tta = save_checkpoint(tmp_path / "tta.pt", loaded.model, dict(loaded.metadata, tta=tta.to_dict()))
+    write_image(tmp_path / "hand.png", radiograph(3), "png8")
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(args[4] if len(args) > 4 else kwargs.get("tta"))
+        return predict_batch(*args, **kwargs)
+
+    monkeypatch.setattr(client_predict, "predict_batch", spy)
+    predict(capsys, model, "--sex", "M", tmp_path / "hand.png")
+    _, (averaged,), _ = predict(capsys, with_tta, "--sex", "M", tmp_path / "hand.png")
+    assert [bool(t and t.enabled) for t in seen] == [False, True] and seen[1] == tta
+    _, tensor = model_input(read_image(tmp_path / "hand.png"), 48)
+    expected = predict_batch(loaded.model, tensor.unsqueeze(0), torch.ones(1), torch.device("cpu"), tta)
+    assert averaged["bone_age_months"] == pytest.approx(float(expected.expected_months[0]), abs=0.06)

@@ -12,6 +12,9 @@ import torch
 from client.__main__ import main as client_main
 from core.central import PretrainJob, pretrain
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
+from core.data.dataset import make_loader
+from core.training import predict
+from core.tta import TTAConfig
 from core.conformal import (ConformalError, conformal_quantile, fit_conformal, measure_coverage,
                             minimum_calibration_size, predictions_of)
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
@@ -109,3 +112,14 @@ def test_site_finetuning_stores_an_interval_of_its_own(phantom: Path, model_path
     val = load_site(SiteDataConfig(phantom), 48, None, seed=0, splits=("val",)).val
     assert metadata["conformal"]["n"] == len(val) and metadata["conformal"]["source"] == str(phantom)
     assert load_checkpoint(tmp_path / "site.pt").metadata["conformal"] == metadata["conformal"]
+
+
+def test_the_interval_of_a_model_with_test_time_augmentation_is_fitted_on_its_averaged_ages(
+        phantom: Path, model_path: Path) -> None:
+    model = load_checkpoint(model_path).model
+    site = load_site(SiteDataConfig(phantom), 48, None, seed=0, splits=("val",))
+    tta = TTAConfig(shift=0.1, scale=0.1)
+    averaged = predict(model, make_loader(site.val, 64, shuffle=False, seed=0), torch.device("cpu"), tta=tta)
+    interval = fit_conformal(model, site.val, torch.device("cpu"), 0.9, tta=tta)
+    errors = np.abs(averaged.true_months - averaged.predicted_months)
+    assert interval.halfwidth_months == pytest.approx(conformal_quantile(errors, 0.9), abs=1e-3)

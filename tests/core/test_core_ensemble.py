@@ -8,6 +8,7 @@ from core.central import evaluate_checkpoint
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig
 from core.ensemble import EnsembleJob, build_ensemble, fit_linear
+from core.errors import ConfigError
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from server.cli import main
@@ -84,3 +85,12 @@ def test_ensemble_command_prints_members_and_ensemble(members, capsys):
     assert "m0.pt" in text and "m1.pt" in text and "ensemble" in text and "intercept" in text
     assert main(["ensemble", "--models", str(paths[0]), "--data", str(site), "--out", str(root / "x.pt")]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_a_member_with_test_time_augmentation_is_refused_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=48, width=0.25))
+    plain = save_checkpoint(tmp_path / "plain.pt", model, describe(model))
+    tta = save_checkpoint(tmp_path / "tta.pt", model, describe(model, tta={"shift": 0.04, "scale": 0.0}))
+    with pytest.raises(ConfigError, match="tta.pt"):
+        build_ensemble(EnsembleJob(models=(plain, tta), data=SiteDataConfig(tmp_path / "no-site"), out=tmp_path / "e.pt"))
