@@ -12,16 +12,15 @@ import torch
 from client.__main__ import main as client_main
 from core.central import PretrainJob, pretrain
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
-from core.data.dataset import make_loader
-from core.training import predict
-from core.tta import TTAConfig
 from core.conformal import (ConformalError, conformal_quantile, fit_conformal, measure_coverage,
                             minimum_calibration_size, predictions_of)
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
+from core.data.dataset import make_loader
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.site_finetune import FinetuneConfig, finetune_site
-from core.training import TrainConfig
+from core.training import TrainConfig, predict
+from core.tta import TTAConfig
 from sim.phantom.writer import generate_site
 
 N_IMAGES = 200
