@@ -9,6 +9,8 @@ predictions stay in memory (never commit predictions on RSNA images).
 
 Each checkpoint is scored with the test-time augmentation its metadata records (as `evaluate` does);
 `--tta SHIFT,SCALE` also scores every checkpoint with that augmentation, as an extra row `<row>+tta`.
+A second table gives each row's budget as its checkpoints record it: parameters, epochs trained (best epoch) and
+training minutes per seed (an ensemble: its members' summed).
 
     python -m bench.bench_heads --runs runs/h15/rsna --data ../shared/data/rsna100 --baseline resnet18
 """
@@ -19,6 +21,7 @@ import argparse
 import logging
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +108,57 @@ def table(errors: dict[str, dict[int, np.ndarray]], baseline: str) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What one checkpoint cost: parameters, epochs trained, the best epoch and the training time (an ensemble:
+    its members' epochs and time summed; None where a member's file is gone)."""
+
+    parameters: int
+    epochs: int | None
+    best_epoch: int | None
+    train_minutes: float | None
+
+
+def budget_of(path: Path) -> Budget:
+    """The budget a checkpoint records (`core.central.pretrain` writes `history` and `train_seconds`)."""
+    loaded = load_checkpoint(path)
+    metadata = loaded.metadata
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    members = metadata.get("member_checkpoints")
+    if members:
+        parts = [budget_of(Path(m["file"])) if Path(m["file"]).is_file() else None for m in members]
+        if any(part is None or part.train_minutes is None for part in parts):
+            return Budget(parameters, None, None, None)
+        return Budget(parameters, sum(part.epochs or 0 for part in parts), None,
+                      sum(part.train_minutes for part in parts))
+    histories = [metadata.get("history") or []]
+    histories += [member.get("history") or [] for member in (metadata.get("sex_specific") or {}).values()]
+    seconds = metadata.get("train_seconds")
+    return Budget(parameters, sum(len(h) for h in histories) or None, metadata.get("best_epoch"),
+                  None if seconds is None else seconds / 60.0)
+
+
+def budget_table(paths: list[Path]) -> list[str]:
+    """Markdown rows: each row's parameters and, per seed, epochs trained (best epoch) and training minutes."""
+    budgets: dict[str, dict[int, Budget]] = defaultdict(dict)
+    for path in paths:
+        match = _NAME.match(path.name)
+        if match is not None:
+            budgets[match["row"]][int(match["seed"])] = budget_of(path)
+    lines = ["| model | parameters | epochs trained (best) per seed | training minutes per seed | mean minutes |",
+             "|---|---|---|---|---|"]
+    for row, by_seed in sorted(budgets.items()):
+        seeds = [by_seed[s] for s in sorted(by_seed)]
+        epochs = ", ".join("n/a" if b.epochs is None else f"{b.epochs}" + ("" if b.best_epoch is None else
+                                                                          f" ({b.best_epoch})") for b in seeds)
+        minutes = [b.train_minutes for b in seeds]
+        per_seed = ", ".join("n/a" if m is None else f"{m:.1f}" for m in minutes)
+        known = [m for m in minutes if m is not None]
+        mean = f"{np.mean(known):.1f}" if len(known) == len(minutes) else "n/a"
+        lines.append(f"| {row} | {seeds[0].parameters:,} | {epochs} | {per_seed} | {mean} |")
+    return lines
+
+
 def _tta(text: str) -> TTAConfig:
     try:
         shift, scale = (float(value) for value in text.split(","))
@@ -125,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    errors = test_errors(sorted(args.runs.glob("*.pt")), data_config_from_args(args), args.split, args.tta)
+    paths = sorted(args.runs.glob("*.pt"))
+    errors = test_errors(paths, data_config_from_args(args), args.split, args.tta)
     aligned, n_common = on_common_images(errors)
     for row, by_seed in sorted(errors.items()):
         print(f"{row}: {', '.join(f's{seed} scored {len(by_image)}' for seed, by_image in sorted(by_seed.items()))}")
     print(f"rows compared on the {n_common} {args.split} images every model scored\n")
     print("\n".join(table(aligned, args.baseline)))
+    print("\nBudget (training time as the checkpoint records it: wall time of the training loop; an ensemble sums "
+          "its members')\n")
+    print("\n".join(budget_table(paths)))
     return 0
 
 

@@ -53,3 +53,26 @@ def test_checkpoints_are_scored_with_their_own_tta_and_optionally_an_extra_one(t
 
     assert np.allclose(values("tta"), values("plain+tta"))
     assert not np.allclose(values("plain"), values("plain+tta"))
+
+
+def test_budget_table_reads_epochs_minutes_and_sums_an_ensembles_members(tmp_path):
+    from bench.bench_heads import budget_table
+    from core.model.combined import CombinedConfig, EnsembleModel, MemberSpec
+
+    torch.manual_seed(0)
+    member = TJNet(TJNetConfig(image_size=48, width=0.25))
+    history = [{"epoch": e, "val_mad_months": 30.0 - e} for e in (1, 2, 3)]
+    runs = tmp_path / "runs"
+    for name, seconds in (("a_s0.pt", 120.0), ("b_s0.pt", 30.0)):
+        save_checkpoint(runs / name, member, describe(member, history=history, best_epoch=2, train_seconds=seconds))
+    spec = MemberSpec("tjnet", member.config.to_dict())
+    ensemble = EnsembleModel(CombinedConfig(members=(spec, spec), names=("a", "b")), [member, member])
+    members = [{"file": str(runs / "a_s0.pt")}, {"file": str(runs / "b_s0.pt")}]
+    save_checkpoint(runs / "ens_s0.pt", ensemble, describe(ensemble, member_checkpoints=members))
+    save_checkpoint(runs / "ens_s1.pt", ensemble, describe(ensemble, member_checkpoints=[{"file": "gone.pt"}]))
+    lines = budget_table(sorted(runs.glob("*.pt")))
+    n = sum(p.numel() for p in member.parameters())
+    assert lines[2] == f"| a | {n:,} | 3 (2) | 2.0 | 2.0 |"
+    assert lines[3] == f"| b | {n:,} | 3 (2) | 0.5 | 0.5 |"
+    # the ensemble: its members' epochs and minutes summed; a seed whose member file is gone has no budget
+    assert lines[4] == f"| ens | {2 * n:,} | 6, n/a | 2.5, n/a | n/a |"
