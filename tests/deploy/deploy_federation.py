@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +129,19 @@ def start_federation(root: Path, processes: Processes, sites: Sites, data: SiteD
     for name in sites:
         processes.wait_until(lambda: "SuperNode ID" in processes.log(name), CONNECT_S, f"{name} to connect")
     return fed
+
+
+@contextmanager
+def running_federation(root: Path, sites: Sites, data: SiteData = SiteData(), **options) -> Iterator[Federation]:
+    """`start_federation` in `root` (process logs in `root/logs`); on exit every process it started is stopped,
+    and checked gone."""
+    (root / "logs").mkdir()
+    processes = Processes(root / "logs")
+    try:
+        yield start_federation(root, processes, sites, data, **options)
+    finally:
+        processes.stop_all()
+        assert not processes.ours(), "processes survived the teardown"
 
 
 def metric_rows(path: Path) -> list[dict[str, str]]:

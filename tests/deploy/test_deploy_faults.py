@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_federation import CONNECT_S, metric_rows, start_federation
-from deploy_harness import Processes, kill_tree, named_in_tree, process_tree
+from deploy_federation import CONNECT_S, metric_rows, running_federation
+from deploy_harness import kill_tree, named_in_tree, process_tree
 
 from core.checkpoint import load_checkpoint
 
@@ -69,11 +69,9 @@ def _node_id(log: str) -> str:
 
 def test_a_killed_supernode_and_a_nan_site_do_not_stop_the_federation(tmp_path: Path) -> None:
     root = tmp_path
-    (root / "logs").mkdir()
-    processes = Processes(root / "logs")
     started = time.monotonic()
-    try:
-        fed = start_federation(root, processes, SITES, site_env={POISONED: _sabotage(root)})
+    with running_federation(root, SITES, site_env={POISONED: _sabotage(root)}) as fed:
+        processes = fed.processes
         killed_node = _node_id(processes.log(KILLED))
         config = fed.run_config("out", rounds=2, min_nodes=len(SITES), timeout=REPLY_TIMEOUT)
         processes.start("flwr-run", fed.flwr_run(config), root / "home-cli")
@@ -89,9 +87,6 @@ def test_a_killed_supernode_and_a_nan_site_do_not_stop_the_federation(tmp_path: 
         code = processes.wait("flwr-run", RUN_S)
         logs = processes.tails()
         assert code == 0, logs
-    finally:
-        processes.stop_all()
-        assert not processes.ours(), "processes survived the teardown"
     print(f"fault federation: {time.monotonic() - started:.0f} s", file=sys.stderr)  # for docs/deployment.md
 
     assert (root / "out" / "federated_final.pt").is_file(), logs

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from deploy_federation import Federation, SiteData, start_federation
-from deploy_harness import REPO, Processes, free_port, group_alive, wait_until
+from deploy_federation import Federation, SiteData, running_federation
+from deploy_harness import REPO, free_port, group_alive, wait_until
 
 from core.checkpoint import load_checkpoint
 
@@ -25,14 +25,8 @@ DATA = SiteData(images=40, image_size=64, width=0.25)
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("deploy")
-    (root / "logs").mkdir()
-    processes = Processes(root / "logs")
-    try:
-        yield start_federation(root, processes, SITES, DATA, extra_keys=("rogue",))
-    finally:
-        processes.stop_all()
-        assert not processes.ours(), "processes survived the teardown"
+    with running_federation(tmp_path_factory.mktemp("deploy"), SITES, DATA, extra_keys=("rogue",)) as fed:
+        yield fed
 
 
 def test_unregistered_key_is_refused(federation: Federation) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_federation import Federation, metric_rows, start_federation
-from deploy_harness import REPO, Processes, kill_tree, named_in_tree, port_open, process_tree
+from deploy_federation import Federation, metric_rows, running_federation
+from deploy_harness import REPO, kill_tree, named_in_tree, port_open, process_tree
 
 from core.checkpoint import load_checkpoint
 
@@ -36,14 +36,8 @@ EXTRA = 'strategy = "fedavgm"\nfraction-evaluate = 0.0\n'
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("resume")
-    (root / "logs").mkdir()
-    processes = Processes(root / "logs")
-    try:
-        yield start_federation(root, processes, SITES, database=True)
-    finally:
-        processes.stop_all()
-        assert not processes.ours(), "processes survived the teardown"
+    with running_federation(tmp_path_factory.mktemp("resume"), SITES, database=True) as fed:
+        yield fed
 
 
 def _config(fed: Federation, out: str, resume: bool = False) -> Path:
