@@ -102,7 +102,20 @@ HOSPITALS = (
 
 IID = (SiteShift("iid", "a random share of the source, unchanged (no shift)"),)
 
-PARTITION_PROFILES: dict[str, tuple[SiteShift, ...]] = {"hospitals": HOSPITALS, "iid": IID}
+
+def _acquisition_only(shift: SiteShift) -> SiteShift:
+    """`shift`'s scanner alone: the whole source population (any age, girls as the source has them, same size)
+    labelled like the source (months, no offset, no extra reader noise)."""
+    return SiteShift(f"{shift.name}_scanner", f"{shift.name}'s acquisition only; source population and labels",
+                     PopulationShift(size=shift.population.size), shift.acquisition, LabellingShift())
+
+
+# Acquisition shifts only: every site has the same population and labelling, so a difference between sites is
+# the scanner's alone (the `hospitals` profile adds who is imaged and how the reader labels).
+ACQUISITION = tuple(_acquisition_only(shift) for shift in HOSPITALS)
+
+PARTITION_PROFILES: dict[str, tuple[SiteShift, ...]] = {"hospitals": HOSPITALS, "acquisition": ACQUISITION,
+                                                        "iid": IID}
 
 
 def site_shifts(profile: str, n_sites: int, size: int | None) -> list[SiteShift]:

@@ -129,3 +129,24 @@ def test_cli_writes_sites_and_refuses_bad_requests(source: Path, tmp_path: Path,
     assert main(["partition", "--data", str(tmp_path / "missing"), "--sites", "1", "--out", str(tmp_path / "y")]) == 2
     with pytest.raises(PartitionError, match="inside the input"):
         partition(SiteDataConfig(root=source), 1, source / "out")
+
+
+def test_acquisition_profile_shifts_the_scanner_alone(source: Path, tmp_path: Path) -> None:
+    from sim.shifts import HOSPITALS
+
+    folders = partition(SiteDataConfig(root=source), 4, tmp_path / "acq", profile="acquisition", seed=0, size=12)
+    assert [f.name for f in folders] == [f"site-{k + 1}_{s.name}_scanner" for k, s in enumerate(HOSPITALS)]
+    source_labels = _labels(source)
+    ages = []
+    for folder, hospital in zip(folders, HOSPITALS):
+        info = json.loads((folder / "site.json").read_text())
+        assert info["label_unit"] == "months" and info["partition"]["profile"] == "acquisition"
+        assert info["shift"]["acquisition"] == json.loads(json.dumps(hospital.to_dict()["acquisition"]))
+        assert info["shift"]["population"]["age_range_months"] == [0.0, 240.0]
+        labels = _labels(folder)
+        assert labels == {i: source_labels[i] for i in labels}  # same labelling as the source: no offset, no noise
+        ages += [age for age, _ in labels.values()]
+        changed = [not np.allclose(read_image(folder / "images" / f"{i}.png"),
+                                   read_image(source / "images" / f"{i}.png"), atol=2 / 255) for i in labels]
+        assert all(changed)  # every image went through the site's scanner
+    assert min(ages) < 60 and max(ages) > 180  # the whole population at every site, not an age window
