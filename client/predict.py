@@ -18,6 +18,8 @@ import torch
 from tqdm import tqdm
 
 from client.model_identity import model_identity
+from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, head_confidence, sex_is_unsure,
+                            unsure_sex_source, years_months)
 from client.report_html import ImageSection, report_path, safe_name, write_reports
 from client.worklist import PatientFacts, Resolved, WorkItem, resolve
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
@@ -37,10 +39,9 @@ FIELDS = (
     "image", "patient_id", "status", "reason", "bone_age_months", "bone_age", "interval_low_months",
     "interval_high_months", "interval_coverage", "chronological_age_months", "chronological_age",
     "chronological_age_source", "ba_minus_ca_months", "ba_minus_ca_years", "sex", "sex_source", "sex_head_p_male",
-    "quality_flags", "quality_confidence", "heatmap", "report", "model_sha256", "model_provenance",
+    *SEX_FIELDS, "quality_flags", "quality_confidence", "heatmap", "report", "model_sha256", "model_provenance",
 )
 DISPLAY_SIZE = 384  # side of the radiograph and heat map shown in a report
-SEX_HEAD_DISAGREES = 0.9  # flag a given sex the sex head contradicts with at least this probability
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class PredictSettings:
     batch_size: int = 16
     device: str = "cpu"
     progress: bool = True
+    reading: ReadingConfig = ReadingConfig()
 
 
 @dataclass
@@ -69,12 +71,6 @@ class _Pending:
     square: np.ndarray | None = None
     tensor: torch.Tensor | None = None
     flags: list[str] = field(default_factory=list)
-
-
-def years_months(months: float) -> str:
-    """12.5 -> "1 y 0 m" (rounded to the nearest month; a minus sign for negative values)."""
-    total = int(round(abs(months)))
-    return f"{'-' if months < 0 and total else ''}{total // 12} y {total % 12} m"
 
 
 class Predictor:
@@ -168,9 +164,26 @@ class Predictor:
         images = torch.stack([p.tensor for p in ready])
         male = torch.tensor([float("nan") if p.facts.male is None else float(p.facts.male) for p in ready])
         batch = predict_batch(self.model, images, male, self.device, self.tta)
+        unsure = [bool(batch.sex_from_head[i]) and sex_is_unsure(float(batch.p_male[i]), self.settings.reading)
+                  for i in range(len(ready))]
+        by_sex = {}
+        if any(unsure):  # read those images as a girl's and as a boy's
+            picked = torch.stack([p.tensor for p, u in zip(ready, unsure) if u])
+            for sex in (0.0, 1.0):
+                months = predict_batch(self.model, picked, torch.full((len(picked),), sex), self.device, self.tta)
+                by_sex[sex] = iter(months.expected_months)
         for i, pending in enumerate(ready):
-            self._fill(pending, float(batch.expected_months[i]), bool(batch.male_used[i]),
-                       bool(batch.sex_from_head[i]), float(batch.p_male[i]))
+            months, p_male = float(batch.expected_months[i]), float(batch.p_male[i])
+            if unsure[i]:
+                self._fill_both_sexes(pending, float(next(by_sex[0.0])), float(next(by_sex[1.0])), p_male)
+            else:
+                self._fill(pending, months, bool(batch.male_used[i]), bool(batch.sex_from_head[i]), p_male)
+
+    def _interval(self, months: float, from_head: bool) -> tuple[float, float] | None:
+        if self.conformal is None:
+            return None
+        low, high = interval_bounds(months, self.conformal.halfwidth(from_head), self.max_months)
+        return round(float(low), 1), round(float(high), 1)
 
     def _fill(self, pending: _Pending, months: float, male: bool, from_head: bool, p_male: float) -> None:
         row, flags = pending.row, pending.flags
@@ -179,28 +192,44 @@ class Predictor:
         if np.isfinite(p_male):
             row["sex_head_p_male"] = round(p_male, 3)
         if from_head:
-            row["sex_source"] = f"model's sex head (p = {max(p_male, 1 - p_male):.2f}); sex not given"
+            row["sex_source"] = f"model's sex head (p = {head_confidence(p_male):.2f}); sex not given"
             flags.append("sex predicted by the model, not given")
-        elif np.isfinite(p_male) and (p_male if not male else 1 - p_male) >= SEX_HEAD_DISAGREES:
-            flags.append(f"the model's sex head disagrees with the given sex (p = {max(p_male, 1 - p_male):.2f})")
-        if self.conformal is not None:
-            low, high = interval_bounds(months, self.conformal.halfwidth(from_head), self.max_months)
-            row.update(interval_low_months=round(float(low), 1), interval_high_months=round(float(high), 1),
+        elif np.isfinite(p_male) and (p_male if not male else 1 - p_male) >= self.settings.reading.sex_head_disagrees:
+            flags.append(f"the model's sex head disagrees with the given sex (p = {head_confidence(p_male):.2f})")
+        interval = self._interval(months, from_head)
+        if interval is not None:
+            row.update(interval_low_months=interval[0], interval_high_months=interval[1],
                        interval_coverage=self.conformal.coverage)
-        else:
-            flags.append("no calibrated interval in this checkpoint (python -m client calibrate)")
         if pending.facts.age_months is not None:
             difference = months - pending.facts.age_months
             row.update(ba_minus_ca_months=round(difference, 1), ba_minus_ca_years=round(difference / 12.0, 2))
-        row["quality_flags"] = "; ".join(flags)
+        self._finish(pending)
+
+    def _fill_both_sexes(self, pending: _Pending, female: float, male: float, p_male: float) -> None:
+        """The sex head is unsure: no single bone age, one per sex with the interval of a given sex."""
+        row = pending.row
+        row.update(status="ok", bone_age=f"F {years_months(female)}, M {years_months(male)}", sex="unknown",
+                   sex_source=unsure_sex_source(p_male, self.settings.reading), sex_head_p_male=round(p_male, 3))
+        for name, months in (("female", female), ("male", male)):
+            row[f"bone_age_months_{name}"] = round(months, 1)
+            interval = self._interval(months, from_head=False)
+            if interval is not None:
+                row[f"interval_low_months_{name}"], row[f"interval_high_months_{name}"] = interval
+                row["interval_coverage"] = self.conformal.coverage
+        pending.flags.append(UNSURE_SEX_FLAG)
+        self._finish(pending)
+
+    def _finish(self, pending: _Pending) -> None:
+        if self.conformal is None:
+            pending.flags.append("no calibrated interval in this checkpoint (python -m client calibrate)")
+        pending.row["quality_flags"] = "; ".join(pending.flags)
 
     def _explain(self, pending: _Pending) -> ImageSection | None:
         if self.settings.report:
             pending.row["report"] = str(report_path(self.settings.out / "reports", pending.facts.patient_id))
         if pending.row["status"] != "ok":
             return ImageSection(pending.row, None, None) if self.settings.report else None
-        heat = heat_map(self.model, pending.tensor, 1.0 if pending.row["sex"] == "M" else 0.0,
-                        self.settings.heatmap_method)
+        heat = heat_map(self.model, pending.tensor, self._heat_sex(pending.row), self.settings.heatmap_method)
         display = fit_to_square(pending.pixels, DISPLAY_SIZE, DISPLAY_SIZE)
         heat_png = png_bytes(overlay(display, heat))
         if self.settings.heatmap:
@@ -210,3 +239,10 @@ class Predictor:
             path.write_bytes(heat_png)
             pending.row["heatmap"] = str(path)
         return ImageSection(pending.row, png_bytes(display), heat_png)
+
+    @staticmethod
+    def _heat_sex(row: dict[str, Any]) -> float:
+        """The sex the heat map is computed with: the one used, or the sex head's lean when it was unsure."""
+        if row["sex"] == "unknown":
+            return 1.0 if float(row["sex_head_p_male"]) >= 0.5 else 0.0
+        return 1.0 if row["sex"] == "M" else 0.0

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import torch
 
 from client.predict import FIELDS, PredictSettings, Predictor
+from client.reading import ReadingConfig
 from client.worklist import PatientFacts, collect, parse_date, parse_sex
 from core.data import DataError
 from core.explain import METHODS
@@ -23,6 +24,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, DICOM), folders or worklist CSVs")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint file")
     parser.add_argument("--sex", help="M or F for every image (wins over worklist and DICOM)")
+    parser.add_argument("--sex-sure", type=float, default=ReadingConfig.sex_sure,
+                        help="with the sex not given, the sex head's probability needed to use its sex; below it the "
+                             f"bone age is given for both sexes (default: {ReadingConfig.sex_sure})")
     parser.add_argument("--chronological-age", type=float, help="chronological age in years for every image")
     parser.add_argument("--birth-date", help="YYYY-MM-DD, with --study-date gives the chronological age")
     parser.add_argument("--study-date", help="YYYY-MM-DD")
@@ -86,12 +90,15 @@ def write_rows(rows: Any, stream: TextIO, as_json: bool, copy: TextIO | None) ->
 def run_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DataError("--batch-size must be at least 1")
+    if not 0.5 <= args.sex_sure <= 1.0:
+        raise DataError(f"--sex-sure {args.sex_sure} is not a probability in 0.5-1.0")
     if args.threads:
         torch.set_num_threads(args.threads)
     check_out_folder(args.out, args.inputs, args.heatmap or args.report)
     settings = PredictSettings(model=args.model, facts=facts_from_args(args), out=args.out, heatmap=args.heatmap,
                                report=args.report, heatmap_method=args.heatmap_method, batch_size=args.batch_size,
-                               device=args.device, progress=not args.no_progress)
+                               device=args.device, progress=not args.no_progress,
+                               reading=ReadingConfig(sex_sure=args.sex_sure))
     items = collect(args.inputs)
     predictor = Predictor(settings)
     copy = None

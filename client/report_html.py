@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from client.reading import years_months
+
 logger = logging.getLogger(__name__)
 
 REVIEW_STATEMENT = ("This bone age was estimated by software. It is not a diagnosis: a qualified clinician must "
@@ -71,26 +73,54 @@ def _image_html(section: ImageSection, input_px: int) -> str:
                     f'<figure><img alt="heat map" src="{_data_uri(section.heatmap_png)}">'
                     f"<figcaption>heat map: where the features behind the predicted class were (block 4)"
                     f"</figcaption></figure></div>")
-    interval = "not calibrated"
-    if row["interval_low_months"] != "":
-        interval = (f"{row['interval_low_months']} - {row['interval_high_months']} months "
-                    f"({float(row['interval_coverage']):.0%} prediction interval)")
     age = "not known"
-    difference = "needs the chronological age"
     if row["chronological_age_months"] != "":
         age = (f"{html.escape(row['chronological_age'])} ({row['chronological_age_months']} months; "
                f"{html.escape(row['chronological_age_source'])})")
-        difference = f"{row['ba_minus_ca_months']:+.1f} months ({row['ba_minus_ca_years']:+.2f} years)"
+    reading = _both_sexes(row) if row["sex"] == "unknown" else _one_sex(row)
     flags = html.escape(row["quality_flags"]) or "none"
     table = _rows([
-        ("Bone age", f'<span class="big">{html.escape(row["bone_age"])}</span> ({row["bone_age_months"]} months)'),
-        ("Prediction interval", interval),
+        *reading,
         ("Chronological age", age),
-        ("BA - CA", difference),
-        ("Sex used", f"{row['sex']} ({html.escape(row['sex_source'])})"),
+        ("Sex used", f"{html.escape(row['sex'])} ({html.escape(row['sex_source'])})"),
         ("Quality flags", f'<span class="flags">{flags}</span>'),
     ])
     return f'<div class="image"><h2>{name}</h2>{pictures}<table>{table}</table></div>'
+
+
+def _interval_text(low: Any, high: Any, coverage: Any) -> str:
+    if low == "":
+        return "not calibrated"
+    return f"{low} - {high} months ({float(coverage):.0%} prediction interval)"
+
+
+def _difference(months: float, row: dict[str, Any]) -> str:
+    if row["chronological_age_months"] == "":
+        return "needs the chronological age"
+    difference = months - float(row["chronological_age_months"])
+    return f"{difference:+.1f} months ({difference / 12:+.2f} years)"
+
+
+def _one_sex(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("Bone age", f'<span class="big">{html.escape(row["bone_age"])}</span> ({row["bone_age_months"]} months)'),
+        ("Prediction interval", _interval_text(row["interval_low_months"], row["interval_high_months"],
+                                               row["interval_coverage"])),
+        ("BA - CA", _difference(float(row["bone_age_months"]), row)),
+    ]
+
+
+def _both_sexes(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The sex head was unsure: a reading for each sex, and the request for the sex, ahead of everything else."""
+    pairs = [("Sex needed", '<span class="refused">The sex was not given and the model cannot tell it from this '
+                            "film; the bone age depends on it. Read the line of the patient's sex.</span>")]
+    for name, letter in (("female", "F"), ("male", "M")):
+        months = float(row[f"bone_age_months_{name}"])
+        interval = _interval_text(row[f"interval_low_months_{name}"], row[f"interval_high_months_{name}"],
+                                  row["interval_coverage"])
+        pairs.append((f"Bone age if {name}", f'<span class="big">{letter} {years_months(months)}</span> '
+                                             f"({months} months); {interval}; BA - CA {_difference(months, row)}"))
+    return pairs
 
 
 def _model_html(identity: dict[str, Any]) -> str:
