@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from client.model_identity import model_identity
-from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, head_confidence, sex_is_unsure,
-                            unsure_sex_source, years_months)
+from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, compression_flag, head_confidence,
+                            sex_is_unsure, unsure_sex_source, years_months)
 from client.report_html import ImageSection, report_path, safe_name, write_reports
 from client.worklist import PatientFacts, Resolved, WorkItem, resolve
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 FIELDS = (
     "image", "patient_id", "status", "reason", "bone_age_months", "bone_age", "interval_low_months",
-    "interval_high_months", "interval_coverage", "chronological_age_months", "chronological_age",
+    "interval_high_months", "interval_coverage", "interval_band", "chronological_age_months", "chronological_age",
     "chronological_age_source", "ba_minus_ca_months", "ba_minus_ca_years", "sex", "sex_source", "sex_head_p_male",
     *SEX_FIELDS, "quality_flags", "quality_confidence", "heatmap", "report", "model_sha256", "model_provenance",
 )
@@ -179,10 +179,16 @@ class Predictor:
             else:
                 self._fill(pending, months, bool(batch.male_used[i]), bool(batch.sex_from_head[i]), p_male)
 
-    def _interval(self, months: float, from_head: bool) -> tuple[float, float] | None:
+    def _interval(self, pending: _Pending, months: float, from_head: bool) -> tuple[float, float] | None:
+        """The interval of one reading (its band's when the interval has bands); flags a compressed end band."""
         if self.conformal is None:
             return None
-        low, high = interval_bounds(months, self.conformal.halfwidth(from_head), self.max_months)
+        band = self.conformal.band_of(months)
+        if band is not None:
+            flag = compression_flag(self.conformal.bands, band, self.settings.reading)
+            if flag is not None and flag not in pending.flags:
+                pending.flags.append(flag)
+        low, high = interval_bounds(months, self.conformal.halfwidth(from_head, months), self.max_months)
         return round(float(low), 1), round(float(high), 1)
 
     def _fill(self, pending: _Pending, months: float, male: bool, from_head: bool, p_male: float) -> None:
@@ -196,10 +202,11 @@ class Predictor:
             flags.append("sex predicted by the model, not given")
         elif np.isfinite(p_male) and (p_male if not male else 1 - p_male) >= self.settings.reading.sex_head_disagrees:
             flags.append(f"the model's sex head disagrees with the given sex (p = {head_confidence(p_male):.2f})")
-        interval = self._interval(months, from_head)
+        interval = self._interval(pending, months, from_head)
         if interval is not None:
+            band = self.conformal.band_of(months)
             row.update(interval_low_months=interval[0], interval_high_months=interval[1],
-                       interval_coverage=self.conformal.coverage)
+                       interval_coverage=self.conformal.coverage, interval_band="" if band is None else band.label)
         if pending.facts.age_months is not None:
             difference = months - pending.facts.age_months
             row.update(ba_minus_ca_months=round(difference, 1), ba_minus_ca_years=round(difference / 12.0, 2))
@@ -212,7 +219,7 @@ class Predictor:
                    sex_source=unsure_sex_source(p_male, self.settings.reading), sex_head_p_male=round(p_male, 3))
         for name, months in (("female", female), ("male", male)):
             row[f"bone_age_months_{name}"] = round(months, 1)
-            interval = self._interval(months, from_head=False)
+            interval = self._interval(pending, months, from_head=False)
             if interval is not None:
                 row[f"interval_low_months_{name}"], row[f"interval_high_months_{name}"] = interval
                 row["interval_coverage"] = self.conformal.coverage

@@ -10,7 +10,8 @@ calibrated for a given sex (if the patient is that sex, that interval holds), an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from core.conformal_bands import AgeBand
 
 SEX_FIELDS = ("bone_age_months_female", "interval_low_months_female", "interval_high_months_female",
               "bone_age_months_male", "interval_low_months_male", "interval_high_months_male")
@@ -63,3 +64,17 @@ def unsure_sex_source(p_male: float, config: ReadingConfig) -> str:
 
 UNSURE_SEX_FLAG = "sex unknown: bone age given for both sexes; give the sex (--sex or a sex column) for one reading"
 
+
+
+def compression_flag(bands: tuple[AgeBand, ...], band: AgeBand, config: ReadingConfig) -> str | None:
+    """A warning for a reading in the lowest or highest band when the calibration images showed the model
+    compressing there (true ages beyond its readings by `config.compression_months` on average)."""
+    if band == bands[0] and band.bias_months <= -config.compression_months:
+        return (f"at the low end of the model's range ({band.label}): on the calibration images read here the true "
+                f"bone age was {-band.bias_months:.0f} months below the reading on average; the model compresses "
+                "young readings towards the mean age")
+    if band == bands[-1] and band.bias_months >= config.compression_months:
+        return (f"at the high end of the model's range ({band.label}): on the calibration images read here the true "
+                f"bone age was {band.bias_months:.0f} months above the reading on average; the model compresses "
+                "old readings towards the mean age")
+    return None

@@ -11,6 +11,10 @@ Two half-widths are stored: one with the sex given to the model (the calibration
 the sex TJ-Net's own sex head predicts, used when a patient's sex is unknown. The interval of an image
 whose sex came from the head is therefore as wide as that case measured, never silently the narrower one.
 
+With enough calibration images (`core.conformal_bands.BandConfig`) the half-widths are also fitted per band of the
+predicted age (Mondrian conformal, `core.conformal_bands`), and an image's interval is its band's: it then holds
+in each band, where the single interval over-covers the middle of the range and under-covers its ends.
+
 Checkpoint metadata["conformal"] = ``ConformalInterval.to_dict()``.
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_checkpoint, save_checkpoint
+from core.conformal_bands import AgeBand, BandConfig, band_from_dict, band_index, fit_bands
 from core.data import SiteDataConfig, load_site
 from core.data.dataset import BoneAgeDataset, make_loader
 from core.errors import ConfigError
@@ -56,6 +61,8 @@ class ConformalInterval:
         split: where they came from ("val" of the training site, or a site's own split).
         source: the calibration folder, as given.
         method: how the half-width was computed.
+        bands: the Mondrian half-widths per predicted-age band, () when the calibration set was too small;
+            an image's interval is then the single one above.
     """
 
     coverage: float
@@ -65,22 +72,36 @@ class ConformalInterval:
     split: str
     source: str = ""
     method: str = METHOD
+    bands: tuple[AgeBand, ...] = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        values["bands"] = [asdict(band) for band in self.bands]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "ConformalInterval":
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        known["bands"] = tuple(band_from_dict(band) for band in known.get("bands") or ())
         return cls(**known)
 
-    def halfwidth(self, sex_from_head: bool) -> float:
-        """The half-width for an image whose sex was given (False) or predicted (True)."""
+    def band_of(self, predicted_months: float) -> AgeBand | None:
+        """The predicted-age band a reading falls in (None for an interval without bands)."""
+        return self.bands[int(band_index(self.bands, predicted_months))] if self.bands else None
+
+    def halfwidth(self, sex_from_head: bool, predicted_months: float | None = None) -> float:
+        """The half-width for an image whose sex was given (False) or predicted (True); with its reading, the
+        half-width of the reading's band when the interval has bands."""
+        band = None if predicted_months is None else self.band_of(predicted_months)
         if sex_from_head:
             if self.halfwidth_months_sex_from_head is None:
                 raise ConformalError("this interval was calibrated without a sex head; give the sex")
-            return self.halfwidth_months_sex_from_head
-        return self.halfwidth_months
+            return self.halfwidth_months_sex_from_head if band is None else band.halfwidth_months_sex_from_head
+        return self.halfwidth_months if band is None else band.halfwidth_months
+
+    def halfwidths(self, sex_from_head: bool, predicted_months: np.ndarray) -> np.ndarray:
+        """The half-width of each reading (its band's, or the single one)."""
+        return np.array([self.halfwidth(sex_from_head, float(p)) for p in predicted_months])
 
 
 def minimum_calibration_size(coverage: float) -> int:
@@ -123,16 +144,10 @@ def predictions_of(model: nn.Module, dataset: BoneAgeDataset, device: torch.devi
     return np.concatenate(predicted), np.concatenate(true)
 
 
-def absolute_errors(model: nn.Module, dataset: BoneAgeDataset, device: torch.device,
-                    sex_from_head: bool = False, tta: TTAConfig | None = None) -> np.ndarray:
-    """|true - predicted| bone age (months) of each image."""
-    predicted, true = predictions_of(model, dataset, device, sex_from_head, tta=tta)
-    return np.abs(true - predicted)
-
-
 def fit_conformal(model: nn.Module, dataset: BoneAgeDataset, device: torch.device, coverage: float = 0.9,
-                  split: str = "val", source: str = "", tta: TTAConfig | None = None) -> ConformalInterval:
-    """Calibrate the interval on a labelled split the model was not trained on.
+                  split: str = "val", source: str = "", tta: TTAConfig | None = None,
+                  bands: BandConfig = BandConfig()) -> ConformalInterval:
+    """Calibrate the interval (single and per predicted-age band) on a labelled split the model was not trained on.
 
     Raises:
         ConformalError: fewer images than the coverage needs.
@@ -141,14 +156,20 @@ def fit_conformal(model: nn.Module, dataset: BoneAgeDataset, device: torch.devic
     if len(dataset) < n_needed:
         raise ConformalError(f"a {coverage:.0%} interval needs at least {n_needed} labelled calibration images, "
                              f"the {split} split has {len(dataset)}")
-    halfwidth = conformal_quantile(absolute_errors(model, dataset, device, tta=tta), coverage)
-    from_head = None
+    predicted, true = predictions_of(model, dataset, device, tta=tta)
+    halfwidth = conformal_quantile(np.abs(true - predicted), coverage)
+    from_head = head_predicted = None
     if has_sex_head(model):
-        from_head = conformal_quantile(absolute_errors(model, dataset, device, sex_from_head=True, tta=tta), coverage)
-    interval = ConformalInterval(coverage, halfwidth, from_head, len(dataset), split, source)
+        head_predicted, _ = predictions_of(model, dataset, device, sex_from_head=True, tta=tta)
+        from_head = conformal_quantile(np.abs(true - head_predicted), coverage)
+    bands = replace(bands, min_per_band=max(bands.min_per_band, minimum_calibration_size(coverage)))
+    by_band = fit_bands(predicted, true, head_predicted, coverage, max_months(model), conformal_quantile, bands)
+    interval = ConformalInterval(coverage, halfwidth, from_head, len(dataset), split, source, bands=by_band)
     logger.info("conformal %.0f%% interval on %d %s images: +-%.1f months (sex given), %s (sex from the head)",
                 coverage * 100, len(dataset), split, halfwidth,
                 "n/a" if from_head is None else f"+-{from_head:.1f} months")
+    for band in by_band:
+        logger.info("  readings %s: +-%.1f months on %d images", band.label, band.halfwidth_months, band.n)
     return interval
 
 
@@ -178,10 +199,22 @@ class CoverageReport:
     covered_low: float
     covered_high: float
     mean_width_months: float
+    bands: tuple["BandCoverage", ...] = ()
 
 
-def measure_coverage(predicted: np.ndarray, true: np.ndarray, halfwidth: float, max_months: float) -> CoverageReport:
-    """Coverage and width of the interval on images with known bone age."""
+@dataclass(frozen=True)
+class BandCoverage:
+    """Coverage among test images read in one predicted-age band: of the interval used (its band's half-width when
+    the interval has bands) and, beside it, of the single interval."""
+
+    band: str
+    used: CoverageReport
+    single: CoverageReport
+
+
+def measure_coverage(predicted: np.ndarray, true: np.ndarray, halfwidth: float | np.ndarray,
+                     max_months: float) -> CoverageReport:
+    """Coverage and width of the interval (one half-width, or one per image) on images with known bone age."""
     low, high = interval_bounds(predicted, halfwidth, max_months)
     inside = (true >= low) & (true <= high)
     n = len(true)
@@ -194,8 +227,26 @@ def measure_coverage(predicted: np.ndarray, true: np.ndarray, halfwidth: float, 
     return CoverageReport(n, p, centre - spread, centre + spread, float(np.mean(high - low)))
 
 
+def coverage_by_band(interval: ConformalInterval, predicted: np.ndarray, true: np.ndarray, sex_from_head: bool,
+                     max_months: float) -> CoverageReport:
+    """Coverage on labelled test images of the interval `predict` uses, overall and per predicted-age band (with
+    the single interval's coverage in each band beside it). An interval without bands gets no breakdown."""
+    used = interval.halfwidths(sex_from_head, predicted)
+    single = interval.halfwidth(sex_from_head)
+    overall = measure_coverage(predicted, true, used, max_months)
+    per_band = []
+    for i, band in enumerate(interval.bands):
+        inside = band_index(interval.bands, predicted) == i
+        if inside.any():
+            per_band.append(BandCoverage(band.label, measure_coverage(predicted[inside], true[inside], used[inside],
+                                                                      max_months),
+                                         measure_coverage(predicted[inside], true[inside], single, max_months)))
+    return replace(overall, bands=tuple(per_band))
+
+
 def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, split: str = "val",
-                         coverage: float = 0.9, device: str = "cpu") -> tuple[ConformalInterval, dict[str, CoverageReport]]:
+                         coverage: float = 0.9, device: str = "cpu",
+                         bands: BandConfig = BandConfig()) -> tuple[ConformalInterval, dict[str, CoverageReport]]:
     """Re-calibrate a checkpoint's interval on a site's own labelled images and save it as `out`.
 
     Args:
@@ -204,7 +255,8 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
 
     Returns:
         The new interval and, when calibrated on "val", its coverage on the site's test split with the sex
-        given ("sex given") and, for a model with a sex head, with the head's sex ("sex from head").
+        given ("sex given") and, for a model with a sex head, with the head's sex ("sex from head"), each
+        overall and per predicted-age band.
     """
     if Path(out).resolve() == Path(model_path).resolve():
         raise ConformalError("--out must be a new file; the input checkpoint is never overwritten")
@@ -220,14 +272,14 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
     else:
         calibration = getattr(site, split)
     tta = tta_config_of(checkpoint.metadata)
-    interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root), tta)
+    interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root), tta, bands)
     reports: dict[str, CoverageReport] = {}
     if split == "val" and len(site.test) > 0:
         for name, from_head in (("sex given", False), ("sex from head", True)):
             if from_head and interval.halfwidth_months_sex_from_head is None:
                 continue
             predicted, true = predictions_of(model, site.test, torch_device, sex_from_head=from_head, tta=tta)
-            reports[name] = measure_coverage(predicted, true, interval.halfwidth(from_head), max_months(model))
+            reports[name] = coverage_by_band(interval, predicted, true, from_head, max_months(model))
     metadata = dict(checkpoint.metadata, conformal=interval.to_dict())
     save_checkpoint(out, model.cpu(), metadata)
     return interval, reports
