@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "client.check_command",
     "client.predict_command",
     "client.calibrate_command",
+    "client.accept_command",
     "client.finetune_command",
     "client.preprocess_command",
     "client.train_orientation_command",

@@ -27,6 +27,15 @@ def state_folder_name(data_root: Path) -> str:
     return f"{Path(data_root).name}-{digest}"
 
 
+def state_dir_of(node: Mapping[str, Any]) -> Path:
+    """A site's state folder: `state-dir`, else `<state root>/<site-id>`, else the one named after `data-path`."""
+    if "state-dir" in node:
+        return Path(str(node["state-dir"]))
+    if "site-id" in node:
+        return DEFAULT_STATE_ROOT / str(node["site-id"])
+    return DEFAULT_STATE_ROOT / state_folder_name(Path(str(node["data-path"])))
+
+
 class SiteConfigError(ConfigError):
     """Node settings that cannot work; the message explains the fix in one line."""
 
@@ -65,8 +74,7 @@ class SiteConfig:
         if not pretrained:
             raise SiteConfigError("no pretrained model: set 'pretrained' in the node config "
                                   "(the server did not send one either)")
-        default_state = DEFAULT_STATE_ROOT / (site_id if "site-id" in node else state_folder_name(data.root))
-        state_dir = Path(str(node.get("state-dir", default_state)))
+        state_dir = state_dir_of(node)
         cache = str(node.get("decode-cache", state_dir / "decoded"))
         return cls(site_id, data, Path(pretrained), state_dir, str(node.get("device", "auto")),
                    parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from client.acceptance import SiteAcceptance, acceptance_status
 from client.model_identity import model_identity
 from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, compression_flag, head_confidence,
                             sex_is_unsure, unsure_sex_source, years_months)
@@ -40,6 +41,7 @@ FIELDS = (
     "interval_high_months", "interval_coverage", "interval_band", "chronological_age_months", "chronological_age",
     "chronological_age_source", "ba_minus_ca_months", "ba_minus_ca_years", "sex", "sex_source", "sex_head_p_male",
     *SEX_FIELDS, "quality_flags", "quality_confidence", "heatmap", "report", "model_sha256", "model_provenance",
+    "model_acceptance",
 )
 DISPLAY_SIZE = 384  # side of the radiograph and heat map shown in a report
 
@@ -58,6 +60,7 @@ class PredictSettings:
     device: str = "cpu"
     progress: bool = True
     reading: ReadingConfig = ReadingConfig()
+    site: SiteAcceptance = SiteAcceptance(None)  # where the site's acceptance verdicts are, and whether it needs one
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Predictor:
         self.metadata = checkpoint.metadata
         self.sha256 = file_sha256(settings.model)
         self.identity = model_identity(settings.model, self.metadata, self.sha256)
+        self.identity["acceptance"] = acceptance_status(settings.site, self.sha256, settings.model)
         self.image_size = int(self.model.config.image_size)
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
@@ -120,7 +124,8 @@ class Predictor:
         facts = resolve(item, self.settings.facts, tags)
         row: dict[str, Any] = dict.fromkeys(FIELDS, "")
         row.update(image=str(item.path), patient_id=facts.patient_id, model_sha256=self.sha256,
-                   model_provenance=self.identity["provenance"], sex_source=facts.sex_source)
+                   model_provenance=self.identity["provenance"], model_acceptance=self.identity["acceptance"],
+                   sex_source=facts.sex_source)
         if facts.age_months is not None:
             row.update(chronological_age_months=round(facts.age_months, 1),
                        chronological_age=years_months(facts.age_months), chronological_age_source=facts.age_source)

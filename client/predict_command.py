@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import torch
 
+from client.acceptance import site_acceptance
 from client.predict import FIELDS, PredictSettings, Predictor
 from client.reading import ReadingConfig
 from client.worklist import PatientFacts, collect, parse_date, parse_sex
@@ -39,6 +40,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--site-config", type=Path, help="the site's node config (site.toml): where its acceptance "
+                        "verdicts are (state-dir) and whether the model must have been accepted (require-acceptance)")
+    parser.add_argument("--state-dir", type=Path, help="the site's state folder (wins over the site config's)")
     parser.set_defaults(handler=run_predict)
 
 
@@ -98,7 +102,8 @@ def run_predict(args: argparse.Namespace) -> int:
     settings = PredictSettings(model=args.model, facts=facts_from_args(args), out=args.out, heatmap=args.heatmap,
                                report=args.report, heatmap_method=args.heatmap_method, batch_size=args.batch_size,
                                device=args.device, progress=not args.no_progress,
-                               reading=ReadingConfig(sex_sure=args.sex_sure))
+                               reading=ReadingConfig(sex_sure=args.sex_sure),
+                               site=site_acceptance(args.site_config, args.state_dir))
     items = collect(args.inputs)
     predictor = Predictor(settings)
     copy = None

@@ -133,6 +133,7 @@ def _model_html(identity: dict[str, Any]) -> str:
         ("Architecture", html.escape(f"{identity['architecture']} at {identity['image_size']} px, "
                                      f"width {identity['width']}")),
         ("Frozen blocks", ", ".join(map(str, identity.get("frozen_blocks") or [])) or "none"),
+        ("Acceptance at this site", html.escape(identity.get("acceptance") or "not checked")),
     ])
     return f"<h2>Model</h2><table>{summary}</table><h2>How it was trained</h2><table>{trained}</table>"
 

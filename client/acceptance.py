@@ -1,0 +1,110 @@
+"""Acceptance at the site: the site's thresholds from its node config, the verdict in its audit log, and the
+verdict `predict` looks up by the model's SHA-256.
+
+The keys live in the same `site.toml` the SuperNode reads (`deploy/site.toml`): `state-dir` (where `audit.jsonl`
+is), `require-acceptance` (predict refuses a model this site has not accepted) and the `accept-*` thresholds of
+`core.acceptance.AcceptancePolicy`. The latest verdict on a SHA-256 wins: a model rejected after it was accepted is
+no longer accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from client.audit import AUDIT_FILENAME, append_audit
+from client.config import SiteConfigError, state_dir_of
+from core.acceptance import AcceptancePolicy, Verdict
+from core.errors import UserError
+
+ACCEPTANCE_EVENT = "model_acceptance"
+_POLICY_KEYS = {"accept-margin-months": "margin_months", "accept-max-refused": "max_refused_share",
+                "accept-pose-images": "pose_images", "accept-max-pose-change-months": "max_pose_change_months"}
+
+
+class NotAcceptedError(UserError):
+    """The site requires acceptance and this model has not been accepted here."""
+
+
+@dataclass(frozen=True)
+class SiteAcceptance:
+    """What acceptance needs from a site's settings."""
+
+    state_dir: Path | None
+    require: bool = False
+    policy: AcceptancePolicy = AcceptancePolicy()
+
+
+def read_site_config(path: Path) -> dict[str, Any]:
+    """The flat keys of a site's node config file (site.toml)."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SiteConfigError(f"cannot read the site config {path}: {exc}") from None
+
+
+def site_acceptance(site_config: Path | None, state_dir: Path | None, data: Path | None = None) -> SiteAcceptance:
+    """Settings from `--site-config` (its keys) and `--state-dir` (wins over the config's `state-dir`); without
+    either, the state folder a SuperNode serving `data` would use by default (None when `data` is not given)."""
+    node: Mapping[str, Any] = read_site_config(site_config) if site_config is not None else {}
+    values = {}
+    for key, name in _POLICY_KEYS.items():
+        if key in node:
+            try:
+                values[name] = type(getattr(AcceptancePolicy, name))(node[key])
+            except (TypeError, ValueError):
+                raise SiteConfigError(f"{site_config}: {key} = {node[key]!r} is not a number") from None
+    require = node.get("require-acceptance", False)
+    if not isinstance(require, bool):
+        raise SiteConfigError(f"{site_config}: require-acceptance must be true or false, got {require!r}")
+    known = {"data-path": str(data), **node} if data is not None else dict(node)
+    if state_dir is None and any(key in known for key in ("state-dir", "site-id", "data-path")):
+        state_dir = state_dir_of(known)
+    return SiteAcceptance(state_dir, require, AcceptancePolicy(**values))
+
+
+def record_verdict(state_dir: Path, verdict: Verdict, model: Path, data: Path, against: Path | None) -> None:
+    """Append the verdict with its figures to the site's audit log."""
+    append_audit(state_dir, {"event": ACCEPTANCE_EVENT, "model_file": str(Path(model).resolve()),
+                             "against_file": None if against is None else str(Path(against).resolve()),
+                             "data": str(Path(data).resolve()), **verdict.to_dict()})
+
+
+def latest_verdict(state_dir: Path, sha256: str) -> dict[str, Any] | None:
+    """The site's latest acceptance entry for this SHA-256 (None when the model was never checked here)."""
+    path = Path(state_dir) / AUDIT_FILENAME
+    if not path.is_file():
+        return None
+    found = None
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if ACCEPTANCE_EVENT not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("event") == ACCEPTANCE_EVENT and entry.get("model_sha256") == sha256:
+                found = entry
+    return found
+
+
+def acceptance_status(site: SiteAcceptance, sha256: str, model: Path) -> str:
+    """One line for predict's output ("accepted at this site 2026-...Z", ...); raises `NotAcceptedError` when the
+    site requires acceptance and the latest verdict is not an acceptance."""
+    if site.state_dir is None:
+        if site.require:
+            raise NotAcceptedError("this site requires acceptance but its config names no state-dir to find it in")
+        return "not checked: no site given (--site-config or --state-dir)"
+    entry = latest_verdict(site.state_dir, sha256)
+    if entry is not None and entry.get("accepted") is True:
+        return f"accepted at this site {entry['time']}"
+    status = "never checked at this site" if entry is None else \
+        f"rejected at this site {entry['time']}: {entry.get('reason', '')}"
+    if site.require:
+        raise NotAcceptedError(f"{model} is {status.replace('never', 'not')}; this site requires acceptance "
+                               f"(python -m client accept --model {model} --data SITE)")
+    return status
