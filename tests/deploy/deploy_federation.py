@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +103,11 @@ def prepare_sites(root: Path, sites: Sites, data: SiteData = SiteData()) -> None
 
 def start_federation(root: Path, processes: Processes, sites: Sites, data: SiteData = SiteData(),
                      extra_keys: tuple[str, ...] = (), database: bool = False,
-                     site_env: dict[str, dict[str, str]] | None = None) -> Federation:
+                     site_env: dict[str, dict[str, str]] | None = None,
+                     site_argv: dict[str, Callable[[list[str]], list[str]]] | None = None) -> Federation:
     """Sites, certificates, keys (one per site and per `extra_keys`), a TLS SuperLink with SuperNode
     authentication (keeping its state in `root/superlink.db` if `database`), and one connected SuperNode per site
-    (`site_env[name]` added to that SuperNode's environment)."""
+    (`site_env[name]` added to that SuperNode's environment, its command line passed through `site_argv[name]`)."""
     prepare_sites(root, sites, data)
     script(processes, root, "make_certs.py", "--out", str(root / "certs"))
     for key in (*sites, *extra_keys):
@@ -124,7 +125,8 @@ def start_federation(root: Path, processes: Processes, sites: Sites, data: SiteD
         f'root-certificates = "{certs / "ca.crt"}"\n')
     for name in sites:
         fed.flwr(f"register-{name}", "supernode", "register", str(root / "keys" / f"{name}.pub"), "ossifl")
-        processes.start(name, fed.supernode(name, key=name), root / f"home-{name}",
+        argv = fed.supernode(name, key=name)
+        processes.start(name, (site_argv or {}).get(name, list)(argv), root / f"home-{name}",
                         extra_env=(site_env or {}).get(name))
     for name in sites:
         processes.wait_until(lambda: "SuperNode ID" in processes.log(name), CONNECT_S, f"{name} to connect")
