@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from core.conformal import ConformalInterval, max_months, measure_coverage
+from core.conformal import ConformalInterval, coverage_by_band, max_months
 from core.data import DataError, ImageError, SiteDataConfig, load_manifest, read_image
 from core.data.dataset import make_loader
 from core.data.manifest import Record
@@ -163,7 +163,7 @@ def _interval(checkpoint: Any, new: _Scored) -> Check:
     interval = ConformalInterval.from_dict(raw)
     predicted = np.array([p for p, _ in new.ages.values()])
     true = np.array([t for _, t in new.ages.values()])
-    report = measure_coverage(predicted, true, interval.halfwidth_months, max_months(checkpoint.model))
+    report = coverage_by_band(interval, predicted, true, False, max_months(checkpoint.model))  # as predict reads
     figures = {"target": interval.coverage, "halfwidth_months": interval.halfwidth_months, **asdict(report)}
     if report.covered_high < interval.coverage:
         return Check("interval", False, f"its {interval.coverage:.0%} interval holds only {report.covered:.1%} of the "
