@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from client.acceptance import SiteAcceptance, acceptance_status
 from client.model_identity import model_identity
-from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, compression_flag, head_confidence,
-                            sex_is_unsure, unsure_sex_source, years_months)
-from client.report_html import ImageSection, report_path, safe_name, write_reports
+from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, compression_flag, describe_preprocessing,
+                            head_confidence, heat_flag, heat_outside_hand, pose_flag, sex_is_unsure,
+                            unsure_sex_source, years_months)
+from client.report_html import DISPLAY_SIZE, ImageSection, report_path, safe_name, write_reports
 from client.worklist import PatientFacts, Resolved, WorkItem, resolve
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from core.conformal import ConformalInterval, has_sex_head, interval_bounds, max_months
@@ -40,10 +42,9 @@ FIELDS = (
     "image", "patient_id", "status", "reason", "bone_age_months", "bone_age", "interval_low_months",
     "interval_high_months", "interval_coverage", "interval_band", "chronological_age_months", "chronological_age",
     "chronological_age_source", "ba_minus_ca_months", "ba_minus_ca_years", "sex", "sex_source", "sex_head_p_male",
-    *SEX_FIELDS, "quality_flags", "quality_confidence", "heatmap", "report", "model_sha256", "model_provenance",
-    "model_acceptance",
+    *SEX_FIELDS, "quality_flags", "quality_confidence", "preprocessing", "heatmap", "heatmap_outside_hand", "report",
+    "model_sha256", "model_provenance", "model_acceptance",
 )
-DISPLAY_SIZE = 384  # side of the radiograph and heat map shown in a report
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,17 @@ class Predictor:
         if facts.male is None and not self.sex_head:
             return self._refuse(pending, "sex unknown and this model has no sex head; give --sex or a sex column")
         views = []
-        for preprocessor in self.views:
+        row["preprocessing"] = describe_preprocessing(None, None)
+        for index, preprocessor in enumerate(self.views):
             if preprocessor is None:
                 views.append(pixels)
                 continue
             result = preprocessor(pixels)
             pending.flags.extend(flag for flag in result.flags if flag not in pending.flags)
+            if index == 0:  # the view shown in the report
+                row["preprocessing"] = describe_preprocessing(preprocessor.config, result)
+                warning = pose_flag(result, self.settings.reading)
+                pending.flags.extend([warning] if warning else [])
             confidence = round(float(result.confidence), 3)
             earlier = row["quality_confidence"]
             row["quality_confidence"] = confidence if earlier == "" else min(confidence, earlier)
@@ -244,13 +250,21 @@ class Predictor:
         heat = heat_map(self.model, pending.tensor, self._heat_sex(pending.row), self.settings.heatmap_method)
         display = fit_to_square(pending.pixels, DISPLAY_SIZE, DISPLAY_SIZE)
         heat_png = png_bytes(overlay(display, heat))
+        outside = heat_outside_hand(heat, pending.square)
+        if outside is not None:
+            pending.row["heatmap_outside_hand"] = round(outside, 3)
+            warning = heat_flag(outside, self.settings.reading)
+            if warning is not None:
+                pending.flags.append(warning)
+                pending.row["quality_flags"] = "; ".join(pending.flags)
         if self.settings.heatmap:
             folder = self.settings.out / "heatmaps"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{safe_name(pending.facts.patient_id)}_{safe_name(pending.item.path.stem)}.png"
             path.write_bytes(heat_png)
             pending.row["heatmap"] = str(path)
-        return ImageSection(pending.row, png_bytes(display), heat_png)
+        seen = cv2.resize(pending.square, (DISPLAY_SIZE, DISPLAY_SIZE), interpolation=cv2.INTER_NEAREST)
+        return ImageSection(pending.row, png_bytes(display), heat_png, png_bytes(seen))
 
     @staticmethod
     def _heat_sex(row: dict[str, Any]) -> float:

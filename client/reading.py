@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
+
 from core.conformal_bands import AgeBand
+from core.preprocess import PreprocessConfig
+from core.preprocess.pipeline import PreprocessResult
+from core.preprocess.segment import hand_mask
 
 SEX_FIELDS = ("bone_age_months_female", "interval_low_months_female", "interval_high_months_female",
               "bone_age_months_male", "interval_low_months_male", "interval_high_months_male")
@@ -29,12 +35,15 @@ class ReadingConfig:
             the calibration images, the true ages there lay on average this far or further beyond the readings
             (the model compressing towards the mean age).
         heat_outside_hand: warn when at least this share of the heat map's mass lies outside the hand.
+        pose_sure: warn when the pipeline changed the pose (turned, mirrored, inverted) on an orientation
+            model's confidence below this (the pipeline itself refuses below its own `min_confidence`).
     """
 
     sex_sure: float = 0.8
     sex_head_disagrees: float = 0.9
     compression_months: float = 6.0
     heat_outside_hand: float = 0.5
+    pose_sure: float = 0.8
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.sex_sure <= 1.0:
@@ -78,3 +87,61 @@ def compression_flag(bands: tuple[AgeBand, ...], band: AgeBand, config: ReadingC
                 f"bone age was {band.bias_months:.0f} months above the reading on average; the model compresses "
                 "old readings towards the mean age")
     return None
+
+
+def pose_changes(result: PreprocessResult) -> list[str]:
+    """What undoing the pose did to the image, in words."""
+    pose, changes = result.pose, []
+    if pose.inverted:
+        changes.append("grey levels inverted (bone was dark)")
+    if pose.quarter_turns:
+        changes.append(f"turned {90 * pose.quarter_turns} degrees")
+    if pose.angle_deg:
+        changes.append(f"straightened by {pose.angle_deg:.0f} degrees")
+    if pose.mirrored:
+        changes.append("mirrored left-right (read as a right hand)")
+    return changes
+
+
+def describe_preprocessing(config: PreprocessConfig | None, result: PreprocessResult | None) -> str:
+    """What the pipeline did to one image and how sure it was, e.g. "pose: mirrored left-right (orientation
+    model's confidence 0.29); then edge bands cut, CLAHE"."""
+    if config is None or result is None:
+        return "none: the model reads the image as stored"
+    parts = []
+    if config.canonical:
+        changes = pose_changes(result)
+        parts.append(f"pose: {', '.join(changes) if changes else 'left as stored'} "
+                     f"(orientation model's confidence {result.confidence:.2f})")
+    steps = [name for name, on in (("edge bands cut", config.decollimate), ("background masked", config.segment),
+                                   ("CLAHE", config.equalize), ("registered", config.register),
+                                   (f"{config.region} crop", bool(config.region))) if on]
+    return "; ".join(parts + ([f"then {', '.join(steps)}"] if steps else []))
+
+
+def pose_flag(result: PreprocessResult, config: ReadingConfig) -> str | None:
+    """A warning when the pipeline changed the pose without being sure of it."""
+    changes = pose_changes(result)
+    if not changes or result.confidence >= config.pose_sure:
+        return None
+    return (f"the pipeline changed the pose ({', '.join(changes)}) at confidence {result.confidence:.2f}: "
+            "check the film is read the right way round")
+
+
+def heat_outside_hand(heat: np.ndarray, square: np.ndarray) -> float | None:
+    """Share of the heat map's mass outside the hand in the image the model read (uint8 square); None when no
+    hand is found or the map is empty."""
+    segmentation = hand_mask(square.astype(np.float32) / 255.0)
+    side = square.shape[0]
+    weights = cv2.resize(heat.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR).clip(0.0, None)
+    total = float(weights.sum())
+    if not segmentation.found or total <= 0.0:
+        return None
+    return float(weights[~segmentation.mask].sum() / total)
+
+
+def heat_flag(share: float | None, config: ReadingConfig) -> str | None:
+    if share is None or share < config.heat_outside_hand:
+        return None
+    return (f"{share:.0%} of the heat map's mass lies outside the hand: the reading may rest on background, "
+            "labels or the film's edges")

@@ -24,6 +24,8 @@ from client.reading import years_months
 
 logger = logging.getLogger(__name__)
 
+DISPLAY_SIZE = 384  # side of the pictures in a report
+
 REVIEW_STATEMENT = ("This bone age was estimated by software. It is not a diagnosis: a qualified clinician must "
                     "review the radiograph and this result before it is used for any clinical decision.")
 NO_SDS = ("No standard deviation score is given: OssiFL has no cited reference table of bone-age spread by age "
@@ -35,7 +37,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:20px 0 6px}
 .review{border:2px solid #b00;background:#fff3f3;padding:10px 14px;margin:12px 0;font-weight:600}
 .image{border:1px solid #ccc;border-radius:6px;padding:12px;margin:14px 0}
 .pics{display:flex;gap:12px;flex-wrap:wrap} figure{margin:0} figcaption{font-size:12px;color:#444}
-img{width:320px;height:320px;image-rendering:auto;background:#000}
+img{width:300px;height:300px;image-rendering:auto;background:#000}
 table{border-collapse:collapse;font-size:14px} td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
 th{color:#333;font-weight:600;width:230px} .big{font-size:20px;font-weight:700}
 .refused{color:#b00;font-weight:700} .flags{color:#8a5a00} .small{font-size:12px;color:#555}
@@ -44,11 +46,12 @@ th{color:#333;font-weight:600;width:230px} .big{font-size:20px;font-weight:700}
 
 @dataclass(frozen=True)
 class ImageSection:
-    """One image of a report: its output row and PNGs (None for an image that was refused)."""
+    """One image of a report: its output row and PNGs (None for an image that was refused), all DISPLAY_SIZE px."""
 
     row: dict[str, Any]
     radiograph_png: bytes | None
     heatmap_png: bytes | None
+    model_input_png: bytes | None = None  # the square the model read, enlarged without smoothing
 
 
 def _data_uri(png: bytes) -> str:
@@ -65,14 +68,7 @@ def _image_html(section: ImageSection, input_px: int) -> str:
     if row["status"] != "ok":
         return (f'<div class="image"><h2>{name}</h2><p class="refused">Not assessed: '
                 f'{html.escape(str(row["reason"]))}</p></div>')
-    pictures = ""
-    if section.radiograph_png is not None and section.heatmap_png is not None:
-        pictures = (f'<div class="pics"><figure><img alt="radiograph" src="{_data_uri(section.radiograph_png)}">'
-                    f"<figcaption>radiograph as preprocessed for the model ({input_px} px input)"
-                    f"</figcaption></figure>"
-                    f'<figure><img alt="heat map" src="{_data_uri(section.heatmap_png)}">'
-                    f"<figcaption>heat map: where the features behind the predicted class were (block 4)"
-                    f"</figcaption></figure></div>")
+    pictures = _pictures(section, input_px)
     age = "not known"
     if row["chronological_age_months"] != "":
         age = (f"{html.escape(row['chronological_age'])} ({row['chronological_age_months']} months; "
@@ -84,8 +80,34 @@ def _image_html(section: ImageSection, input_px: int) -> str:
         ("Chronological age", age),
         ("Sex used", f"{html.escape(row['sex'])} ({html.escape(row['sex_source'])})"),
         ("Quality flags", f'<span class="flags">{flags}</span>'),
+        ("Preprocessing", html.escape(str(row.get("preprocessing", "")))),
     ])
     return f'<div class="image"><h2>{name}</h2>{pictures}<table>{table}</table></div>'
+
+
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    return f'<figure><img alt="{alt}" src="{_data_uri(png)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def _pictures(section: ImageSection, input_px: int) -> str:
+    """What the model saw (at its input size), the film as preprocessed at display size, and the heat map."""
+    if section.radiograph_png is None or section.heatmap_png is None:
+        return ""
+    cells = max(1, input_px // 16)
+    figures = []
+    if section.model_input_png is not None:
+        figures.append(_figure(section.model_input_png, "model input",
+                               f"what the model saw: {input_px} x {input_px} px, enlarged to {DISPLAY_SIZE} px "
+                               "without smoothing"))
+    figures.append(_figure(section.radiograph_png, "radiograph",
+                           f"the film as preprocessed, shown at {DISPLAY_SIZE} px (finer than the model saw)"))
+    outside = section.row.get("heatmap_outside_hand", "")
+    share = "" if outside == "" else f"; {float(outside):.0%} of its mass outside the hand"
+    figures.append(_figure(section.heatmap_png, "heat map",
+                           f"heat map over the film: where the features behind the predicted class were, "
+                           f"{cells} x {cells} cells of block 4 smoothed to {DISPLAY_SIZE} px{share}; "
+                           "not evidence that the reading is right"))
+    return f'<div class="pics">{"".join(figures)}</div>'
 
 
 def _interval_text(low: Any, high: Any, coverage: Any) -> str:

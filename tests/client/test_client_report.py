@@ -37,10 +37,11 @@ def test_report_holds_everything_and_needs_no_other_file(report: Path) -> None:
     text = report.read_text()
     for needed in (REVIEW_STATEMENT, NO_SDS, "Bone age", "Prediction interval", "90% prediction interval",
                    "BA - CA", "8 y 0 m", "command line", "Quality flags", "SHA-256", "How it was trained",
-                   "interval calibrated on", "48 px input"):
+                   "interval calibrated on", "what the model saw: 48 x 48 px", "shown at 384 px",
+                   "3 x 3 cells of block 4", "Preprocessing", "none: the model reads the image as stored"):
         assert needed in text, needed
     sources = re.findall(r'src="([^"]*)"', text)
-    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in text and "https://" not in text and "<script" not in text
 
 
