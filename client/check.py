@@ -26,8 +26,9 @@ from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
-from core.preprocess import PreprocessConfig, Preprocessor, preprocessor_for
+from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
 from core.preprocess.review import QualityTally, contact_sheet
+from core.preprocess.site import orientation_for_site
 from core.round_settings import RoundSettings
 from core.training import TrainConfig, make_optimizer, resolve_device, train_epoch
 
@@ -81,7 +82,7 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
         DataError: the site is not usable (whole-file problem, no usable image, empty training split).
     """
     manifest = load_manifest(config)
-    preprocessor, enforce = _preprocessor(settings)
+    preprocessor, enforce, site = _preprocessor(settings, [record.path for record in manifest.records])
     tally = QualityTally()
     start = time.perf_counter()
     usable, skipped = [], list(manifest.skipped)
@@ -111,25 +112,32 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
                          [{"id": s.image_id, "reason": s.reason, "detail": s.detail} for s in skipped],
                          {name: len(records) for name, records in splits.items()}, decode_seconds)
     if preprocessor is not None:
-        report.quality = {**tally.summary(), "settings": preprocessor.describe(), "enforced": enforce}
+        report.quality = {**tally.summary(), "settings": preprocessor.describe(), "enforced": enforce,
+                          "orientation_check": site}
         if settings.contact_sheet is not None and tally.examples:
             report.quality["contact_sheet"] = str(contact_sheet(tally.examples, settings.contact_sheet))
     _time_training(report, splits["train"], settings)
     return report
 
 
-def _preprocessor(settings: TimingSettings) -> tuple[Preprocessor | None, bool]:
-    """(preprocessor, whether its refusals are skipped as training would skip them).
+def _preprocessor(settings: TimingSettings, paths: list[Path]) -> tuple[Preprocessor | None, bool, dict[str, Any]]:
+    """(preprocessor, whether its refusals are skipped as training would skip them, the orientation self-check).
 
     The pretrained model's preprocessing, when it records one, is what the federation applies: its refusals are
-    skipped. Otherwise the --preprocess spec is advisory: flags and refusals are reported, the images stay usable.
+    skipped, and its orientation model must pass the self-check on the site's images (it is never refitted here).
+    Otherwise the --preprocess spec is advisory: flags and refusals are reported, the images stay usable, and an
+    orientation model that fails the self-check is fitted on the site's images as ``client preprocess`` would.
     """
     if settings.pretrained is not None:
-        recorded = preprocessor_for(load_checkpoint(settings.pretrained).metadata)
+        recorded = preprocess_config_of(load_checkpoint(settings.pretrained).metadata)
         if recorded is not None:
-            return recorded, True
+            checked, site = orientation_for_site(recorded, paths, fit=False)
+            return Preprocessor(checked), True, site
     config = PreprocessConfig.parse(settings.preprocess)
-    return (None if config is None else Preprocessor(config)), False
+    if config is None:
+        return None, False, {}
+    checked, site = orientation_for_site(config, paths)
+    return Preprocessor(checked), False, site
 
 
 def _time_training(report: CheckReport, train_records: list[Record], settings: TimingSettings) -> None:

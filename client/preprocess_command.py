@@ -9,7 +9,8 @@ from pathlib import Path
 from core.checkpoint import load_checkpoint
 from core.data import DataError
 from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
-from core.preprocess.folder import preprocess_folder
+from core.preprocess.folder import check_out, image_paths, preprocess_folder
+from core.preprocess.site import orientation_for_site
 from core.preprocess.review import contact_sheet
 
 
@@ -42,8 +43,12 @@ def settings_from_args(model: Path | None, spec: str) -> PreprocessConfig:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    tally = preprocess_folder(args.data, args.out, Preprocessor(settings_from_args(args.model, args.preprocess)))
-    summary = tally.summary()
+    # a model's recorded orientation model is checked on these images, never refitted (the model was trained so)
+    check_out(args.data, args.out)
+    config, site = orientation_for_site(settings_from_args(args.model, args.preprocess), image_paths(args.data),
+                                        fit=args.model is None)
+    tally = preprocess_folder(args.data, args.out, Preprocessor(config))
+    summary = {**tally.summary(), "orientation_check": site}
     if args.contact_sheet is not None and tally.examples:
         summary["contact_sheet"] = str(contact_sheet(tally.examples, args.contact_sheet))
     if args.json:
@@ -51,6 +56,10 @@ def run_preprocess(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['n']} images preprocessed into {args.out} ({summary['ms_per_image']:.1f} ms per image), "
           f"qc.csv written")
+    if site.get("checked"):
+        fitted = f"; failed, fitted on these images: {site['fitted_agreement']:.0%}, {site['fitted']}" \
+            if "fitted" in site else ""
+        print(f"orientation self-check on {site['n_images']} images: {site['agreement']:.0%} agreement{fitted}")
     print("flags    " + (", ".join(f"{k} {v}" for k, v in summary["flags"].items()) or "none"))
     print("refused  " + (", ".join(f"{k} {v}" for k, v in summary["refused"].items()) or "none"))
     if "contact_sheet" in summary:

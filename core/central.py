@@ -13,13 +13,14 @@ from torch import nn
 
 from core.checkpoint import build_model, check_output_path, describe, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
-from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
+from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
 from core.loss import JointLossConfig, make_head_loss
 from core.metrics import compute_metrics
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
 from core.data.views import StackedViews, decode_views, load_site_views
 from core.preprocess import PreprocessConfig, views_of
+from core.preprocess.site import orientation_for_site
 from core.tta import TTAConfig, tta_config_of
 from core.training import FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
@@ -60,7 +61,9 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     seed_everything(job.train.seed)
     device = resolve_device(job.train.device)
     model = build_model(job.architecture, job.model_config).to(device)
-    preprocess = None if job.preprocess is None else job.preprocess.resolved()
+    preprocess = None
+    if job.preprocess is not None:  # the orientation model checked (or fitted) on this folder's own images
+        preprocess, _ = orientation_for_site(job.preprocess, [r.path for r in load_manifest(job.data).records])
     site = load_site(job.data, model.config.image_size, job.augment, job.train.seed, progress=job.train.progress,
                      preprocess=preprocess)
     if len(site.train) == 0 or len(site.val) == 0:

@@ -17,6 +17,12 @@ from sim.federation import site_node_config
 from sim.phantom.writer import generate_site
 
 
+@pytest.fixture(autouse=True)
+def _orientation_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orientation models fitted on a folder's images (core.preprocess.site) go to a temporary cache, not ~/.cache."""
+    monkeypatch.setenv("OSSIFL_CACHE", str(tmp_path_factory.mktemp("ossifl_cache")))
+
+
 @dataclass(frozen=True)
 class TinySites:
     """A pretrained checkpoint and two phantom site folders."""

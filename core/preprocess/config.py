@@ -41,6 +41,11 @@ class PreprocessConfig:
         orientation_weights: "phantom" (the packaged file) or the path of a file written by
             ``python -m client train-orientation``.
         orientation_sha256: SHA-256 of that file; filled by ``resolved()`` so a changed file is noticed.
+        site_check: before a folder is preprocessed (``client preprocess``, ``client check``, ``server pretrain``),
+            check on its own images that the orientation model agrees with itself under random turns, mirroring and
+            inversion (`core.preprocess.site`); a model that does not is never applied.
+        site_fit: when the check fails, fit an orientation model on the folder's own unlabelled images (cached by
+            their SHA-256) and apply it if it passes the check; off: refuse the folder, saying what to run.
         small_angle: also undo the small rotation the orientation model estimates (degrees).
         decollimate: set uniform bright bands along the edges (a collimator's unexposed border) to the image's
             darkest level, as the exposed background usually is; a no-op on images without such bands.
@@ -64,6 +69,8 @@ class PreprocessConfig:
     canonical: bool = True
     orientation_weights: str = PACKAGED_WEIGHTS
     orientation_sha256: str = ""
+    site_check: bool = True
+    site_fit: bool = True
     small_angle: bool = True
     decollimate: bool = True
     segment: bool = False

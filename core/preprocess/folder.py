@@ -29,7 +29,18 @@ def image_folder(data: Path) -> Path:
     return data / "images" if (data / "images").is_dir() else data
 
 
-def _check_out(data: Path, out: Path) -> None:
+def image_paths(data: Path) -> list[Path]:
+    """The image files of a folder (or of its ``images/``), sorted; a folder without any is a DataError."""
+    source = image_folder(data)
+    if not source.is_dir():
+        raise DataError(f"no image folder at {data}")
+    paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise DataError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def check_out(data: Path, out: Path) -> None:
     source, target = Path(data).resolve(), Path(out).resolve()
     if target == source or source in target.parents or target in source.parents:
         raise DataError(f"--out {out} must be outside the input folder {data} (and not contain it)")
@@ -44,12 +55,8 @@ def preprocess_folder(data: Path, out: Path, preprocessor: Preprocessor) -> Qual
     refused images get a row in qc.csv with the reason and no image.
     """
     source = image_folder(data)
-    if not source.is_dir():
-        raise DataError(f"no image folder at {data}")
-    paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
-        raise DataError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    _check_out(data, out)
+    paths = image_paths(data)
+    check_out(data, out)
     (Path(out) / "images").mkdir(parents=True, exist_ok=True)
     tally = QualityTally()
     with open(Path(out) / "qc.csv", "w", newline="") as handle:

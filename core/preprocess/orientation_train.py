@@ -27,7 +27,8 @@ from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
 from core.data.split import split_of
-from core.preprocess.orientation import ANGLE_SCALE, INPUT_SIZE, OrientationNet, network_input, save_orientation
+from core.preprocess.orientation import (ANGLE_SCALE, INPUT_SIZE, OrientationModel, OrientationNet, network_input,
+                                         save_orientation)
 from core.preprocess.pose import Pose, apply_pose, rotate_small
 from core.preprocess.stress import photometric_mix
 
@@ -62,7 +63,7 @@ def canonicalize_by_keypoints(image: np.ndarray, tip: np.ndarray, thumb: np.ndar
     return np.ascontiguousarray(out[:, ::-1]) if cross < 0 else out
 
 
-def _shrink(image: np.ndarray) -> np.ndarray:
+def shrink(image: np.ndarray) -> np.ndarray:
     ratio = STORE_SIDE / max(image.shape)
     if ratio >= 1:
         return image
@@ -93,7 +94,7 @@ def load_canonical_images(folder: Path, max_images: int) -> list[np.ndarray]:
             continue
         if path.stem in keypoints:
             image = canonicalize_by_keypoints(image, *keypoints[path.stem])
-        images.append(_shrink(image))
+        images.append(shrink(image))
     if len(images) < 8:
         raise DataError(f"{image_dir}: {len(images)} readable images; the orientation model needs at least 8")
     logger.info("orientation training: %d images from %s (%s)", len(images), image_dir,
@@ -149,20 +150,30 @@ def train_orientation(folders: list[Path], out: Path, config: OrientationTrainCo
 
     Returns the metadata saved with the weights (data, budget, held-out accuracy of each head).
     """
+    per_folder = [load_canonical_images(folder, config.max_images) for folder in folders]
+    held_out = [image for images in per_folder for image in images[:max(2, len(images) // 10)]]
+    train = [image for images in per_folder for image in images[max(2, len(images) // 10):]]
+    return fit_orientation(train, held_out, out, config, trained_on=[str(folder) for folder in folders])
+
+
+def fit_orientation(train: list[np.ndarray], held_out: list[np.ndarray], out: Path, config: OrientationTrainConfig,
+                    trained_on: list[str], init: Path | None = None) -> dict[str, object]:
+    """Fit the four heads on ``train`` (canonical images), starting from the weights in ``init`` when given.
+
+    Returns the metadata saved with the weights in ``out`` (data, budget, held-out accuracy of each head).
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    per_folder = [load_canonical_images(folder, config.max_images) for folder in folders]
-    held_out = [image for images in per_folder for image in images[:max(2, len(images) // 10)]]
-    train = [image for images in per_folder for image in images[max(2, len(images) // 10):]]
-    net = OrientationNet(config.input_size, config.width)
+    net = OrientationModel.load(init).net if init is not None else OrientationNet(config.input_size, config.width)
+    size = net.size
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=config.steps)
     started = time.perf_counter()
     net.train()
     for step in range(config.steps):
-        x, targets = make_batch(train, rng.integers(len(train), size=config.batch_size), config.input_size, rng)
+        x, targets = make_batch(train, rng.integers(len(train), size=config.batch_size), size, rng)
         loss = _loss(net(x), targets)
         optimiser.zero_grad()
         loss.backward()
@@ -171,10 +182,10 @@ def train_orientation(folders: list[Path], out: Path, config: OrientationTrainCo
         if step % 100 == 0 or step == config.steps - 1:
             logger.info("step %d/%d loss %.3f (%.0f s)", step + 1, config.steps, loss.item(),
                         time.perf_counter() - started)
-    accuracy = _accuracy(net, held_out, config.input_size, config.seed)
-    metadata = {"trained_on": [str(folder) for folder in folders], "n_images": len(train), "n_held_out": len(held_out),
-                "config": asdict(config), "held_out_accuracy": accuracy,
-                "train_seconds": round(time.perf_counter() - started, 1)}
+    accuracy = _accuracy(net, held_out, size, config.seed)
+    metadata = {"trained_on": trained_on, "n_images": len(train), "n_held_out": len(held_out),
+                "config": asdict(config), "initialised_from": str(init) if init else None,
+                "held_out_accuracy": accuracy, "train_seconds": round(time.perf_counter() - started, 1)}
     save_orientation(out, net, metadata)
     logger.info("held-out accuracy %s; wrote %s", accuracy, out)
     return metadata

@@ -59,3 +59,22 @@ def test_check_reports_the_flags_and_writes_a_contact_sheet(phantom: Path, tmp_p
     out = capsys.readouterr().out
     assert code == 0 and sheet.is_file()
     assert "preprocessing" in out and "flags" in out and "(advisory" in out
+
+
+def test_preprocess_refuses_an_orientation_model_that_disagrees_with_itself_on_the_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from core.preprocess.orientation import OrientationNet, save_orientation
+
+    site = generate_site("rsna", 20, tmp_path / "site", seed=6, image_size=64)
+    torch.manual_seed(0)
+    untrained = save_orientation(tmp_path / "untrained.pt", OrientationNet(), {})  # names poses at random
+    out = tmp_path / "out"
+    spec = f"default,orientation_weights={untrained},site_fit=false"
+    assert main(["preprocess", "--data", str(site), "--out", str(out), "--preprocess", spec]) == 2
+    error = capsys.readouterr().err
+    assert "does not agree with itself" in error and "python -m client train-orientation" in error
+    assert not out.exists() or not any(out.iterdir())  # nothing written: the model was never applied
+    assert main(["preprocess", "--data", str(site), "--out", str(out), "--json"]) == 0  # the packaged model passes
+    assert '"agreement"' in capsys.readouterr().out

@@ -30,5 +30,11 @@ def phantom_hands():
 
 
 @pytest.fixture(scope="session")
+def site_hands() -> list[np.ndarray]:
+    """Twenty canonical phantom images: a folder large enough for the orientation self-check."""
+    return [synthesize(canonical_profile(), seed=11, index=i).image for i in range(20)]
+
+
+@pytest.fixture(scope="session")
 def phantom_image(phantom_hands) -> np.ndarray:
     return phantom_hands[0].image
