@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.cli import add_data_arguments, data_config_from_args
 from core.errors import ConfigError
-from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec
+from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec_list
 from core.site_finetune import FinetuneConfig, compare_freeze_specs, finetune_site, format_table
 
 DEFAULTS = FinetuneConfig()
@@ -27,7 +27,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="the site's fine-tuned checkpoint (SITE.pt)")
     parser.add_argument("--compare", action="store_true", help="compare every freeze spec by cross-validation")
     parser.add_argument("--specs", default=",".join(FREEZE_CHOICES),
-                        help="freeze specs --compare runs (default: all of them)")
+                        help="comma-separated freeze specs --compare runs (default: all of them); one spec freezing "
+                             "several blocks is a range or joined with '+' (1-3, 1-2+4)")
     parser.add_argument("--folds", type=int, default=DEFAULTS.folds, help=f"folds of --compare ({DEFAULTS.folds})")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
                         help=f"fine-tuning epochs (default {DEFAULTS.epochs}, for 100-300 images)")
@@ -56,9 +57,7 @@ def run_finetune(args: argparse.Namespace) -> int:
               f"test MAD {tests['pretrained']['mad_months']:.2f} months before, {tests['finetuned']['mad_months']:.2f} "
               f"after fine-tuning (freeze {summary['freeze']}, {summary['test_n']} test images); wrote {args.out}")
         return 0
-    specs = tuple(s.strip() for s in args.specs.split(",") if s.strip())
-    for spec in specs:
-        parse_freeze_spec(spec)
+    specs = parse_freeze_spec_list(args.specs)
     results = compare_freeze_specs(args.pretrained, data, config, specs)
     best = min(results[1:], key=lambda r: r.mad.estimate)
     if args.json:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from core.errors import ConfigError
-from core.model.freeze import format_freeze_spec, parse_freeze_spec
+from core.model.freeze import FreezeSpec, format_freeze_spec, parse_freeze_spec
 from core.model.groups import LOCAL_LAYER_CHOICES
 from core.model.tjnet import BLOCK_NAMES
 
@@ -79,14 +79,14 @@ class RoundSettings:
             raise ConfigError("every block is frozen: nothing to train (did the server send no arrays?)")
 
     @property
-    def freeze_spec(self) -> str:
-        """The freeze as a spec string ("1-3", "none")."""
+    def freeze_spec(self) -> FreezeSpec:
+        """The freeze as its canonical spec ("1-3", "none")."""
         return format_freeze_spec(self.freeze)
 
     def to_config(self) -> dict[str, Any]:
         """Message/run-config entries (kebab-case keys, scalar values)."""
         values = asdict(self)
-        values["freeze"] = self.freeze_spec
+        values["freeze"] = str(self.freeze_spec)
         return {KEYS[name]: value for name, value in values.items()}
 
     @classmethod

@@ -28,7 +28,7 @@ from core.data.split import split_of
 from core.errors import ConfigError
 from core.loss import JointLossConfig
 from core.metrics import Predictions, compute_metrics
-from core.model.freeze import FREEZE_CHOICES, format_freeze_spec, freeze_blocks, parse_freeze_spec
+from core.model.freeze import FREEZE_CHOICES, FreezeSpec, format_freeze_spec, freeze_blocks, parse_freeze_spec
 from core.preprocess import preprocess_config_of
 from core.stats import Interval, mad_interval, paired_difference
 from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
@@ -52,7 +52,7 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        parse_freeze_spec(self.freeze)
+        object.__setattr__(self, "freeze", FreezeSpec.parse(self.freeze))
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch size must be at least 1 and the learning rate positive")
         if self.folds < 2:

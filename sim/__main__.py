@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from core.cli import run_command, setup_logging
+from core.model.freeze import parse_freeze_spec_list
 from sim.config import PRESETS, RealSite, load_experiment, preset
 from sim.generate import add_generate_parser
 from sim.partition import add_partition_parser
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "see docs/strategies.md")
     parser.add_argument("--device", default=None,
                         help="auto (default: a CUDA GPU when present, for every stage), cpu, cuda or cuda:N")
-    parser.add_argument("--freeze", default=None, help="comma-separated freeze specs, e.g. '1-3,none'")
+    parser.add_argument("--freeze", action="append", default=None, metavar="SPECS",
+                        help="comma-separated freeze specs, e.g. '1-3,none' (repeatable); one spec freezing several "
+                             "blocks is a range or joined with '+' (1-3, 1-2+4): '1,2,3' is refused as ambiguous")
     parser.add_argument("--dp", default=None,
                         help="comma-separated DP noise multipliers: adds one DP federation per value (freeze 1-3)")
     parser.add_argument("--pretrained", type=Path, default=None, help="start from this checkpoint (no pretraining)")
@@ -59,7 +62,7 @@ def run_sim(args: argparse.Namespace) -> int:
         pretrained=args.pretrained, source_dir=args.source, real_sites=tuple(RealSite.parse(t) for t in args.site) or None,
         seeds=args.seeds, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, strategy=args.strategy, wandb=args.wandb or None,
-        freeze_specs=tuple(s.strip() for s in args.freeze.split(",")) if args.freeze else None,
+        freeze_specs=tuple(s for text in args.freeze for s in parse_freeze_spec_list(text)) if args.freeze else None,
         dp_noise_multipliers=tuple(float(v) for v in args.dp.split(",")) if args.dp else None,
         strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,
         device=args.device,

@@ -11,7 +11,7 @@ from typing import Any
 
 from core.data import SiteDataConfig
 from core.errors import ConfigError
-from core.model.freeze import parse_freeze_spec
+from core.model.freeze import FreezeSpec
 from core.round_settings import RoundSettings
 from strategies import STRATEGY_NAMES
 from strategies.options import strategy_options
@@ -74,7 +74,7 @@ class SimConfig:
     local_epochs: int = ROUND.local_epochs
     lr: float = ROUND.lr
     batch_size: int = ROUND.batch_size
-    freeze_specs: tuple[str, ...] = FREEZE_SPECS
+    freeze_specs: tuple[str, ...] = FREEZE_SPECS  # canonical FreezeSpecs once built
     strategy: str = "fedavg"
     strategy_options: tuple[tuple[str, float], ...] = ()  # (kebab-case key, value); see strategies/options.py
     device: str = "auto"  # every stage: pretraining, baselines, evaluation, the simulated sites
@@ -95,8 +95,9 @@ class SimConfig:
             raise ConfigError("a simulation needs at least one hospital site")
         if self.rounds < 1 or self.local_epochs < 1 or self.pretrain_epochs < 1:
             raise ConfigError("rounds, local epochs and pretraining epochs must be at least 1")
-        for spec in (*self.freeze_specs, self.baseline_freeze):
-            parse_freeze_spec(spec)
+        # parsed once, here: every row label, run name and report lookup then uses the same canonical spec
+        object.__setattr__(self, "freeze_specs", tuple(dict.fromkeys(FreezeSpec.parse(s) for s in self.freeze_specs)))
+        object.__setattr__(self, "baseline_freeze", FreezeSpec.parse(self.baseline_freeze))
         if self.strategy not in STRATEGY_NAMES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGY_NAMES)}")
         strategy_options(self.strategy, dict(self.strategy_options))

@@ -67,6 +67,8 @@ def test_bad_input_is_one_line(site: tuple[Path, Path], tmp_path: Path, capsys) 
     assert main(base + ["--out", str(pretrained)]) == 2
     assert main(base + ["--compare", "--folds", "20"]) == 2
     assert "too few" in capsys.readouterr().err
+    assert main(base + ["--compare", "--specs", "1,2,3"]) == 2  # three specs or the spec 1-3?
+    assert "ambiguous" in capsys.readouterr().err
 
 
 def test_compare_runs_every_spec_out_of_fold(site: tuple[Path, Path], capsys) -> None:

@@ -143,3 +143,24 @@ def test_every_stage_uses_the_configured_device(tmp_path: Path) -> None:
     assert [node["label-unit"] for node in run.sites] == ["months", "years"]
     assert run.config.aggregator_options() == {"server_momentum": 0.5}
     assert device_of(SimConfig()) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_freeze_spec_written_with_commas_labels_federated_and_site_alone_rows_alike(tmp_path: Path) -> None:
+    (tmp_path / "exp.toml").write_text('freeze = ["1,2,3", "none"]\n')
+    overrides = load_experiment(tmp_path / "exp.toml")
+    config = preset(overrides.pop("preset"), **overrides, baseline_freeze="3,2,1")
+    assert config.freeze_specs == ("1-3", "none") and config.baseline_freeze == "1-3"
+    sites = [PreparedSite("a", tmp_path / "a", "months")]
+    runs = federation_runs(replace(config, out_dir=tmp_path / "o"), sites, tmp_path / "p.pt")
+    # the report looks federated rows up by (strategy, spec of config.freeze_specs), site-alone rows likewise
+    assert [run.config.freeze for run in runs[:2]] == list(config.freeze_specs)
+    assert runs[2].config.freeze == config.baseline_freeze  # FedBN
+
+
+def test_freeze_on_the_command_line_refuses_a_list_that_could_be_one_spec(tmp_path: Path, capsys, monkeypatch) -> None:
+    import sim.run
+
+    monkeypatch.setattr(sim.run, "run_experiment", lambda config: pytest.fail(f"ran with {config.freeze_specs}"))
+    assert main(["--freeze", "1,2,3", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "ambiguous" in err and "1-3" in err and "\n" not in err

@@ -5,9 +5,11 @@ import torch
 
 from core.loss import JointLoss
 from core.model.config import TJNetConfig
-from core.model.freeze import (FreezeSpecError, block_of_key, format_freeze_spec, freeze_blocks,
-                               parse_freeze_spec, trainable_state_keys)
+from core.model.freeze import (FreezeSpec, FreezeSpecError, block_of_key, format_freeze_spec, freeze_blocks,
+                               parse_freeze_spec, parse_freeze_spec_list, trainable_state_keys)
 from core.model.tjnet import TJNet
+
+FREEZE_SPEC_LIST = ("1", "1-2", "1-3", "1-4", "none")
 
 
 @pytest.mark.parametrize("spec,blocks", [("none", ()), ("", ()), (None, ()), ("1", (1,)), ("1-2", (1, 2)),
@@ -74,3 +76,32 @@ def test_trainable_keys_list_only_unfrozen_blocks():
         p for n, p in model.named_parameters() if block_of_key(n) >= 4}
     freeze_blocks(model, ())
     assert trainable_state_keys(model) == list(model.state_dict())
+
+
+@pytest.mark.parametrize("text,canonical", [("1,2,3", "1-3"), ("1-3", "1-3"), ("3,1,2", "1-3"), ("1+2+3", "1-3"),
+                                            ("2,4", "2+4"), ("1-2+4", "1-2+4"), ("1,2,4", "1-2+4"), ("none", "none"),
+                                            ("", "none"), (" 1 - 2 ", "1-2"), ("NONE", "none")])
+def test_a_freeze_spec_prints_itself_canonically(text, canonical):
+    spec = FreezeSpec.parse(text)
+    assert spec == canonical and str(spec) == canonical and FreezeSpec.parse(canonical) == spec
+    assert spec.blocks == parse_freeze_spec(text)
+    assert "," not in spec  # a canonical spec can always sit in a comma-separated list
+
+
+def test_specs_that_differ_only_in_how_they_are_written_are_one_spec():
+    assert FreezeSpec.parse("1,2,3") == FreezeSpec.parse("1-3") == FreezeSpec.of((3, 2, 1))
+    assert len({FreezeSpec.parse(s) for s in ("1,2,3", "1-3", "1+2+3")}) == 1
+    assert FreezeSpec.parse(FreezeSpec.parse("1-2")) == "1-2"
+
+
+@pytest.mark.parametrize("text,specs", [("1-3,none", ("1-3", "none")), ("1,1-2,1-3,1-4,none", FREEZE_SPEC_LIST),
+                                        ("1+2+3,none", ("1-3", "none")), ("1-3, 1-3", ("1-3",)), ("2", ("2",))])
+def test_lists_of_specs_are_separated_by_commas(text, specs):
+    assert parse_freeze_spec_list(text) == specs
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "2,4", "1,2,none"])
+def test_a_list_that_could_be_one_spec_is_refused_in_one_line(text):
+    with pytest.raises(FreezeSpecError, match=r"ambiguous.*1\+2|ambiguous") as caught:
+        parse_freeze_spec_list(text)
+    assert "\n" not in str(caught.value)
