@@ -164,3 +164,12 @@ def test_freeze_on_the_command_line_refuses_a_list_that_could_be_one_spec(tmp_pa
     assert main(["--freeze", "1,2,3", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "ambiguous" in err and "1-3" in err and "\n" not in err
+
+
+def test_a_repeated_freeze_option_lists_bare_blocks_as_separate_specs(tmp_path: Path, monkeypatch) -> None:
+    import sim.run
+
+    seen: list[SimConfig] = []
+    monkeypatch.setattr(sim.run, "run_experiment", seen.append)
+    assert main(["--freeze", "2", "--freeze", "3,1+2+3", "--out", str(tmp_path / "o")]) == 0
+    assert seen[0].freeze_specs == ("2", "3", "1-3")
