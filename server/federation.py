@@ -24,6 +24,7 @@ from server.config import FederationConfig
 from server.outcome import FederationOutcome
 from server.tracking import MetricsTracker
 from strategies import PartialModelStrategy, build_strategy
+from strategies.options import applied_options
 
 logger = logging.getLogger("ossifl.server")
 
@@ -49,6 +50,8 @@ class Federation:
         self.strategy: PartialModelStrategy = build_strategy(
             config.strategy, round_offset=self.start_round, on_site_reports=self.tracker.site_reports,
             min_nodes=config.min_nodes, fraction_evaluate=config.fraction_evaluate, **config.aggregator_options())
+        # what the checkpoints and the outcome record: the settings, with the options the aggregator applies
+        self.applied = {**config.describe(), **{k: str(v) for k, v in applied_options(self.strategy.aggregator).items()}}
         if strategy_state is not None:
             self.strategy.load_state_dict(strategy_state)
         self.private: AccountedFixedClipping | None = None
@@ -105,7 +108,7 @@ class Federation:
             dp_meta["central_dp_state"] = self.private.accountant_state()
         save_checkpoint(self.latest, self.model, describe(
             self.model, round=real_round, strategy=self.config.strategy, strategy_state=self.strategy.state_dict(),
-            seed=self.config.settings.seed, run_config=self.config.describe(), preprocess=self.preprocess, **dp_meta))
+            seed=self.config.settings.seed, run_config=self.applied, preprocess=self.preprocess, **dp_meta))
 
     def run(self, grid: Grid) -> FederationOutcome:
         """Run the remaining rounds and save the final model."""
@@ -132,7 +135,7 @@ class Federation:
         dp_meta = {} if epsilon is None else {"central_epsilon": epsilon, "central_delta": config.central_dp_delta}
         save_checkpoint(final, self.model, describe(self.model, round=self.rounds_done, strategy=config.strategy,
                                                     seed=config.settings.seed, pretrained=str(config.pretrained),
-                                                    run_config=config.describe(), preprocess=self.preprocess,
+                                                    run_config=self.applied, preprocess=self.preprocess,
                                                     **dp_meta))
         shared = set(self.keys)
         nbytes = sum(v.numel() * v.element_size() for k, v in self.model.state_dict().items() if k in shared)
@@ -140,7 +143,7 @@ class Federation:
                     self.rounds_done, len(self.keys), nbytes / 1024, final,
                     "" if epsilon is None else f", central epsilon {epsilon:.3f}")
         rounds = [self.tracker.rounds[r] for r in sorted(self.tracker.rounds)]
-        return FederationOutcome(final, self.rounds_done, self.keys, nbytes, config.describe(), rounds, epsilon)
+        return FederationOutcome(final, self.rounds_done, self.keys, nbytes, self.applied, rounds, epsilon)
 
 
 def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:

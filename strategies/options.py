@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ConfigError
-from strategies.aggregation import AGGREGATORS
+from strategies.aggregation import AGGREGATORS, Aggregator
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,12 @@ def effective_options(strategy: str, values: Mapping[str, Any]) -> dict[str, flo
     """Every option `strategy` reads, by kebab-case key, with its default where `values` leaves it out."""
     chosen = strategy_options(strategy, values)
     return {key: chosen.get(spec.argument, spec.default) for key, spec in OPTIONS.items() if spec.strategy == strategy}
+
+
+def applied_options(aggregator: Aggregator) -> dict[str, float]:
+    """Every option of the aggregator that was built, by kebab-case key, read from the aggregator itself."""
+    own = aggregator.options()
+    return {key: float(own[spec.argument]) for key, spec in OPTIONS.items() if spec.strategy == aggregator.name}
 
 
 def format_options(options: Mapping[str, float]) -> str:

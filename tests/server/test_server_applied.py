@@ -1,0 +1,49 @@
+"""What a federation records is what it applied: the aggregator it built, not the options it was asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from core.checkpoint import describe, load_checkpoint, save_checkpoint
+from core.model.config import TJNetConfig
+from core.model.tjnet import TJNet
+from core.round_settings import RoundSettings
+from server.config import FederationConfig
+from server.federation import LATEST, Federation
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    return save_checkpoint(tmp_path_factory.mktemp("applied") / "pretrained.pt", model, describe(model))
+
+
+@pytest.mark.parametrize("strategy,options,key,value", [
+    ("fedavgm", {"server-momentum": 0.5}, "server-momentum", 0.5),
+    ("fedadam", {"eta": 0.02, "tau": 0.01}, "tau", 0.01),
+    ("fedtrimmedavg", {"trimmed-beta": 0.1}, "trimmed-beta", 0.1),
+    ("fedprox", {"proximal-mu": 0.3}, "proximal-mu", 0.3),
+])
+def test_the_checkpoint_records_the_options_of_the_aggregator_that_was_built(pretrained: Path, tmp_path: Path,
+                                                                              strategy, options, key, value) -> None:
+    config = FederationConfig(pretrained=pretrained, settings=RoundSettings(num_rounds=1), out_dir=tmp_path,
+                              strategy=strategy, strategy_options=options, device="cpu")
+    federation = Federation(config)
+    assert federation.applied[key] == str(value)
+    federation.merge(1, ArrayRecord({k: federation.model.state_dict()[k] for k in federation.keys}))
+    recorded = load_checkpoint(tmp_path / LATEST).metadata["run_config"]
+    assert recorded[key] == str(value) and recorded["strategy"] == strategy
+
+
+def test_applied_options_are_read_from_the_aggregator_not_the_request() -> None:
+    from strategies import build_aggregator
+    from strategies.options import applied_options
+
+    assert applied_options(build_aggregator("fedavgm", server_momentum=0.25)) == {
+        "server-learning-rate": 1.0, "server-momentum": 0.25}
+    assert applied_options(build_aggregator("fedavg")) == {}
