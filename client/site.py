@@ -89,7 +89,7 @@ class SiteSession:
         groups = parameter_groups(self.model, frozen, settings.local_layers)
         self._keep_local_layers(groups.local)
         state = self.model.state_dict()
-        returned = [k for k in self.received_keys if k in set(groups.trainable)]
+        returned = [k for k in self.received_keys if k in set(groups.shared)]  # FedBN layers never leave
         private = result.epsilon is not None
         metrics: dict[str, float] = {  # central DP averages sites uniformly: the real count stays here
             "num-examples": 1 if settings.uniform_weights else result.num_examples,

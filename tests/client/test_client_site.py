@@ -13,7 +13,7 @@ from client.site import TRAIN_METRICS, SiteSession, evaluate_metric_keys
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from core.errors import ConfigError
 from core.local_layers import load_local_layers
-from core.model.groups import block_of_key, parameter_groups
+from core.model.groups import block_of_key, norm_layer_keys, parameter_groups
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,14 @@ def test_fedbn_layers_outlive_a_supernode_restart_of_the_same_run_only(site, tmp
     other = SiteSession(config, sent, server, RecordDict(), run_id=8).model.state_dict()
     assert all(torch.equal(restarted[k], kept.layers[k]) for k in groups.local)
     assert all(torch.equal(other[k], before[k]) for k in groups.local)
+
+
+def test_a_fedbn_site_never_returns_its_normalisation_layers_even_when_sent_them(site, tmp_path) -> None:
+    config, pretrained = site
+    config = SiteConfig(**{**config.__dict__, "state_dir": tmp_path / "state"})
+    before = _state(pretrained)
+    norms = set(norm_layer_keys(load_checkpoint(pretrained).model))
+    arrays, _ = SiteSession(config, dict(before), {"batch-size": 8, "local-layers": "norm", "server-round": 1},
+                            RecordDict()).train()
+    assert arrays and not set(arrays) & norms  # kept at the site, never aggregated
+    assert set(arrays) == set(before) - norms

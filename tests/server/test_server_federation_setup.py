@@ -1,4 +1,8 @@
-"""What a federation records is what it applied: the aggregator it built, not the options it was asked for."""
+"""A federation before its first round, without the engine: the arrays it shares and what it records.
+
+What it records is what it applied (the aggregator it built, not the options it was asked for); under FedBN the
+normalisation layers are never among the arrays it sends and aggregates.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from flwr.app import ArrayRecord
 
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
 from core.model.config import TJNetConfig
+from core.model.groups import block_of_key, norm_layer_keys
 from core.model.tjnet import TJNet
 from core.round_settings import RoundSettings
 from server.config import FederationConfig
@@ -47,3 +52,15 @@ def test_applied_options_are_read_from_the_aggregator_not_the_request() -> None:
     assert applied_options(build_aggregator("fedavgm", server_momentum=0.25)) == {
         "server-learning-rate": 1.0, "server-momentum": 0.25}
     assert applied_options(build_aggregator("fedavg")) == {}
+
+
+def test_fedbn_keeps_normalisation_layers_out_of_what_the_server_sends_and_aggregates(pretrained: Path,
+                                                                                     tmp_path: Path) -> None:
+    norms = set(norm_layer_keys(load_checkpoint(pretrained).model))
+    plain, fedbn = (Federation(FederationConfig(pretrained=pretrained, out_dir=tmp_path / layers, device="cpu",
+                                                settings=RoundSettings(num_rounds=1, local_layers=layers)))
+                    for layers in ("none", "norm"))
+    unfrozen_norms = {k for k in norms if block_of_key(k) >= 4}
+    assert unfrozen_norms and unfrozen_norms <= set(plain.keys)  # without FedBN they travel
+    assert fedbn.keys and not set(fedbn.keys) & norms
+    assert set(fedbn.keys) == set(plain.keys) - norms
