@@ -9,7 +9,7 @@ from pathlib import Path
 from core.cli import add_data_arguments, data_config_from_args
 from core.errors import ConfigError
 from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec_list
-from core.site_finetune import FinetuneConfig, compare_freeze_specs, finetune_site, format_table
+from core.site_finetune import FinetuneConfig, compare_freeze_specs, finetune_site, format_table, site_pool
 
 DEFAULTS = FinetuneConfig()
 
@@ -58,8 +58,9 @@ def run_finetune(args: argparse.Namespace) -> int:
               f"after fine-tuning (freeze {summary['freeze']}, {summary['test_n']} test images); wrote {args.out}")
         return 0
     specs = parse_freeze_spec_list(args.specs)
-    results = compare_freeze_specs(args.pretrained, data, config, specs)
-    best = min(results[1:], key=lambda r: r.mad.estimate)
+    pool = site_pool(args.pretrained, data, config.progress)  # every image read and preprocessed once
+    results = compare_freeze_specs(args.pretrained, data, config, specs, pool)
+    best = min((r for r in results if r.spec in specs), key=lambda r: r.mad.estimate)
     if args.json:
         print(json.dumps([{"freeze": r.spec, "mad_months": r.mad.estimate, "mad_ci_low": r.mad.low,
                            "mad_ci_high": r.mad.high, "n": r.metrics["n"],
@@ -69,7 +70,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     else:
         print(format_table(results, str(args.data)))
     if args.out is not None:
-        finetune_site(args.pretrained, data, args.out, FinetuneConfig(**{**config.__dict__, "freeze": best.spec}))
+        finetune_site(args.pretrained, data, args.out, FinetuneConfig(**{**config.__dict__, "freeze": best.spec}), pool)
         if not args.json:
             print(f"wrote {args.out} (freeze {best.spec}, the best by cross-validation)")
     return 0

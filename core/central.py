@@ -18,7 +18,8 @@ from core.data.dataset import BoneAgeDataset, DecodedSplit
 from core.loss import JointLossConfig, make_head_loss
 from core.metrics import compute_metrics
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
-from core.data.views import StackedViews, decode_views, load_site_views
+from core.data.pool import concatenate
+from core.data.views import StackedViews, load_site_views
 from core.preprocess import PreprocessConfig, views_of
 from core.preprocess.site import orientation_for_site
 from core.tta import TTAConfig, tta_config_of
@@ -151,8 +152,7 @@ def evaluate_checkpoint(
     views = views_of(loaded.metadata)  # the model's own preprocessing (one per view for a region ensemble)
     site = load_site_views(data, loaded.model.config.image_size, views, progress=progress)
     if split == "all":
-        records = site.train.records + site.val.records + site.test.records
-        dataset = decode_views(records, loaded.model.config.image_size, views, progress)
+        dataset = concatenate([site.train, site.val, site.test])  # the splits as decoded, not decoded again
     else:
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:

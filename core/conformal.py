@@ -33,6 +33,7 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.conformal_bands import AgeBand, BandConfig, band_from_dict, band_index, fit_bands
 from core.data import SiteDataConfig, load_site
 from core.data.dataset import BoneAgeDataset, make_loader
+from core.data.pool import concatenate
 from core.errors import ConfigError
 from core.inference import predict_batch
 from core.preprocess import preprocess_config_of
@@ -267,8 +268,7 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
     preprocess = preprocess_config_of(checkpoint.metadata)  # the images as the model reads them
     site = load_site(data, model.config.image_size, None, seed=0, splits=wanted, preprocess=preprocess)
     if split == "all":
-        records = site.train.records + site.val.records + site.test.records
-        calibration = BoneAgeDataset(records, model.config.image_size, preprocess=preprocess)
+        calibration = concatenate([site.train, site.val, site.test])  # not decoded again
     else:
         calibration = getattr(site, split)
     tta = tta_config_of(checkpoint.metadata)

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.calibration import fit_linear_calibration
 from core.central import make_loss
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.data.manifest import Record
+from core.data.pool import DecodedPool
 from core.data.split import split_of
 from core.errors import ConfigError
 from core.loss import JointLossConfig
@@ -83,13 +85,18 @@ def _predict(model: nn.Module, dataset: BoneAgeDataset, device: torch.device) ->
     return predict(model, make_loader(dataset, 64, shuffle=False, seed=0), device)
 
 
-def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune on the site's train split, evaluate on its test split, save `out`; returns the metadata."""
+def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: FinetuneConfig,
+                  pool: DecodedPool | None = None) -> dict[str, Any]:
+    """Fine-tune on the site's train split, evaluate on its test split, save `out`; returns the metadata.
+    `pool`: the site's images already decoded through the model's preprocessing (not decoded again)."""
     loaded = load_checkpoint(pretrained)
     model, device = loaded.model, resolve_device(config.device)
     preprocess = preprocess_config_of(loaded.metadata)  # the site's images go through the model's own preprocessing
-    site = load_site(data, model.config.image_size, AugmentConfig(), config.seed, progress=config.progress,
-                     preprocess=preprocess)
+    if pool is not None:
+        site = pool.site(AugmentConfig(), config.seed)
+    else:
+        site = load_site(data, model.config.image_size, AugmentConfig(), config.seed, progress=config.progress,
+                         preprocess=preprocess)
     if len(site.train) == 0:
         raise DataError(f"{data.root}: no usable training images")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
@@ -108,6 +115,12 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     logger.info("test MAD %.2f -> %.2f months (%d images); saved %s", before["mad_months"], after["mad_months"],
                 after["n"], out)
     return metadata
+
+
+def site_pool(pretrained: Path, data: SiteDataConfig, progress: bool = False) -> DecodedPool:
+    """The site's images decoded once through the pretrained model's preprocessing, at its input size."""
+    loaded = load_checkpoint(pretrained)
+    return DecodedPool(data, loaded.model.config.image_size, preprocess_config_of(loaded.metadata), progress)
 
 
 def folds_of(records: list[Record], folds: int, seed: int) -> list[list[Record]]:
@@ -129,19 +142,22 @@ class SpecResult:
 
 
 def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: FinetuneConfig,
-                         specs: tuple[str, ...] = FREEZE_CHOICES) -> list[SpecResult]:
-    """Every freeze spec with k-fold cross-validation on one site, plus the unadapted model."""
+                         specs: tuple[str, ...] = FREEZE_CHOICES,
+                         pool: DecodedPool | None = None) -> list[SpecResult]:
+    """Every freeze spec with k-fold cross-validation on one site, plus the unadapted model and its per-site linear
+    calibration (fitted on the other folds). Each image is read and preprocessed once (`pool`, made here when
+    not given) for every fold and spec."""
     base = load_checkpoint(pretrained)
-    device, size = resolve_device(config.device), base.model.config.image_size
-    preprocess = preprocess_config_of(base.metadata)
-    site = load_site(data, size, None, config.seed, progress=config.progress, preprocess=preprocess)
-    records = site.train.records + site.val.records + site.test.records
+    device = resolve_device(config.device)
+    pool = pool or site_pool(pretrained, data, config.progress)
+    records = pool.records
     if len(records) < 2 * config.folds:
         raise DataError(f"{data.root}: {len(records)} usable images are too few for {config.folds}-fold "
                          "cross-validation; use --folds 2 or more images")
     folds = folds_of(records, config.folds, config.seed)
-    tests = [BoneAgeDataset(fold, size, None, config.seed, preprocess=preprocess) for fold in folds]
+    tests = [pool.dataset(fold, None, config.seed) for fold in folds]
     collected: dict[str, list[Predictions]] = {"pretrained": [_predict(base.model, t, device) for t in tests]}
+    collected["calibrated"] = calibrated_folds(collected["pretrained"])
     quiet = FinetuneConfig(**{**asdict(config), "progress": False})
     step = 0
     for spec in specs:
@@ -153,15 +169,25 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
             for record in rest:
                 inner["train" if split_of(record.image_id, (0.9, 0.1, 0.0)) == "train" else "val"].append(record)
             model = load_checkpoint(pretrained).model
-            finetune_model(model, BoneAgeDataset(inner["train"], size, AugmentConfig(), config.seed,
-                                                 preprocess=preprocess),
-                           BoneAgeDataset(inner["val"], size, None, config.seed, preprocess=preprocess),
-                           parse_freeze_spec(spec), quiet, device)
+            finetune_model(model, pool.dataset(inner["train"], AugmentConfig(), config.seed),
+                           pool.dataset(inner["val"], None, config.seed), parse_freeze_spec(spec), quiet, device)
             collected[spec].append(_predict(model, test, device))
             logger.info("[%d/%d] freeze %s, fold %d/%d: fold MAD %.2f months", step, len(specs) * config.folds,
                         spec, k + 1, config.folds, float(np.mean(np.abs(collected[spec][-1].predicted_months
                                                                         - collected[spec][-1].true_months))))
     return summarise_specs(collected, base.model.config.class_step_months, data.label_unit, config.seed)
+
+
+def calibrated_folds(pretrained: list[Predictions]) -> list[Predictions]:
+    """Out-of-fold predictions of the per-site linear calibration (`core.calibration`): for each fold, the line
+    fitted on the unadapted model's predictions on the other folds, applied to this fold's."""
+    calibrated = []
+    for k, fold in enumerate(pretrained):
+        rest = [p for j, p in enumerate(pretrained) if j != k]
+        line = fit_linear_calibration(np.concatenate([p.predicted_months for p in rest]),
+                                      np.concatenate([p.true_months for p in rest]))
+        calibrated.append(Predictions(line.apply(fold.predicted_months), fold.true_months, fold.male))
+    return calibrated
 
 
 def summarise_specs(collected: dict[str, list[Predictions]], class_step: float, label_unit: str,
@@ -190,7 +216,8 @@ def format_table(results: list[SpecResult], site: str) -> str:
         m = r.metrics
         versus = "-" if r.versus_pretrained is None else str(r.versus_pretrained) + (
             " *" if r.versus_pretrained.excludes_zero else "")
-        name = "pretrained (no fine-tuning)" if r.spec == "pretrained" else r.spec
+        name = {"pretrained": "pretrained (no fine-tuning)",
+                "calibrated": "calibrated (linear, no fine-tuning)"}.get(r.spec, r.spec)
         lines.append(f"| {name}{' **best**' if r is best else ''} | {r.mad} | {m['mad_months'] / 12:.3f} "
                      f"| {m['rmse_months']:.2f} | {m['accuracy']:.3f} | {m['accuracy_1y']:.3f} | {versus} |")
     lines += ["", "* the interval excludes 0: a real difference (negative = fine-tuning helps)."]

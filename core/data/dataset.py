@@ -134,10 +134,13 @@ def refusal_detail(refused: str) -> str:
     return refused.partition(" (")[2].removesuffix(")")
 
 
-def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
-            preprocess: PreprocessConfig | None) -> DecodedSplit:
-    check_decoded_fit(len(records), canvas, image_size)
-    images = np.zeros((len(records), canvas, canvas), dtype=np.uint8)
+def decode_records(records: list[Record], image_size: int, canvases: tuple[int, ...], progress: bool,
+                   preprocess: PreprocessConfig | None) -> tuple[list[Record], dict[int, np.ndarray], list[Skip]]:
+    """Read and preprocess each record once; its image fitted to each canvas. Returns (kept records, canvas ->
+    uint8 images (N, C, C), skipped records)."""
+    for canvas in canvases:
+        check_decoded_fit(len(records), canvas, image_size)
+    images = {canvas: np.zeros((len(records), canvas, canvas), dtype=np.uint8) for canvas in canvases}
     kept: list[int] = []
     skipped: list[Skip] = []
     preprocessor = None
@@ -160,9 +163,18 @@ def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
             if image.max() <= image.min():
                 skipped.append(Skip(record.image_id, "refused: constant after preprocessing", ""))
                 continue
-        images[i] = fit_to_square(image, image_size, canvas)
+        for canvas, stack in images.items():
+            stack[i] = fit_to_square(image, image_size, canvas)
         kept.append(i)
-    return DecodedSplit([records[i] for i in kept], images if len(kept) == len(records) else images[kept], skipped)
+    if len(kept) < len(records):
+        images = {canvas: stack[kept] for canvas, stack in images.items()}
+    return [records[i] for i in kept], images, skipped
+
+
+def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
+            preprocess: PreprocessConfig | None) -> DecodedSplit:
+    kept, images, skipped = decode_records(records, image_size, (canvas,), progress, preprocess)
+    return DecodedSplit(kept, images[canvas], skipped)
 
 
 class BoneAgeDataset(Dataset):

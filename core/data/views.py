@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from core.data.config import SiteDataConfig
 from core.data.dataset import BoneAgeDataset
-from core.data.manifest import Record, Skip
+from core.data.manifest import Skip
 from core.data.site import SiteData, load_site
 
 if TYPE_CHECKING:
@@ -64,10 +64,3 @@ def load_site_views(config: SiteDataConfig, image_size: int, views: tuple[Prepro
         return sites[0]
     return SiteData(manifest=sites[0].manifest, train=StackedViews([s.train for s in sites]),
                     val=StackedViews([s.val for s in sites]), test=StackedViews([s.test for s in sites]))
-
-
-def decode_views(records: list[Record], image_size: int, views: tuple[PreprocessConfig | None, ...],
-                 progress: bool = False) -> BoneAgeDataset | StackedViews:
-    """`records` decoded through each view (one view: a plain `BoneAgeDataset`)."""
-    datasets = [BoneAgeDataset(records, image_size, None, 0, progress, preprocess=view) for view in views]
-    return datasets[0] if len(datasets) == 1 else StackedViews(datasets)

@@ -77,7 +77,7 @@ def test_compare_runs_every_spec_out_of_fold(site: tuple[Path, Path], capsys) ->
                  "--specs", "1-4", "--epochs", "1", "--json", "--device", "cpu"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["freeze"] for r in rows] == ["pretrained", "1-4"]
+    assert [r["freeze"] for r in rows] == ["pretrained", "calibrated", "1-4"]
     assert all(r["n"] == 30 and r["mad_ci_low"] <= r["mad_months"] <= r["mad_ci_high"] for r in rows)
     assert rows[0]["diff_vs_pretrained"] is None and all(len(r["diff_vs_pretrained"]) == 3 for r in rows[1:])
 
