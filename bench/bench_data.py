@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="synthetic images")
     parser.add_argument("--src-size", type=int, default=512, help="height of synthetic images in pixels")
     parser.add_argument("--format", choices=sorted(EXTENSIONS), default="png8")
-    parser.add_argument("--size", type=int, default=128, help="model input size")
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=128, help="model input size")
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -62,9 +62,9 @@ def median_seconds(steps: dict[bool, Callable[[], None]], repeats: int, warmup: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=128)
     parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)

@@ -53,9 +53,9 @@ def matmul_tflops(n: int, reps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=500)
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant (median taken)")
     parser.add_argument("--matmul", type=int, default=8192)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, for the ratio")

@@ -211,9 +211,9 @@ def measure_memory(kind: str, n: int, size: int, n_threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (median taken)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--repeats", "--reps", dest="reps", type=int, default=5, help="timed repetitions per variant (median taken)")
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=32)
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the TJ-Net vs ResNet, memory, batch and size sections (default 1)")
     parser.add_argument("--quick", action="store_true", help="one repetition, small batches: a sanity run")

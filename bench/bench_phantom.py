@@ -41,7 +41,7 @@ def written_per_second(preset: str, size: int, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=256)
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

@@ -64,9 +64,9 @@ def epoch_fn(dataset, size: int, frozen: tuple[int, ...], batch_size: int, sourc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300, help="phantom images (the simulation default per site: 300)")
-    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--repeats", "--reps", dest="reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -53,7 +53,7 @@ def timed(command: list[str], threads: int, repeats: int) -> tuple[float, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="images in the folder")
-    parser.add_argument("--size", type=int, default=1024, help="side of the phantom images in pixels")
+    parser.add_argument("--image-size", "--size", dest="size", type=int, default=1024, help="side of the phantom images in pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

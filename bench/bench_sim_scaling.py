@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/simcache_default"))
     parser.add_argument("--sites", default="2,4,8")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=1, help="runs per site count (interleaved); medians reported")
+    parser.add_argument("--repeats", "--reps", dest="reps", type=int, default=1, help="runs per site count (interleaved); medians reported")
     parser.add_argument("--quick", action="store_true", help="2 sites, 1 round")
     args = parser.parse_args(argv)
     if args.default:

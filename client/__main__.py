@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from core.cli import run_command, setup_logging
+from core.cli import command_parser, dispatch
 
 # One module per command; each defines `add_parser(commands)`, which sets `handler` on its sub-parser.
 COMMAND_MODULES = (
@@ -22,18 +21,11 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(commands)
-    return parser
+    return command_parser("python -m client", __doc__, COMMAND_MODULES)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_command(args.handler, args)
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from client.acceptance import record_verdict, site_acceptance
 from core.acceptance import POSES, Verdict, judge_model
-from core.cli import add_data_arguments, data_config_from_args
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.data import DataError
 
 REJECTED = 1
@@ -29,8 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         "state-dir, else the folder a SuperNode serving --data uses)")
     parser.add_argument("--margin", type=float, help="months the new model's MAD may exceed the current one's "
                         "(default: accept-margin-months of the site config, else 1.5)")
-    parser.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_shared_options(parser, "device", "json")
     parser.set_defaults(handler=run_accept)
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from core.cli import add_data_arguments, data_config_from_args
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.conformal import ConformalError, CoverageReport, calibrate_checkpoint
 from core.conformal_bands import MIN_BANDS, BandConfig
 
@@ -26,8 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-per-band", type=int, default=BandConfig.min_per_band,
                         help="fewest calibration images per band; fewer bands are made when images are few "
                              f"(default: {BandConfig.min_per_band})")
-    parser.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_shared_options(parser, "device", "json")
     parser.set_defaults(handler=run_calibrate)
 
 

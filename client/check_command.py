@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from client.check import TimingSettings, check_site, format_report, report_json
-from core.cli import add_data_arguments, data_config_from_args
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--batch-size", type=int, default=TimingSettings.batch_size)
     check.add_argument("--local-epochs", type=int, default=TimingSettings.local_epochs)
     check.add_argument("--steps", type=int, default=3, help="training steps to time (after one warm-up step)")
-    check.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_shared_options(check, "device")
     check.add_argument("--pretrained", type=Path, default=None,
                        help="the run's pretrained checkpoint (its image size and width replace the two above)")
     check.add_argument("--preprocess", default="default",
@@ -28,7 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                             "or default,key=value,... (docs/preprocessing.md)")
     check.add_argument("--contact-sheet", type=Path, default=Path("check_contact_sheet.png"),
                        help="before/after PNG of some images, flagged ones first (default: ./check_contact_sheet.png)")
-    check.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    add_shared_options(check, "json")
     check.set_defaults(handler=run_check)
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.cli import add_data_arguments, data_config_from_args
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.errors import ConfigError
 from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec_list
 from core.site_finetune import FinetuneConfig, compare_freeze_specs, finetune_site, format_table, site_pool
@@ -34,9 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help=f"fine-tuning epochs (default {DEFAULTS.epochs}, for 100-300 images)")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_shared_options(parser, "seed", "device", "json")
     parser.set_defaults(handler=run_finetune)
 
 

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from client.acceptance import site_acceptance
 from client.predict import FIELDS, PredictSettings, Predictor
 from client.reading import ReadingConfig
 from client.worklist import PatientFacts, collect, parse_date, parse_sex
+from core.cli import add_shared_options
 from core.data import DataError
 from core.explain import METHODS
 
@@ -32,13 +31,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--birth-date", help="YYYY-MM-DD, with --study-date gives the chronological age")
     parser.add_argument("--study-date", help="YYYY-MM-DD")
     parser.add_argument("--out", type=Path, help="folder for predictions.csv / .jsonl, heat maps and reports")
-    parser.add_argument("--json", action="store_true", help="JSON lines (one object per image) instead of CSV")
+    add_shared_options(parser, "json", json_help="JSON lines (one object per image) instead of CSV")
     parser.add_argument("--heatmap", action="store_true", help="write a heat-map overlay PNG per image under --out")
     parser.add_argument("--heatmap-method", choices=METHODS, default="gradcam")
     parser.add_argument("--report", action="store_true", help="write one HTML report per patient under --out")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_shared_options(parser, "device", "threads")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--site-config", type=Path, help="the site's node config (site.toml): where its acceptance "
                         "verdicts are (state-dir) and whether the model must have been accepted (require-acceptance)")
@@ -96,8 +94,6 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DataError("--batch-size must be at least 1")
     if not 0.5 <= args.sex_sure <= 1.0:
         raise DataError(f"--sex-sure {args.sex_sure} is not a probability in 0.5-1.0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     check_out_folder(args.out, args.inputs, args.heatmap or args.report)
     settings = PredictSettings(model=args.model, facts=facts_from_args(args), out=args.out, heatmap=args.heatmap,
                                report=args.report, heatmap_method=args.heatmap_method, batch_size=args.batch_size,

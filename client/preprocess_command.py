@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from core.checkpoint import load_checkpoint
+from core.cli import add_shared_options
 from core.data import DataError
 from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
 from core.preprocess.folder import check_out, image_paths, preprocess_folder
@@ -25,7 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="none, default or default,key=value,... (docs/preprocessing.md)")
     parser.add_argument("--contact-sheet", type=Path, default=None,
                         help="also write a before/after contact sheet PNG here")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_shared_options(parser, "json")
     parser.set_defaults(handler=run_preprocess)
 
 

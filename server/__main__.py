@@ -1,7 +1,8 @@
-"""`python -m server`: central pretraining and evaluation of bone-age models."""
+"""`python -m server`: central pretraining, evaluation and ensembles of bone-age models."""
 
 import sys
 
 from server.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

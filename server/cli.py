@@ -1,189 +1,22 @@
-"""Command line of the coordinating side: `pretrain`, `evaluate` and `ensemble`."""
+"""`python -m server COMMAND`: the coordinating side's tools (each command lives in its own module)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-from dataclasses import replace
-from pathlib import Path
 
-from core.central import PretrainJob, evaluate_checkpoint, pretrain
-from core.ensemble import EnsembleJob, build_ensemble
-from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
-from core.data import AugmentConfig
-from core.errors import ConfigError
-from core.loss import ALPHA_RULES, JointLossConfig
-from core.preprocess import REGION_NAMES, PreprocessConfig
-from core.model.heads import HEAD_NAMES
-from core.schedule import LR_SCHEDULES
-from core.training import TrainConfig
-from core.tta import TTAConfig
+from core.cli import command_parser, dispatch
 
-logger = logging.getLogger("server")
+# One module per command; each defines `add_parser(commands)`, which sets `handler` on its sub-parser.
+COMMAND_MODULES = (
+    "server.pretrain_command",
+    "server.evaluate_command",
+    "server.ensemble_command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("pretrain", help="train a model centrally on one site folder")
-    add_data_arguments(train)
-    train.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    train.add_argument("--arch", choices=("tjnet", "resnet"), default="tjnet",
-                       help="TJ-Net (joint loss) or the ResNet-style L1 regression baseline")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--image-size", type=int, default=128)
-    train.add_argument("--width", type=float, default=0.5, help="channel multiplier (paper scale: 1.0)")
-    train.add_argument("--head", choices=HEAD_NAMES, default=None,
-                       help="output head: paper (77 classes of 3 months, joint loss), months (240 classes of 1 month), "
-                            "regression (L1 on the age scaled to [-1, 1]); default paper for tjnet, regression for resnet")
-    train.add_argument("--sex-specific", action="store_true",
-                       help="one model per sex in one checkpoint; each image goes to the model of its sex")
-    train.add_argument("--depth", type=int, default=18, help="ResNet depth for --arch resnet (18, 34, 50)")
-    train.add_argument("--norm", choices=("group", "batch"), default="group")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--alpha-start", type=float, default=JointLossConfig.alpha_start,
-                       help="joint loss: weight of the MAD term until the batch loss is stable")
-    train.add_argument("--alpha-final", type=float, default=None,
-                       help="joint loss: weight of the MAD term after that (default: 77, the paper's)")
-    add_recipe_arguments(train)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    train.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    train.add_argument("--no-cbam", action="store_true", help="ablation: remove the CBAM modules")
-    train.add_argument("--no-residual", action="store_true", help="ablation: remove the IncRes shortcuts")
-    train.add_argument("--no-joint-sex", action="store_true", help="ablation: remove the sex head and its loss")
-    train.add_argument("--no-augment", action="store_true")
-    train.add_argument("--preprocess", default="none",
-                       help="none, default or default,key=value,... (docs/preprocessing.md); saved in the checkpoint "
-                            "and applied by every command that reads images for the model")
-    train.add_argument("--region", choices=REGION_NAMES, default=None,
-                       help="train on this crop of the registered hand (switches registration on in --preprocess, "
-                            "'default' when that is none); images whose registration fails are skipped")
-    train.add_argument("--no-progress", action="store_true")
-
-    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a site folder")
-    add_data_arguments(evaluate)
-    evaluate.add_argument("--model", type=Path, required=True, help="checkpoint file")
-    evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default="test")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-
-    ensemble = commands.add_parser("ensemble", help="fit a linear ensemble of checkpoints on the val split")
-    add_data_arguments(ensemble)
-    ensemble.add_argument("--models", type=Path, nargs="+", required=True, help="member checkpoints (two or more)")
-    ensemble.add_argument("--out", type=Path, required=True, help="ensemble checkpoint to write")
-    ensemble.add_argument("--per-sex", action="store_true", help="one set of weights and intercept per sex")
-    ensemble.add_argument("--device", default="auto")
-    ensemble.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training recipe (docs/benchmarks.md, "Training recipe"); defaults from the typed configs."""
-    loss, train, tta = JointLossConfig(), TrainConfig(), TTAConfig()
-    parser.add_argument("--alpha-rule", choices=ALPHA_RULES, default=loss.alpha_rule,
-                        help="when alpha rises: loss (batch loss stable), val (val MAD stable), ramp (linear)")
-    parser.add_argument("--alpha-val-tolerance", type=float, default=loss.alpha_val_tolerance,
-                        help="--alpha-rule val: raise once an epoch improves the val MAD by at most this fraction")
-    parser.add_argument("--alpha-ramp-steps", type=int, default=loss.alpha_ramp_steps,
-                        help="--alpha-rule ramp: steps from --alpha-start to --alpha-final")
-    parser.add_argument("--label-sigma", type=float, default=loss.label_sigma_months,
-                        help="class heads: Gaussian label smoothing over neighbouring classes, sigma in months (0: off)")
-    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=train.lr_schedule,
-                        help="cosine to 1/1000, step (drop to 1/1000 at --lr-drop-at) or plateau (drop when the "
-                             "val MAD stalls for --lr-patience epochs)")
-    parser.add_argument("--lr-drop-at", type=float, default=train.lr_drop_at, help="step: fraction of the steps")
-    parser.add_argument("--lr-patience", type=int, default=train.lr_patience, help="plateau: epochs without gain")
-    parser.add_argument("--warmup-steps", type=int, default=train.warmup_steps, help="linear learning-rate warm-up")
-    parser.add_argument("--early-stop", type=int, default=train.early_stop_patience,
-                        help="stop after this many epochs without a val MAD gain (0: train all --epochs)")
-    parser.add_argument("--tta-shift", type=float, default=tta.shift,
-                        help="test-time augmentation: average over shifts by this fraction of the side (0: off); "
-                             "saved in the checkpoint and applied by evaluate and predict")
-    parser.add_argument("--tta-scale", type=float, default=tta.scale,
-                        help="test-time augmentation: average over zooms by 1 +- this (0: off)")
-
-
-def _model_config(args: argparse.Namespace) -> dict:
-    config = {"image_size": args.image_size, "width": args.width, "norm": args.norm}
-    if args.head is not None:
-        config["head"] = args.head
-    if args.arch == "tjnet":
-        config.update(use_cbam=not args.no_cbam, use_residual=not args.no_residual, joint_sex=not args.no_joint_sex)
-    else:
-        config["depth"] = args.depth
-    return config
-
-
-def _preprocess(args: argparse.Namespace) -> PreprocessConfig | None:
-    """--preprocess, switched to the --region crop of the registered hand when one is given."""
-    preprocess = PreprocessConfig.parse(args.preprocess)
-    if args.region is None:
-        return preprocess
-    return (preprocess or PreprocessConfig()).for_region(args.region)
-
-
-def run_pretrain(args: argparse.Namespace) -> int:
-    if args.epochs < 1:
-        raise ConfigError("--epochs must be at least 1")
-    job = PretrainJob(
-        data=data_config_from_args(args),
-        out=args.out,
-        architecture=args.arch,
-        model_config=_model_config(args),
-        train=replace(TrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      device=args.device, num_workers=args.workers, progress=not args.no_progress,
-                      lr_schedule=args.lr_schedule, lr_drop_at=args.lr_drop_at, lr_patience=args.lr_patience,
-                      warmup_steps=args.warmup_steps, early_stop_patience=args.early_stop),
-        augment=None if args.no_augment else AugmentConfig(),
-        threads=args.threads,
-        preprocess=_preprocess(args),
-        sex_specific=args.sex_specific,
-        loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final, alpha_rule=args.alpha_rule,
-                             alpha_val_tolerance=args.alpha_val_tolerance, alpha_ramp_steps=args.alpha_ramp_steps,
-                             label_sigma_months=args.label_sigma),
-        tta=TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
-    )
-    pretrain(job)
-    return 0
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    metrics = evaluate_checkpoint(args.model, data_config_from_args(args), args.split, args.device)
-    if args.json:
-        print(json.dumps(metrics))
-        return 0
-    print(f"{args.split} split of {args.data}: n={metrics['n']} (skipped {metrics['skipped']})")
-    print(f"  MAD {metrics['mad_months']:.2f} months   RMSE {metrics['rmse_months']:.2f} months   "
-          f"bias {metrics['bias_months']:+.2f} months")
-    print(f"  accuracy {metrics['accuracy']:.3f}   within 1 year {metrics['accuracy_1y']:.3f}")
-    for group, mad in metrics["mad_by_age_group"].items():
-        print(f"  MAD {group:>7}: {mad:6.2f} months")
-    return 0
-
-
-def run_ensemble(args: argparse.Namespace) -> int:
-    report = build_ensemble(EnsembleJob(models=tuple(args.models), data=data_config_from_args(args), out=args.out,
-                                        per_sex=args.per_sex, device=args.device))
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(f"{'model':<40} {'val MAD':>8} {'test MAD':>9}")
-    for name in [*report["members"], "ensemble"]:
-        print(f"{name:<40} {report['val'][name]:8.2f} {report['test'].get(name, float('nan')):9.2f}")
-    for group, (weights, intercept) in enumerate(zip(report["weights"], report["intercepts"])):
-        label = ("female", "male")[group] if report["per_sex"] else "all"
-        print(f"weights ({label}): " + ", ".join(f"{w:+.3f}" for w in weights) + f"; intercept {intercept:+.2f} months")
-    return 0
+    return command_parser("python -m server", __doc__, COMMAND_MODULES)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    handler = {"pretrain": run_pretrain, "evaluate": run_evaluate, "ensemble": run_ensemble}[args.command]
-    return run_command(handler, args)
+    return dispatch(build_parser(), argv)

@@ -6,21 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli import run_command, setup_logging
+from core.cli import add_shared_options, command_parser, run_command, setup_logging
+from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec_list
 from sim.config import PRESETS, RealSite, load_experiment, preset
-from sim.generate import add_generate_parser
-from sim.partition import add_partition_parser
 from strategies.options import parse_option_assignments
 
 
+# One module per sub-command, as in `python -m client`; the default run keeps its flags on the root.
+COMMAND_MODULES = ("sim.generate", "sim.partition")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    parser, _ = command_parser("python -m sim", __doc__, COMMAND_MODULES, required=False)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="default (~10 min on 2 CPU cores), smoke (CI, ~3 min), paper (500 px, GPU)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/sim)")
     parser.add_argument("--cache", type=Path, default=None, help="cache of sites and pretrained models")
-    parser.add_argument("--seed", type=int, default=None)
+    add_shared_options(parser, "seed", seed_default=None,
+                       seed_help="random seed (default: the experiment file's, else 0); --seeds N runs seed, seed + 1, ...")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--local-epochs", type=int, default=None, help="local epochs per round (and per baseline round)")
     parser.add_argument("--batch-size", type=int, default=None, help="local batch size (fine-tuning)")
@@ -31,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a strategy option, repeatable: server-momentum, server-learning-rate (fedavgm), eta, "
                              "beta-1, beta-2, tau (fedadam), trimmed-beta (fedtrimmedavg), proximal-mu (fedprox); "
                              "see docs/strategies.md")
-    parser.add_argument("--device", default=None,
-                        help="auto (default: a CUDA GPU when present, for every stage), cpu, cuda or cuda:N")
+    add_shared_options(parser, "device")  # every stage: pretraining, baselines, evaluation, the simulated sites
     parser.add_argument("--freeze", action="append", default=None, metavar="SPECS",
                         help="comma-separated freeze specs, e.g. '1-3,none' (repeatable); one spec freezing several "
                              "blocks is a range or joined with '+' (1-3, 1-2+4): '1,2,3' is refused as ambiguous")
@@ -46,10 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="experiment file (TOML): source, sites with columns and units, freeze specs, rounds, seeds")
     parser.add_argument("--seeds", type=int, default=None, help="repeat the whole comparison with N seeds")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command")
-    add_generate_parser(commands)
-    add_partition_parser(commands)
     return parser
 
 
@@ -72,14 +71,27 @@ def run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def root_flags_before(argv: list[str], command: str) -> list[str]:
+    """The default run's flags given before `command` (other than -v): a sub-command does not use them."""
+    head = argv[:argv.index(command)] if command in argv else []
+    return [token.split("=", 1)[0] for token in head if token.startswith("-") and token not in ("-v", "--verbose")]
+
+
+def _refuse_root_flags(flags: list[str], command: str) -> int:
+    raise ConfigError(f"{' '.join(flags)} before '{command}' belong to the default run and would be ignored; "
+                      f"give {command}'s own options after it (python -m sim {command} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    setup_logging(getattr(args, "verbose", False))
-    if args.command == "generate":
-        return args.func(args)
-    if args.command == "partition":
-        return run_command(args.func, args)
-    return run_command(run_sim, args)
+    setup_logging(args.verbose)
+    if args.command is None:
+        return run_command(run_sim, args)
+    ignored = root_flags_before(argv, args.command)
+    if ignored:
+        return run_command(lambda _: _refuse_root_flags(ignored, args.command), args)
+    return run_command(args.handler, args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from core.cli import add_data_arguments, data_config_from_args
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.data import DataError, ImageError, Record, SiteDataConfig, load_manifest, read_image
 from core.errors import ConfigError
 from sim.shifts import PARTITION_PROFILES, SiteShift, acquire, relabel, site_shifts
@@ -162,7 +162,7 @@ def partition(data: SiteDataConfig, n_sites: int, out: Path, profile: str = "hos
     return folders
 
 
-def add_partition_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `partition` on `python -m sim`."""
     parser = subparsers.add_parser(
         "partition", help="cut one RSNA-format dataset into N shifted hospital folders",
@@ -171,11 +171,13 @@ def add_partition_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--sites", type=int, required=True, help="number of hospital sites")
     parser.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     parser.add_argument("--profile", default="hospitals", help=f"one of {', '.join(PARTITION_PROFILES)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=None, help="images per site (default: the profile's sizes)")
-    parser.add_argument("--source", type=int, default=0,
-                        help="also write this many unshifted images, disjoint from the sites, to OUT/source")
-    parser.set_defaults(func=run_partition)
+    add_shared_options(parser, "seed")
+    parser.add_argument("--per-site", "--size", dest="size", type=int, default=None,
+                        help="images per site (default: the profile's sizes; --size is the old, deprecated name)")
+    parser.add_argument("--source-images", "--source", dest="source", type=int, default=0,
+                        help="also write this many unshifted images, disjoint from the sites, to OUT/source "
+                             "(--source is the old, deprecated name: in `python -m sim` --source is a folder)")
+    parser.set_defaults(handler=run_partition)
     return parser
 
 

@@ -16,7 +16,9 @@ from PIL import Image
 from core.data.config import SiteDataConfig
 from core.data.images import read_image
 from core.data.manifest import load_manifest
-from sim.generate import add_generate_parser, generate_site, run_generate
+from core.errors import ConfigError
+from sim.__main__ import main
+from sim.generate import generate_site, run_generate
 from sim.phantom.profiles import PRESETS
 from sim.phantom.writer import KEYPOINT_COLUMNS
 
@@ -125,10 +127,7 @@ def test_masks_and_keypoints_match_the_image(rsna: Path) -> None:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_generate_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_writes_a_site(tmp_path: Path) -> None:
@@ -138,9 +137,10 @@ def test_cli_writes_a_site(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--preset", "nope", "--n", "2"], ["--preset", "rsna", "--n", "0"]])
-def test_cli_rejects_bad_input_in_one_line(argv: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_rejects_bad_input_in_one_line(argv: list[str], tmp_path: Path, capsys) -> None:
     assert _cli(["generate", *argv, "--out", str(tmp_path / "x")]) == 2
-    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("error: ")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
 
 
 def test_cli_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path) -> None:
@@ -149,5 +149,5 @@ def test_cli_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path) -> Non
     assert _cli(args) == 2
     assert _cli([*args, "--overwrite"]) == 0
     assert (tmp_path / "keep.txt").exists() and (tmp_path / "labels.csv").exists()
-    assert run_generate(argparse.Namespace(preset="rsna", n=-1, out=tmp_path, seed=0, image_size=None,
-                                           overwrite=True)) == 2
+    with pytest.raises(ConfigError):
+        run_generate(argparse.Namespace(preset="rsna", n=-1, out=tmp_path, seed=0, image_size=None, overwrite=True))
