@@ -83,16 +83,21 @@ class SiteConfig:
 
 
 def _dp_from(values: Mapping[str, Any]) -> DPConfig:
-    def number(key: str) -> float | None:
-        return float(values[key]) if key in values and str(values[key]) not in ("", "none") else None
+    def given(key: str) -> bool:
+        return key in values and str(values[key]).strip().lower() not in ("", "none")
 
-    noise, target = number("dp-noise-multiplier"), number("dp-target-epsilon")
-    seed = values.get("dp-seed")
+    def number(key: str, kind: type = float) -> Any:
+        if not given(key):
+            return None
+        try:
+            return kind(values[key])
+        except (TypeError, ValueError):
+            what = "an integer" if kind is int else "a number"
+            raise SiteConfigError(f"node config {key} must be {what}, got {values[key]!r}") from None
+
+    noise, target, clip = number("dp-noise-multiplier"), number("dp-target-epsilon"), number("dp-max-grad-norm")
     return DPConfig(
         enabled=noise is not None or target is not None, noise_multiplier=noise, target_epsilon=target,
-        max_epsilon=number("dp-max-epsilon"), max_grad_norm=number("dp-max-grad-norm") or 1.0,
-        delta=number("dp-delta"), accountant=str(values.get("dp-accountant", "rdp")),
-        seed=int(seed) if seed is not None else None,
+        max_epsilon=number("dp-max-epsilon"), max_grad_norm=DPConfig.max_grad_norm if clip is None else clip,
+        delta=number("dp-delta"), accountant=str(values.get("dp-accountant", "rdp")), seed=number("dp-seed", int),
     )
-
-

@@ -7,6 +7,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from core.errors import FederationFailed
 from server.config import FederationConfig
 from server.federation import run_federation
 
@@ -16,8 +17,10 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Read the run config, run the federation, leave the merged model in `out-dir`."""
+    """Read the run config, run the federation, leave the merged model in `out-dir`; a failed run fails the app."""
     config = FederationConfig.from_run_config(context.run_config)
     logger.info("federation: strategy %s %s, freeze %s, %d rounds", config.strategy, config.aggregator_options(),
                 config.freeze, config.num_rounds)
-    run_federation(grid, config)
+    outcome = run_federation(grid, config)
+    if outcome.failure:  # Flower then reports the run as finished:failed
+        raise FederationFailed(outcome.failure)

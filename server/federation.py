@@ -1,6 +1,8 @@
 """One federated run: start from the pretrained model, send the shared arrays, aggregate,
 evaluate every round, checkpoint the merged model every round, resume after a crash; optionally
-under central (client-level) DP, stopping cleanly when its budget is reached."""
+under central (client-level) DP, stopping cleanly when its budget is reached. A round in which no
+site trained fails the run: no final model is written. The server keeps its own record of every
+private site's epsilon (`server.site_privacy`) in the per-round checkpoint."""
 
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from core.training import resolve_device
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
 from server.outcome import FederationOutcome
+from server.site_privacy import SitePrivacyRecord
 from server.tracking import MetricsTracker
-from strategies import PartialModelStrategy, build_strategy
+from strategies import NoSiteTrained, PartialModelStrategy, build_strategy
 from strategies.options import applied_options
 
 logger = logging.getLogger("ossifl.server")
@@ -44,12 +47,14 @@ class Federation:
         self.keys = list(parameter_groups(self.model, config.settings.freeze, config.settings.local_layers).shared)
         self.latest = config.out_dir / LATEST
         self.start_round = 0
+        self.site_privacy = SitePrivacyRecord()
         strategy_state, accountant_state = self._resume() if config.resume and self.latest.exists() else (None, None)
         self.tracker = MetricsTracker(config.out_dir, config.wandb,
                                       run_name=f"{config.strategy}-freeze{config.freeze}", config=config.describe())
         self.strategy: PartialModelStrategy = build_strategy(
             config.strategy, round_offset=self.start_round, on_site_reports=self.tracker.site_reports,
-            min_nodes=config.min_nodes, fraction_evaluate=config.fraction_evaluate, **config.aggregator_options())
+            min_nodes=config.min_nodes, fraction_evaluate=config.fraction_evaluate,
+            reply_check=self.site_privacy.check, **config.aggregator_options())
         # what the checkpoints and the outcome record: the settings, with the options the aggregator applies
         self.applied = {**config.describe(), **{k: str(v) for k, v in applied_options(self.strategy.aggregator).items()}}
         if strategy_state is not None:
@@ -72,6 +77,7 @@ class Federation:
                                  "start a new out-dir or resume with the original settings")
         self.model.load_state_dict(resumed.model.state_dict())
         self.start_round = int(resumed.metadata["round"])
+        self.site_privacy = SitePrivacyRecord(resumed.metadata.get("site_privacy"))
         accountant_state = resumed.metadata.get("central_dp_state")
         if self.config.central_dp and accountant_state is None:
             raise ConfigError(f"cannot resume under central DP: {self.latest} has no accountant state "
@@ -108,7 +114,8 @@ class Federation:
             dp_meta["central_dp_state"] = self.private.accountant_state()
         save_checkpoint(self.latest, self.model, describe(
             self.model, round=real_round, strategy=self.config.strategy, strategy_state=self.strategy.state_dict(),
-            seed=self.config.settings.seed, run_config=self.applied, preprocess=self.preprocess, **dp_meta))
+            seed=self.config.settings.seed, run_config=self.applied, preprocess=self.preprocess,
+            site_privacy=self.site_privacy.state_dict(), **dp_meta))
 
     def run(self, grid: Grid) -> FederationOutcome:
         """Run the remaining rounds and save the final model."""
@@ -124,9 +131,20 @@ class Federation:
         except PrivacyBudgetExhausted as exc:
             logger.warning("central DP budget reached after round %d: stopping; the model of round %d is kept (%s)",
                            self.rounds_done, self.rounds_done, exc)
+        except NoSiteTrained as exc:
+            return self._fail(str(exc))
         finally:
             self.tracker.close()
         return self._finish()
+
+    def _fail(self, reason: str) -> FederationOutcome:
+        """The run stops: no final model (the last merged round, if any, stays in federated_latest.pt)."""
+        kept = f"{LATEST} holds round {self.rounds_done}" if self.rounds_done else "no round was merged"
+        failure = f"{reason}; the run stops without a final model ({kept})"
+        logger.error("federation failed: %s", failure)
+        rounds = [self.tracker.rounds[r] for r in sorted(self.tracker.rounds)]
+        return FederationOutcome(None, self.rounds_done, self.keys, 0, self.config.describe(), rounds,
+                                 failure=failure)
 
     def _finish(self) -> FederationOutcome:
         config = self.config
@@ -147,7 +165,10 @@ class Federation:
 
 
 def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
-    """Run `config.num_rounds` rounds (fewer when resuming) and save the merged model."""
+    """Run `config.num_rounds` rounds (fewer when resuming) and save the merged model.
+
+    A failed run (a round in which no site trained) returns an outcome with `failure` set and no final model.
+    """
     return Federation(config).run(grid)
 
 

@@ -32,22 +32,24 @@ class FederationOutcome:
     """The result of `run_federation`.
 
     Attributes:
-        final_checkpoint: the merged model after the last round.
+        final_checkpoint: the merged model after the last round; None when the run failed.
         rounds_done: rounds completed, counted over resumes.
         shared_keys: the state keys sent to and aggregated from the sites.
         bytes_per_site_per_round: size of those arrays.
         settings: the run's settings, flat, under their run config keys (strategy options included).
         rounds: the rounds this process ran, in order (a resumed run starts after the checkpoint's round).
         central_epsilon: central DP epsilon spent, or None without central DP.
+        failure: why the run stopped without a final model ("" when it finished).
     """
 
-    final_checkpoint: Path
+    final_checkpoint: Path | None
     rounds_done: int
     shared_keys: list[str]
     bytes_per_site_per_round: int
     settings: dict[str, str]
     rounds: list[RoundMetrics] = field(default_factory=list)
     central_epsilon: float | None = None
+    failure: str = ""
 
     def per_round(self, phase: str, metric: str) -> dict[str, list[float]]:
         """site -> `metric` of each round it reported in, in round order (`phase` "train" or "evaluate")."""

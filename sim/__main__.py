@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "blocks is a range or joined with '+' (1-3, 1-2+4): '1,2,3' is refused as ambiguous")
     parser.add_argument("--dp", default=None,
                         help="comma-separated DP noise multipliers: adds one DP federation per value (freeze 1-3)")
+    parser.add_argument("--dp-max-epsilon", type=float, default=None,
+                        help="each DP site's privacy budget (default 10): a site refuses a round that would pass it")
     parser.add_argument("--pretrained", type=Path, default=None, help="start from this checkpoint (no pretraining)")
     parser.add_argument("--source", type=Path, default=None, help="pretrain on this RSNA-format folder instead")
     parser.add_argument("--site", action="append", default=[], metavar="DIR[:years]",
@@ -62,7 +64,7 @@ def run_sim(args: argparse.Namespace) -> int:
         seeds=args.seeds, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, strategy=args.strategy, wandb=args.wandb or None,
         freeze_specs=tuple(s for text in args.freeze for s in parse_freeze_spec_list(text)) if args.freeze else None,
-        dp_noise_multipliers=tuple(float(v) for v in args.dp.split(",")) if args.dp else None,
+        dp_noise_multipliers=_numbers("--dp", args.dp) if args.dp else None, dp_max_epsilon=args.dp_max_epsilon,
         strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,
         device=args.device,
     )
@@ -80,6 +82,13 @@ def root_flags_before(argv: list[str], command: str) -> list[str]:
 def _refuse_root_flags(flags: list[str], command: str) -> int:
     raise ConfigError(f"{' '.join(flags)} before '{command}' belong to the default run and would be ignored; "
                       f"give {command}'s own options after it (python -m sim {command} --help)")
+
+
+def _numbers(flag: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -82,6 +83,7 @@ class SimConfig:
     seed: int = 0
     dp_noise_multipliers: tuple[float, ...] = ()
     dp_max_grad_norm: float = 1.0
+    dp_max_epsilon: float = 10.0  # each DP site's budget: a site never trains privately without one
     wandb: bool = False
     out_dir: Path = Path("runs/sim")
     cache_dir: Path = Path("runs/cache")
@@ -108,8 +110,10 @@ class SimConfig:
         for site in self.real_sites:
             if site.label_unit not in ("months", "years"):
                 raise ConfigError(f"site {site.path}: label unit must be months or years, got {site.label_unit!r}")
-        if any(sigma <= 0 for sigma in self.dp_noise_multipliers):
-            raise ConfigError("DP noise multipliers must be positive")
+        if not all(math.isfinite(sigma) and sigma > 0 for sigma in self.dp_noise_multipliers):
+            raise ConfigError(f"DP noise multipliers must be positive numbers, got {self.dp_noise_multipliers}")
+        if not (math.isfinite(self.dp_max_epsilon) and self.dp_max_epsilon > 0):
+            raise ConfigError(f"--dp-max-epsilon must be a positive number, got {self.dp_max_epsilon}")
 
     def pretrain_key(self) -> str:
         """Cache key of the pretrained model: everything that changes its weights."""

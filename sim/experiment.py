@@ -77,7 +77,7 @@ def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Pa
     for sigma in config.dp_noise_multipliers:
         runs.append((base, f"{config.strategy}_freeze-{base}_dp-{sigma:g}", "none",
                      {"dp-noise-multiplier": sigma, "dp-max-grad-norm": config.dp_max_grad_norm,
-                      "dp-seed": config.seed}))
+                      "dp-max-epsilon": config.dp_max_epsilon, "dp-seed": config.seed}))
     result = []
     for spec, name, local_layers, dp in runs:
         out = config.out_dir / "federations" / name

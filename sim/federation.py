@@ -132,6 +132,9 @@ def site_resources(num_sites: int, cpu_count: int, gpu_count: int, cpus_per_site
 def run_federations(runs: Sequence[SimulatedRun], cpus_per_site: float = 1.0) -> list[FederationOutcome]:
     """All runs in one session of Flower's simulation engine; their outcomes in the same order.
 
+    A run in which a round had no site train stops without a final model; its outcome's `failure` says why,
+    and the runs after it go on. The caller decides what a failed run means for its results.
+
     Each simulated site claims `site_resources(...)`: `cpus_per_site` cores and, on a machine with CUDA
     GPUs, a share of them (its node config's `device = "auto"` then trains on the GPU Ray assigns it).
     """

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 
 from core.checkpoint import load_checkpoint
+from core.errors import FederationFailed
 from core.preprocess import preprocess_config_of
 from sim.baselines import federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
@@ -47,6 +48,11 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     logger.info("[4/%d] %d federated runs of %d rounds on %d sites (FedBN among them), one engine session", stages,
                 len(runs), config.rounds, len(sites))
     outcomes = run_federations([run for _, run in runs])
+    failed = [f"{run.config.out_dir.name}: {outcome.failure}" for (_, run), outcome in zip(runs, outcomes)
+              if outcome.failure]
+    if failed:  # a comparison with a run that never trained would report it as if it had
+        raise FederationFailed(f"{len(failed)} of {len(runs)} federated runs failed, no report written: "
+                               f"{' | '.join(failed)}")
     logger.info("[5/%d] federated models, then fine-tuned locally at each site (freeze %s)", stages,
                 config.baseline_freeze)
     curves: dict[str, dict[str, list[float]]] = {}

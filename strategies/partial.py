@@ -23,6 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from core.errors import UserError
 from strategies.aggregation import Aggregator, SiteUpdate, build_aggregator, validate_update
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class SiteReport:
 
 
 SiteReportsCallback = Callable[[str, int, list[SiteReport]], None]
+ReplyCheck = Callable[[str, int, dict[str, float]], str]  # (site, round, metrics) -> reason to reject, or ""
+
+
+class NoSiteTrained(UserError):
+    """A train round in which no site's update could be used: the run fails rather than pass it off as trained."""
 
 
 def scalar_metrics(record: MetricRecord) -> dict[str, float]:
@@ -140,6 +146,7 @@ class PartialModelStrategy(FedAvg):
         min_available_nodes: int = 1,
         round_offset: int = 0,
         on_site_reports: SiteReportsCallback | None = None,
+        reply_check: ReplyCheck | None = None,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -151,6 +158,7 @@ class PartialModelStrategy(FedAvg):
         self.aggregator = aggregator
         self.round_offset = round_offset
         self.on_site_reports = on_site_reports
+        self.reply_check = reply_check  # e.g. the server's record of each private site's epsilon
         self.current_arrays: dict[str, np.ndarray] | None = None
         self.sent: list[Message] = []  # the requests of the current phase, as handed to the Grid
         self.site_ids: dict[int, str] = {}  # node id -> the site id it reported, for replies without metrics
@@ -205,6 +213,10 @@ class PartialModelStrategy(FedAvg):
                 reason = validate_update(global_arrays, update)
                 if reason:
                     report.status, report.reason, update = "rejected", reason, None
+            if with_arrays and not msg.has_error() and self.reply_check is not None:
+                reason = self.reply_check(report.site, server_round + self.round_offset, report.metrics)
+                if reason and update is not None:
+                    report.status, report.reason, update = "rejected", reason, None
             reports.append(report)
             if update is not None:
                 accepted.append(update)
@@ -231,15 +243,18 @@ class PartialModelStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the accepted replies per key; (None, None) keeps the global model if none is usable."""
+        """Aggregate the accepted replies per key.
+
+        Raises:
+            NoSiteTrained: no reply is usable; the run stops rather than carry an untrained model forward.
+        """
         if self.current_arrays is None:
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to update")
         reports, accepted = self._collect(server_round, replies, self.current_arrays)
         self._report("train", server_round, reports)
         if not accepted:
-            logger.warning("train round %d: no usable update, global model unchanged",
-                           server_round + self.round_offset)
-            return None, None
+            why = "; ".join(f"site {r.site} {r.status}: {r.reason}" for r in reports) or "no site was sampled"
+            raise NoSiteTrained(f"train round {server_round + self.round_offset}: no site trained ({why})")
         new_arrays = self.aggregator.aggregate(self.current_arrays, accepted)
         record = ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in new_arrays.items()})
         return record, self._mean_metrics(reports)
@@ -270,6 +285,7 @@ def build_strategy(
     on_site_reports: SiteReportsCallback | None = None,
     min_nodes: int = 1,
     fraction_evaluate: float = 1.0,
+    reply_check: ReplyCheck | None = None,
     **aggregator_options: float,
 ) -> PartialModelStrategy:
     """A PartialModelStrategy with the aggregator `name`; `min_nodes` sets all three node minimums;
@@ -282,4 +298,5 @@ def build_strategy(
         min_available_nodes=min_nodes,
         round_offset=round_offset,
         on_site_reports=on_site_reports,
+        reply_check=reply_check,
     )

@@ -20,7 +20,7 @@ class DPConfig:
         target_epsilon: ... or the site's whole budget: sigma is chosen so that `planned_rounds`
             rounds of the first round's size end at this epsilon, then kept for the site.
         max_epsilon: hard budget the ledger enforces before every round (default: target_epsilon;
-            no limit when only a noise multiplier is given).
+            required with a noise multiplier: private training never runs without a budget).
         max_grad_norm: per-sample clipping norm C.
         delta: the delta of (epsilon, delta); None picks `default_delta(N)` on the first private
             round and keeps it for the site.
@@ -50,6 +50,9 @@ class DPConfig:
             raise ConfigError(f"dp delta must be in (0, 1), got {self.delta}")
         if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ConfigError("dp needs exactly one of noise-multiplier and target-epsilon")
+        if self.enabled and self.target_epsilon is None and self.max_epsilon is None:
+            raise ConfigError("dp with a noise multiplier needs a budget (dp-max-epsilon): without one the site "
+                              "would train on until epsilon means nothing")
 
     @property
     def budget(self) -> float:

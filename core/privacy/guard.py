@@ -6,7 +6,11 @@
   would train on a budget the first one is about to spend.
 - `require_history`: a ledger that is missing or empty while the state folder shows earlier
   private rounds (the site's noise settings, audit entries with an epsilon) was deleted or
-  emptied; counting it as zero spent would let the site train past its budget.
+  emptied; counting it as zero spent would let the site train past its budget. A ledger whose
+  epsilon is below the largest the site itself reported in its audit log lost or changed lines
+  (cut to its first line, a sigma raised): refused too. Both checks assume the audit log is
+  intact; a site that rewrites every file of its state folder is caught only by the server's own
+  record of what it reported (`server.site_privacy`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.privacy.ledger import LedgerError, PrivacyLedger
+from core.privacy.ledger import LedgerError, PrivacyLedger, history_epsilon, require_regular_file
 from core.privacy.settings import SETTINGS_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ class LedgerBusy(LedgerError):
 def site_lock(ledger: PrivacyLedger) -> Iterator[None]:
     """Hold the site's ledger lock (an advisory `flock` next to the ledger) or raise `LedgerBusy` at once."""
     ledger.path.parent.mkdir(parents=True, exist_ok=True)
+    require_regular_file(ledger.path.with_name(LOCK_FILENAME), f"privacy lock {LOCK_FILENAME}")
     descriptor = os.open(ledger.path.with_name(LOCK_FILENAME), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -52,15 +58,22 @@ def site_lock(ledger: PrivacyLedger) -> Iterator[None]:
 
 
 def require_history(ledger: PrivacyLedger) -> None:
-    """Raise `LedgerError` when the ledger is missing or empty but the state folder shows private rounds."""
-    if ledger.entries():
+    """Raise `LedgerError` when the ledger accounts for less than the state folder shows the site spent.
+
+    Missing or empty while the site's noise settings or audit entries with an epsilon exist; or an
+    epsilon below the largest the site reported in its audit log (at that entry's delta).
+    """
+    audit = ledger.path.with_name(AUDIT_FILENAME)
+    reported = _audited_private_replies(audit)
+    entries = ledger.entries()
+    if entries:
+        _require_reported_spending(ledger.path.name, [entry.mechanism for entry in entries], reported)
         return
     evidence = []
     if ledger.path.with_name(SETTINGS_FILENAME).exists():
         evidence.append(SETTINGS_FILENAME)
-    audited = _audited_private_replies(ledger.path.with_name(AUDIT_FILENAME))
-    if audited:
-        evidence.append(f"{audited} audit entr{'y' if audited == 1 else 'ies'} with an epsilon")
+    if reported:
+        evidence.append(f"{len(reported)} audit entr{'y' if len(reported) == 1 else 'ies'} with an epsilon")
     if evidence:
         state = "missing" if not ledger.path.exists() else "empty"
         raise LedgerError(
@@ -68,11 +81,27 @@ def require_history(ledger: PrivacyLedger) -> None:
             f"({', '.join(evidence)}): refusing to count its spent budget as zero; restore the ledger from a backup")
 
 
-def _audited_private_replies(path: Path) -> int:
-    """Audit entries that report an epsilon (lines that cannot be read count as none)."""
+def _require_reported_spending(name: str, history: list[tuple[float, float, int]],
+                               reported: list[tuple[float, float]]) -> None:
+    """The ledger's epsilon (RDP, never below PRV's) must reach the largest epsilon the site ever reported."""
+    usable = [(epsilon, delta) for epsilon, delta in reported if 0.0 < delta < 1.0]
+    if not usable:
+        return
+    epsilon, delta = max(usable)
+    accounted = history_epsilon(history, delta, "rdp")
+    if accounted < epsilon * (1.0 - 1e-6):
+        raise LedgerError(
+            f"privacy ledger {name} accounts for epsilon {accounted:.4g} at delta {delta:.3g}, below the "
+            f"{epsilon:.4g} this site reported earlier ({AUDIT_FILENAME}): lines were removed or changed; "
+            f"restore the ledger from a backup")
+
+
+def _audited_private_replies(path: Path) -> list[tuple[float, float]]:
+    """(epsilon, delta) of every audit entry that reports an epsilon (lines that cannot be read count as none)."""
+    require_regular_file(path, f"audit log {AUDIT_FILENAME}")
     if not path.exists():
-        return 0
-    count = 0
+        return []
+    found: list[tuple[float, float]] = []
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
@@ -80,5 +109,15 @@ def _audited_private_replies(path: Path) -> int:
             except json.JSONDecodeError:
                 continue
             if isinstance(entry, dict) and entry.get("epsilon") is not None:
-                count += 1
-    return count
+                metrics = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else {}
+                found.append((_number(entry.get("epsilon")), _number(metrics.get("delta"))))
+    return found
+
+
+def _number(value: object) -> float:
+    """A finite float, or 0.0 for anything else (an audit value that cannot be used as evidence of spending)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0

@@ -3,20 +3,29 @@
 One JSON object per line in `<state_dir>/privacy_ledger.jsonl`::
 
     {"time": "2025-01-01T12:00:00+00:00", "noise_multiplier": 1.1, "sample_rate": 0.032,
-     "steps": 31, "delta": 1e-05, "run_id": "...", "round": 3}
+     "steps": 31, "delta": 1e-05, "run_id": "...", "round": 3, "prev": "<sha256>", "sha256": "<sha256>"}
 
 `noise_multiplier`, `sample_rate` and `steps` define the subsampled Gaussian mechanism that was
 run; everything else is context for people. The cumulative epsilon is recomputed from the whole
 history by an Opacus accountant, so it survives restarts and new federations: it never resets.
 A line that cannot be read is an error, never skipped: dropping it would under-report epsilon.
+
+The ledger is tamper-evident, not tamper-proof: `prev` is the SHA-256 of the previous line as
+written ("" on the first line) and `sha256` that of the entry itself, so an edited, removed or
+reordered line is an error before any training. Whoever rewrites the whole chain, or cuts lines
+off its end, is not caught here: the site's audit log (`core.privacy.guard`) and the server's own
+record of the site's epsilon are the checks for that. Lines written before the chain existed
+(no `prev`, no `sha256`) are read as a leading, unchained part of the history.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +39,7 @@ logger = logging.getLogger(__name__)
 LEDGER_FILENAME = "privacy_ledger.jsonl"
 _MECHANISM_KEYS = ("noise_multiplier", "sample_rate", "steps")
 _MAX_STEPS = 10**9  # more noised steps than any site takes; a larger count is damage, and would stall the accountant
+_CHAIN_KEYS = ("prev", "sha256")
 
 
 class LedgerError(UserError, ValueError):
@@ -68,18 +78,21 @@ class PrivacyLedger:
         self.path = Path(path)
 
     def entries(self) -> list[LedgerEntry]:
-        """Every segment recorded so far, oldest first (empty when the file does not exist)."""
-        if not self.path.exists():
-            return []
-        with self.path.open("r", encoding="utf-8") as handle:
-            return [self._parse(number, line) for number, line in enumerate(handle, start=1) if line.strip()]
+        """Every segment recorded so far, oldest first (empty when the file does not exist).
+
+        Raises `LedgerError` for a file that is not a regular file, a damaged line or a broken chain.
+        """
+        return [entry for entry, _ in self._read()]
 
     def record(self, noise_multiplier: float, sample_rate: float, steps: int, **context: Any) -> None:
-        """Append one segment and force it to disk before returning."""
+        """Append one segment, chained to the last line, and force it to disk before returning."""
+        history = self._read()
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate),
-                 "steps": int(steps), **context}
+                 "steps": int(steps), **{k: v for k, v in context.items() if k not in _CHAIN_KEYS},
+                 "prev": _digest(history[-1][1]) if history else ""}
         self._validate(entry, "the new entry")
+        entry["sha256"] = _entry_digest(entry)
         line = json.dumps(entry, sort_keys=False, allow_nan=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
@@ -99,15 +112,54 @@ class PrivacyLedger:
         history = [e.mechanism for e in self.entries()] + [(noise_multiplier, sample_rate, int(steps))]
         return history_epsilon(history, delta, accountant)
 
-    def _parse(self, number: int, line: str) -> LedgerEntry:
-        where = f"privacy ledger {self.path.name} line {number}"
+    def _read(self) -> list[tuple[LedgerEntry, str]]:
+        """(entry, its line as written) for every line, with the chain checked."""
+        require_regular_file(self.path, f"privacy ledger {self.path.name}")
+        if not self.path.exists():
+            return []
+        read: list[tuple[LedgerEntry, str]] = []
+        chained = False
+        with self.path.open("r", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.rstrip("\r\n")
+                if not text.strip():
+                    continue
+                where = f"privacy ledger {self.path.name} line {number}"
+                values = self._load(where, text)
+                chained = self._check_chain(where, values, read[-1][1] if read else None, chained)
+                read.append((self._parse(values), text))
+        return read
+
+    @staticmethod
+    def _load(where: str, text: str) -> dict[str, Any]:
         try:
-            values = json.loads(line)
+            values = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LedgerError(f"{where} is not valid JSON ({exc.msg}); fix or restore the file, "
                               f"never delete lines: epsilon would be under-reported") from None
-        self._validate(values, where)
-        context = {k: v for k, v in values.items() if k not in (*_MECHANISM_KEYS, "time")}
+        PrivacyLedger._validate(values, where)
+        return values
+
+    @staticmethod
+    def _check_chain(where: str, values: dict[str, Any], previous: str | None, chained: bool) -> bool:
+        """Check the line's own digest and its link to the previous line; return whether the chain has begun."""
+        if not any(key in values for key in _CHAIN_KEYS):
+            if chained:
+                raise LedgerError(f"{where} has no chain fields after chained lines: it was edited or inserted; "
+                                  f"restore the file from a backup")
+            return False
+        if values.get("sha256") != _entry_digest({k: v for k, v in values.items() if k != "sha256"}):
+            raise LedgerError(f"{where} does not match its own checksum: it was edited; "
+                              f"restore the file from a backup, never edit the ledger")
+        expected = "" if previous is None else _digest(previous)
+        if values.get("prev") != expected:
+            raise LedgerError(f"{where} does not follow the line before it: lines were removed, reordered or "
+                              f"edited; restore the file from a backup")
+        return True
+
+    @staticmethod
+    def _parse(values: dict[str, Any]) -> LedgerEntry:
+        context = {k: v for k, v in values.items() if k not in (*_MECHANISM_KEYS, *_CHAIN_KEYS, "time")}
         return LedgerEntry(float(values["noise_multiplier"]), float(values["sample_rate"]), int(values["steps"]),
                            str(values.get("time", "")), context)
 
@@ -138,4 +190,35 @@ def history_epsilon(history: list[tuple[float, float, int]], delta: float, accou
 
     engine = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     engine.history = [(sigma, rate, steps) for (sigma, rate), steps in merged.items()]
-    return float(engine.get_epsilon(delta=delta))
+    epsilon = float(engine.get_epsilon(delta=delta))
+    if not (math.isfinite(epsilon) and epsilon >= 0):  # e.g. a delta near 1: the bound says nothing
+        raise ConfigError(f"privacy accounting gives epsilon {epsilon:.4g} at delta {delta:.3g}: no meaningful "
+                          f"guarantee; use a delta well below 1/N and a noise multiplier near 1 or above")
+    return epsilon
+
+
+def require_regular_file(path: Path, what: str) -> None:
+    """Raise `LedgerError` when `path` exists (or is a link) but is not a regular file; the message names no path.
+
+    A folder, a device (/dev/zero would be read forever), a pipe or a dangling link is never a ledger.
+    """
+    if not path.is_symlink() and not path.exists():
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise LedgerError(f"{what} is a link that points nowhere; restore the site's file from a backup") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+        link = "a link to " if path.is_symlink() else ""
+        raise LedgerError(f"{what} is {link}{kind}, not a regular file: refusing to read or write it; "
+                          f"restore the site's file from a backup")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _entry_digest(values: dict[str, Any]) -> str:
+    """SHA-256 of an entry without its own digest, in a canonical form (sorted keys, Python's float repr)."""
+    return _digest(json.dumps(values, sort_keys=True, allow_nan=False))

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.privacy.config import DPConfig, default_delta
-from core.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger
+from core.errors import ConfigError
+from core.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def settings_path(ledger: PrivacyLedger) -> Path:
 
 
 def load_site_noise(path: Path) -> SiteNoise | None:
+    require_regular_file(path, f"privacy settings {path.name}")
     if not path.exists():
         return None
     try:
@@ -62,7 +64,9 @@ def resolve_site_noise(dp: DPConfig, ledger: PrivacyLedger, sample_rate: float, 
     stored = load_site_noise(path)
     delta = dp.delta or (stored.delta if stored is not None else default_delta(num_examples))
     if delta >= 1.0 / num_examples:
-        logger.warning("dp delta %.3g is not below 1/N = %.3g: the guarantee is weak", delta, 1.0 / num_examples)
+        raise ConfigError(f"dp delta {delta:.3g} is not below 1/N = {1.0 / num_examples:.3g} for this site's "
+                          f"{num_examples} training images: the guarantee would allow publishing a whole record; "
+                          f"leave dp-delta unset (here {default_delta(num_examples):.0e}) or set it well below 1/N")
     if dp.noise_multiplier is not None:
         chosen = SiteNoise(dp.noise_multiplier, delta, None, planned_rounds, dp.accountant)
     else:

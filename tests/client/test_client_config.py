@@ -1,10 +1,12 @@
 """A site's settings from its node config; `client/` knows nothing of simulation."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from client.config import SiteConfig, SiteConfigError
+from core.errors import ConfigError
 
 SERVER_PRETRAINED = "/models/pre.pt"
 
@@ -56,3 +58,16 @@ def test_sites_whose_folders_share_a_name_get_their_own_state_folder() -> None:
     assert all(d.name.startswith("site-") for d in dirs)
     again = SiteConfig.from_node_config({"data-path": "/hospital-a/./site", "pretrained": "/p.pt"}).state_dir
     assert again == dirs[0]  # the same folder, however it is spelt, keeps its state
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"dp-noise-multiplier": "abc"}, "dp-noise-multiplier must be a number, got 'abc'"),
+    ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-seed": "abc"}, "dp-seed must be an integer"),
+    ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-max-grad-norm": 0}, "max-grad-norm must be a positive"),
+    ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-max-grad-norm": -1}, "max-grad-norm must be a positive"),
+    ({"dp-noise-multiplier": 1.0}, "needs a budget (dp-max-epsilon)"),
+])
+def test_dp_node_settings_that_void_the_guarantee_are_one_line_errors(extra, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        SiteConfig.from_node_config({"data-path": "/d", "pretrained": "p", **extra})
+    assert "\n" not in str(info.value)

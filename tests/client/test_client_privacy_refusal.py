@@ -32,7 +32,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 def _train_request(root: Path, arrays: dict[str, torch.Tensor], state: Path) -> tuple[Message, Context]:
     node = {"data-path": str(root / "data"), "pretrained": str(root / "pretrained.pt"), "state-dir": str(state),
-            "device": "cpu", "dp-noise-multiplier": 1.0, "dp-delta": 1e-3, "decode-cache": "none", "site-id": 4}
+            "device": "cpu", "dp-noise-multiplier": 1.0, "dp-max-epsilon": 50.0, "dp-delta": 1e-3, "decode-cache": "none", "site-id": 4}
     config = ConfigRecord({"server-round": 1, "num-rounds": 1, "freeze": "1-3", "batch-size": 4, "local-epochs": 1})
     message = Message(RecordDict({"arrays": ArrayRecord(arrays), "config": config}), dst_node_id=1,
                       message_type="train")
@@ -46,7 +46,15 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, attribute, 1)
 
 
-@pytest.mark.parametrize("misuse", ["damaged", "deleted", "busy"])
+def _files(state: Path) -> dict[str, bytes]:
+    """The state folder's regular files (a ledger replaced by a link to /dev/zero is never read)."""
+    if not state.exists():
+        return {}
+    return {p.name: p.read_bytes() for p in state.iterdir()
+            if p.name != "privacy_ledger.lock" and p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize("misuse", ["damaged", "deleted", "busy", "edited", "device", "folder"])
 def test_ledger_trouble_is_a_clean_refusal_without_local_paths(
         prepared: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path, misuse: str) -> None:
     root, arrays = prepared
@@ -56,10 +64,18 @@ def test_ledger_trouble_is_a_clean_refusal_without_local_paths(
         ledger.record(1.0, 0.2, 5)
         with ledger.path.open("a", encoding="utf-8") as handle:
             handle.write('{"noise_multiplier": NaN, "sample_rate": 0.2, "steps": 5}\n')
-    elif misuse == "deleted":
+    elif misuse in ("deleted", "edited"):
         assert train(*_train_request(root, arrays, state)).has_content()  # one private round, then the loss
-        ledger.path.unlink()
-    before = {p.name: p.read_bytes() for p in state.iterdir()} if state.exists() else {}
+        if misuse == "deleted":
+            ledger.path.unlink()
+        else:
+            ledger.path.write_text(ledger.path.read_text(encoding="utf-8").replace('"steps": ', '"steps": 1'))
+    elif misuse == "device":
+        state.mkdir(parents=True)
+        ledger.path.symlink_to("/dev/zero")
+    elif misuse == "folder":
+        ledger.path.mkdir(parents=True)
+    before = _files(state)
 
     if misuse == "busy":
         with site_lock(ledger):
@@ -71,6 +87,5 @@ def test_ledger_trouble_is_a_clean_refusal_without_local_paths(
     reason = reply.error.reason
     assert reason.startswith("Ledger") and "\n" not in reason, reason
     assert str(tmp_path) not in reason and str(root) not in reason and "Traceback" not in reason, reason
-    after = {p.name: p.read_bytes() for p in state.iterdir() if p.name != "privacy_ledger.lock"}
-    assert after == {k: v for k, v in before.items() if k != "privacy_ledger.lock"}  # nothing trained or audited
+    assert _files(state) == before  # nothing trained or audited
     shutil.rmtree(state)

@@ -37,7 +37,7 @@ def federation(tmp_path_factory, tiny_federation):
     runs = [run("straight", 2, strategy="fedavgm"), run("crashed", 1, strategy="fedavgm"),
             run("crashed", 2, resume=True, strategy="fedavgm"),
             run("mixed", 1, central=tiny.sites[0], per_site=({}, {"freeze": "1-4"})),
-            run("private", 2, **{"dp-noise-multiplier": 1.0, "dp-seed": 3}),
+            run("private", 2, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 100.0, "dp-seed": 3}),
             run("exhausted", 1, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01}),
             run("fedbn", 2, local_layers="norm")]
     outcomes = run_federations(runs)
@@ -124,15 +124,21 @@ def test_dp_sites_report_a_growing_cumulative_epsilon_from_their_ledgers(federat
     withheld = [float(r["value"]) for r in train if r["metric"] in ("train-loss", "train-mad-months")]
     assert withheld and set(withheld) == {0.0}  # the noiseless training loss stays at the site
     assert {float(r["value"]) for r in train if r["metric"] == "private"} == {1.0}
+    seen = load_checkpoint(root / "private" / "federated_latest.pt").metadata["site_privacy"]  # kept for a resume
+    assert {site: (record["epsilon"], record["round"]) for site, record in seen.items()} == {
+        site: (values[1], 2) for site, values in by_site.items()}
 
 
-def test_a_site_over_its_budget_refuses_and_the_server_sees_why(federation):
-    root, pretrained, _ = federation
+def test_a_round_in_which_every_site_refuses_fails_the_run_without_a_final_model(federation):
+    root, _, outcomes = federation
     refusals = [r for r in _rows(root / "exhausted" / "metrics.csv") if r["status"] == "error"]
     assert {r["site"] for r in refusals} and all("BudgetExceeded" in r["reason"] for r in refusals)
-    before = load_checkpoint(pretrained).model.state_dict()
-    after = load_checkpoint(root / "exhausted" / "federated_final.pt").model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    failed = outcomes["exhausted"]
+    assert "train round 1: no site trained" in failed.failure and "BudgetExceeded" in failed.failure
+    assert failed.final_checkpoint is None and failed.rounds_done == 0
+    assert not (root / "exhausted" / "federated_final.pt").exists()  # never the pretrained weights as if trained
+    assert not (root / "exhausted" / "federated_latest.pt").exists()
+    assert outcomes["fedbn"].failure == "" and (root / "fedbn" / "federated_final.pt").exists()  # the next run went on
     for state in (root / "exhausted" / "state").iterdir():
         ledger = state / "privacy_ledger.jsonl"
         assert not ledger.exists() or ledger.read_text() == ""

@@ -97,7 +97,9 @@ def test_presets_exist_and_overrides_apply():
 
 @pytest.mark.parametrize("argv,message", [
     (["--freeze", "1-9"], "freeze spec"), (["--strategy", "fedfoo"], "unknown strategy"),
-    (["--dp", "-1"], "noise multipliers"),
+    (["--dp", "-1"], "noise multipliers"), (["--dp", "nan"], "noise multipliers must be positive numbers"),
+    (["--dp", "abc"], "--dp takes comma-separated numbers, got 'abc'"),
+    (["--dp", "1", "--dp-max-epsilon", "0"], "--dp-max-epsilon must be a positive number"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2

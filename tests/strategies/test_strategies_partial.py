@@ -13,7 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from deploy.site_report import site_report
 from server.tracking import MetricsTracker
-from strategies import PartialModelStrategy, SiteReport, build_strategy
+from strategies import NoSiteTrained, PartialModelStrategy, SiteReport, build_strategy
 from strategies.partial import NO_REPLY_REASON, read_reply, weighted_mean_metrics
 
 GLOBAL = {
@@ -141,7 +141,7 @@ def test_bad_replies_rejected_with_reasons_and_others_aggregated(caplog: pytest.
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 4
 
 
-def test_all_replies_bad_leaves_global_unchanged() -> None:
+def test_a_round_in_which_no_site_trained_fails_the_run() -> None:
     reports = Reports()
     strategy = build_strategy("fedavgm", server_momentum=0.9, on_site_reports=reports)
     sent = configure(strategy, [1, 2, 3])
@@ -150,10 +150,13 @@ def test_all_replies_bad_leaves_global_unchanged() -> None:
         reply(sent[2], {"block6.weight": np.ones(3, np.float32)}, loss=1.0),  # no num-examples
         Message(RecordDict({"metrics": MetricRecord({"num-examples": 2})}), reply_to=sent[3]),  # no arrays
     ]
-    assert strategy.aggregate_train(1, replies) == (None, None)
+    with pytest.raises(NoSiteTrained, match=r"train round 1: no site trained \(site 1 rejected: non-finite") as info:
+        strategy.aggregate_train(1, replies)
+    assert "\n" not in str(info.value)
     assert [r.status for r in reports.calls[-1][2]] == ["rejected"] * 3
     assert strategy.state_dict()["momentum"] == {}
-    assert strategy.aggregate_train(1, []) == (None, None)
+    with pytest.raises(NoSiteTrained, match="no site was sampled"):
+        strategy.aggregate_train(1, [])
 
 
 def test_evaluate_weighted_metrics_and_per_site_reports() -> None:

@@ -16,7 +16,7 @@ from core.training import TrainConfig
 
 CPU = torch.device("cpu")
 TRAIN = TrainConfig(batch_size=8, lr=1e-2)
-NOISE = DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3, seed=7)
+NOISE = DPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=100.0, max_grad_norm=1.0, delta=1e-3, seed=7)
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_non_finite_values_are_a_damaged_ledger(ledger: PrivacyLedger, line: str
 @pytest.mark.parametrize("seed", [7, 8, 9])  # with these secret seeds the first Poisson draw of 2 images is empty
 def test_an_empty_first_draw_of_dict_batches_is_a_noised_step(
         ledger: PrivacyLedger, make_tjnet: Callable, make_hands: Callable, make_loss: Callable, seed: int) -> None:
-    dp = DPConfig(enabled=True, noise_multiplier=1.0, delta=1e-3, seed=seed)
+    dp = DPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=100.0, delta=1e-3, seed=seed)
     result = train_private_round(make_tjnet(), make_hands(2), make_loss(), TrainConfig(batch_size=1), dp, ledger,
                                  1, CPU)
     assert result.steps == 2 == ledger.entries()[0].steps

@@ -17,7 +17,7 @@ from core.training import TrainConfig
 
 CPU = torch.device("cpu")
 TRAIN = TrainConfig(batch_size=8, lr=1e-2)
-NOISE = DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3, seed=7)
+NOISE = DPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=100.0, max_grad_norm=1.0, delta=1e-3, seed=7)
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_empty_poisson_draws_are_noised_steps_and_are_counted(
     loss = make_loss()
     counting = _Counting(loss, calls)
     model = make_tjnet()
-    dp = DPConfig(enabled=True, noise_multiplier=1.0, delta=1e-3, seed=0)
+    dp = DPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=100.0, delta=1e-3, seed=0)
     result = train_private_round(model, make_hands(2), counting, TrainConfig(batch_size=1), dp, ledger, 8, CPU)
     assert result.steps == 16 == ledger.entries()[0].steps == result.stats.steps
     assert 0 < len(calls) < 16  # some draws were empty, yet they were noised steps and are accounted
