@@ -143,7 +143,7 @@ class Federation:
         failure = f"{reason}; the run stops without a final model ({kept})"
         logger.error("federation failed: %s", failure)
         rounds = [self.tracker.rounds[r] for r in sorted(self.tracker.rounds)]
-        return FederationOutcome(None, self.rounds_done, self.keys, 0, self.config.describe(), rounds,
+        return FederationOutcome(None, self.rounds_done, self.keys, 0, self.applied, rounds,
                                  failure=failure)
 
     def _finish(self) -> FederationOutcome:
