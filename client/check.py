@@ -20,7 +20,7 @@ from core.central import make_loss
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
 from core.data.dataset import BoneAgeDataset, refusal_detail, refusal_reason
-from core.data.manifest import Record, summarize
+from core.data.manifest import AGE_OUT_OF_RANGE, Record, summarize
 from core.data.split import split_records
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
@@ -73,6 +73,11 @@ class CheckReport:
     round_seconds: float = 0.0
     timing: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # why the site cannot take part; empty when usable
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
 
 
 def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
@@ -104,20 +109,52 @@ def check_site(config: SiteDataConfig, settings: TimingSettings) -> CheckReport:
     summary = summarize(usable, skipped, manifest.n_images_without_label)
     if not usable:
         reasons = ", ".join(f"{n} {reason}" for reason, n in summary["skipped_by_reason"].items())
-        raise DataError(f"{config.root}: no usable images ({summary['n_rows']} rows; skipped: {reasons or 'none'})")
+        unit = [p for p in usability_problems(summary, {}, config.label_unit) if "impossible age" in p]
+        raise DataError(f"{config.root}: no usable images ({summary['n_rows']} rows; skipped: {reasons or 'none'})"
+                        + "".join(f"; {problem}" for problem in unit))
     splits = split_records(usable)
     if not splits["train"]:
         raise DataError(f"{config.root}: {len(usable)} usable image(s), none in the training split; add images")
     report = CheckReport(str(config.root), config.label_unit, summary,
                          [{"id": s.image_id, "reason": s.reason, "detail": s.detail} for s in skipped],
                          {name: len(records) for name, records in splits.items()}, decode_seconds)
+    report.problems = usability_problems(summary, report.split_sizes, config.label_unit)
     if preprocessor is not None:
         report.quality = {**tally.summary(), "settings": preprocessor.describe(), "enforced": enforce,
                           "orientation_check": site}
         if settings.contact_sheet is not None and tally.examples:
-            report.quality["contact_sheet"] = str(contact_sheet(tally.examples, settings.contact_sheet))
+            if _inside(settings.contact_sheet, config.root):  # e.g. `check` run from inside the site folder
+                report.quality["contact_sheet"] = "not written: the path is inside the site folder, which OssiFL " \
+                                                  "never writes into; give --contact-sheet elsewhere"
+            else:
+                report.quality["contact_sheet"] = str(contact_sheet(tally.examples, settings.contact_sheet))
     _time_training(report, splits["train"], settings)
     return report
+
+
+def usability_problems(summary: dict[str, Any], split_sizes: dict[str, int], label_unit: str) -> list[str]:
+    """Why a site cannot train, validate and test, in words a site can act on (empty when it can).
+
+    A site needs images in all three splits. Most rows with an impossible age usually mean a wrong
+    unit: it is named as the likely cause.
+    """
+    problems = []
+    empty = [name for name in ("val", "test") if not split_sizes.get(name)]
+    if empty:
+        problems.append(f"no {' or '.join('validation' if e == 'val' else e for e in empty)} images among the "
+                        f"{summary['n_usable']} usable: a site must train, validate and test (add images; "
+                        f"about 30 or more give all three splits)")
+    impossible, rows = summary["skipped_by_reason"].get(AGE_OUT_OF_RANGE, 0), summary["n_rows"]
+    if impossible and 2 * impossible >= rows:
+        cause = ("ages recorded in months but declared in years (--label-unit years multiplies them by 12)"
+                 if label_unit == "years" else "ages in another unit (days, weeks) or a wrong --age-column")
+        problems.append(f"{impossible} of {rows} rows have an impossible age (over 20 years); the likely cause: "
+                        f"{cause}; the rows kept may be read with the same error")
+    return problems
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def _preprocessor(settings: TimingSettings, paths: list[Path]) -> tuple[Preprocessor | None, bool, dict[str, Any]]:
@@ -209,11 +246,11 @@ def format_report(report: CheckReport) -> str:
         f"{report.image_size} px, width {t['width']}, blocks {t['freeze']} frozen, batch {report.batch_size})",
         f"estimate        {report.steps_per_epoch} steps x {t['local_epochs']} local epoch(s): "
         f"about {report.round_seconds:.0f} s per round (reading + training), plus evaluation and start-up",
-        "result          usable",
+        "result          " + ("usable" if report.usable else "NOT usable: " + "; ".join(report.problems)),
     ]
     return "\n".join(lines)
 
 
 def report_json(report: CheckReport) -> str:
     """The report as one JSON object (histogram keys are whole years)."""
-    return json.dumps({**asdict(report), "usable": True}, default=str)
+    return json.dumps({**asdict(report), "usable": report.usable}, default=str)

@@ -37,4 +37,4 @@ def run_check(args: argparse.Namespace) -> int:
                               args.steps, args.device, args.pretrained, args.preprocess, args.contact_sheet)
     report = check_site(data_config_from_args(args), settings)
     print(report_json(report) if args.json else format_report(report))
-    return 0
+    return 0 if report.usable else 1

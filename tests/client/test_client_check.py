@@ -106,3 +106,46 @@ def test_check_leaves_every_file_untouched(site: Path, capsys: pytest.CaptureFix
     assert run_check(site, capsys)[0] == 0
     assert run_check(site, capsys, "--json")[0] == 0
     assert folder_digest(site) == before
+
+
+def _keep_rows(site: Path, keep: int) -> None:
+    """Keep the first `keep` rows of the training split only (no validation or test image)."""
+    from core.data.split import split_of
+
+    header, *rows = (site / "labels.csv").read_text().splitlines()
+    train = [row for row in rows if split_of(row.split(",")[0]) == "train"][:keep]
+    (site / "labels.csv").write_text("\n".join([header, *train]) + "\n")
+
+
+def test_a_site_without_validation_or_test_images_is_not_usable(site: Path, capsys: pytest.CaptureFixture) -> None:
+    _keep_rows(site, 3)
+    code, out, _ = run_check(site, capsys)
+    assert code == 1
+    assert "NOT usable: no validation or test images among the 3 usable" in out
+    code, out, _ = run_check(site, capsys, "--json")
+    assert code == 1 and json.loads(out)["usable"] is False
+
+
+def test_months_declared_in_years_name_the_unit_as_the_likely_cause(site: Path, capsys: pytest.CaptureFixture) -> None:
+    """The issue's case: 59 of 60 rows skipped, the one kept read 12 times too old, and 'usable'."""
+    header, first, *rows = (site / "labels.csv").read_text().splitlines()
+    kept = first.split(",")
+    kept[1] = "12"  # 12 months, read as 12 years: the one row that stays in range
+    (site / "labels.csv").write_text("\n".join([header, ",".join(kept), *rows]) + "\n")
+    code, out, _ = run_check(site, capsys, "--label-unit", "years")
+    assert code == 1
+    assert "NOT usable" in out and "23 of 24 rows have an impossible age" in out
+    assert "ages recorded in months but declared in years" in out
+    (site / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    code, _, err = run_check(site, capsys, "--label-unit", "years")  # none left: the one-line error says why
+    assert code == 2 and "no usable images" in err and "declared in years" in err
+
+
+def test_the_contact_sheet_is_never_written_into_the_site_folder(site: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    before = folder_digest(site)
+    monkeypatch.chdir(site)  # the default ./check_contact_sheet.png would land in the site's data
+    code = main(["check", "--data", ".", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0 and "not written: the path is inside the site folder" in out
+    assert folder_digest(site) == before
