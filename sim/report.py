@@ -79,6 +79,20 @@ def table(rows: list[Evaluation]) -> str:
     return "\n".join(lines)
 
 
+def legend(strategy: str) -> list[str]:
+    """What each method name in the report means."""
+    return ["## Methods", "", "| method | what it is |", "|---|---|",
+            "| pretrained | the source model as it is: no training at the sites |",
+            "| calibrated | the pretrained model with a linear correction of its predictions fitted on each site's "
+            "validation images (no network training) |",
+            "| site-alone | each site fine-tunes the pretrained model on its own images only (freeze spec as given) |",
+            "| pooled | one model fine-tuned on all sites' images together (what federation would match at best) |",
+            f"| {strategy} | federated fine-tuning of the unfrozen blocks across the sites |",
+            f"| {strategy}+local | the federated model, then fine-tuned at each site on its own images |",
+            f"| {strategy}+fedbn | federation with each site's normalisation layers kept at the site (FedBN) |",
+            f"| {strategy}_freeze-S_dp-X | federation with sample-level DP at every site, noise multiplier X |", ""]
+
+
 def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privacy_points: list,
                  seconds: float) -> str:
     """results.csv, results_by_seed.csv, report.md and the plots; returns the answers for the terminal."""
@@ -105,7 +119,8 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
               f"{config.local_epochs} local epoch(s); "
               f"seeds {', '.join(str(s) for s in config.seed_list())}; wall time {seconds / 60:.1f} min.", "",
               "MADs carry 95 % intervals (bootstrap over test images and seeds); differences are paired on the same "
-              "test images.", "", "## Answers", "", verdict, "## Per site (the paper's Table 2)", "", table(rows),
+              "test images.", "", *legend(config.strategy), "## Answers", "", verdict,
+              "## Per site (the paper's Table 2)", "", table(rows),
               "## Plots", "", "![MAD per round](mad_per_round.png)", "", "![Error by age group](error_by_age_group.png)",
               ""]
     if privacy_points:

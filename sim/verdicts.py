@@ -18,6 +18,8 @@ from sim.experiment import Evaluation, fedbn_name
 
 ALL = "all sites"
 Key = tuple[str, str]  # (strategy, freeze)
+MIN_RANKED_IMAGES = 30  # test images per seed over all sites below which nothing is ranked
+UNTRAINED = (("pretrained", "all"), ("calibrated", "all"))
 
 
 def label(key: Key) -> str:
@@ -64,6 +66,9 @@ class Verdict:
 
     def words(self) -> str:
         d = self.difference
+        if d.low == d.high == 0.0:
+            return (f"{label(self.a)} and {label(self.b)} give the same predictions on every test image (difference "
+                    f"0.00): nothing that differs between the two methods changed what these images see")
         if not d.excludes_zero:
             return (f"{label(self.a)} and {label(self.b)} cannot be told apart ({d.estimate:+.2f} months, "
                     f"95 % CI {d.low:+.2f} to {d.high:+.2f})")
@@ -91,8 +96,7 @@ def answers(comparison: Comparison, strategy: str, freeze_specs: tuple[str, ...]
     if not federated:
         return "No federated run finished: nothing to answer."
     best = min(federated, key=lambda k: comparison.mad(ALL, k).estimate)
-    lines += [f"Over all sites the best federated freeze spec is **{best[1]}** "
-              f"(MAD {comparison.mad(ALL, best)} months, 95 % CI).", ""]
+    lines += ranking(comparison, federated, best)
     q1 = [v for other in federated if other != best for v in _verdicts(comparison, other, best)]
     lines += _block(f"1. Which freeze spec is best? (each spec against freeze {best[1]})", q1)
     lines += _block("2. Does federation beat each site alone? (same freeze spec)",
@@ -119,13 +123,45 @@ def answers(comparison: Comparison, strategy: str, freeze_specs: tuple[str, ...]
         lines += _block("FedBN (each site keeps its own normalisation layers) against plain federation and against "
                         "each site alone (same freeze spec)", kept)
     lines += learnability(comparison)
-    if len(federated) > 1:
+    if len(federated) > 1 and test_images(comparison) >= MIN_RANKED_IMAGES:
         widths = [comparison.difference(ALL, a, b) for a in federated for b in federated if a < b]
         mdd = float(np.mean([(w.high - w.low) / 2 for w in widths]))
         lines += [f"Smallest detectable difference: paired differences between federated freeze specs over all "
                   f"sites have 95 % intervals of +-{mdd:.2f} months on average; smaller true differences cannot be "
                   f"told from noise in this run ({len(comparison.seeds)} seed(s)).", ""]
     return "\n".join(lines)
+
+
+def test_images(comparison: Comparison) -> int:
+    """Test images per seed over all sites (every method is evaluated on the same ones)."""
+    keys = [k for k in comparison.keys if comparison.has(ALL, k)]
+    return len(comparison.errors(ALL, keys[0])[0]) if keys else 0
+
+
+def ranking(comparison: Comparison, federated: list[Key], best: Key) -> list[str]:
+    """Name a best freeze spec only when the data support it; say when the untrained models do as well."""
+    n = test_images(comparison)
+    lowest = f"freeze **{best[1]}** has the lowest federated MAD ({comparison.mad(ALL, best)} months, 95 % CI)"
+    if n < MIN_RANKED_IMAGES:
+        lines = [f"**Too few test images to rank anything**: {n} over all sites (at least {MIN_RANKED_IMAGES} are "
+                 f"needed); {lowest}, but no method is called best and no detectable difference is estimated. "
+                 "The intervals below are shown for completeness.", ""]
+    else:
+        ties = [other for other in federated if other != best
+                and not comparison.difference(ALL, other, best).excludes_zero]
+        if ties:
+            lines = [f"No federated freeze spec is shown best by these data: {lowest}, but it cannot be told apart "
+                     f"from freeze {', '.join(t[1] for t in ties)}.", ""]
+        else:
+            lines = [f"Over all sites the best federated freeze spec is **{best[1]}** "
+                     f"(MAD {comparison.mad(ALL, best)} months, 95 % CI).", ""]
+    untrained = [key for key in UNTRAINED if comparison.has(ALL, key)
+                 and comparison.mad(ALL, key).estimate <= comparison.mad(ALL, best).estimate]
+    if untrained:
+        names = " and ".join(f"the {key[0]} model (MAD {comparison.mad(ALL, key)} months)" for key in untrained)
+        lines += [f"**Training did not help in this run**: {names} did at least as well as every federated freeze "
+                  f"spec, without any training at the sites.", ""]
+    return lines
 
 
 def learnability(comparison: Comparison) -> list[str]:
