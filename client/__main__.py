@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "client.finetune_command",
     "client.preprocess_command",
     "client.train_orientation_command",
+    "client.train_localiser_command",
 )
 
 

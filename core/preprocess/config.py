@@ -60,6 +60,10 @@ class PreprocessConfig:
         regions: also cut the region crops (whole hand, carpal, metacarpals and proximal phalanges).
         region: "" (the whole image) or one of REGION_NAMES: the model reads only that crop of the registered
             image; needs ``register``, and an image whose registration fails is refused, never cut blindly.
+        localiser: "" (none) or the path of a key-point localiser written by ``python -m client train-localiser``:
+            the wrist, distal radius, distal ulna and third MCP found on the canonical image, carried back to the
+            input image (`PreprocessResult.keypoints`, the key-point columns of qc.csv).
+        localiser_sha256: SHA-256 of that file; filled by ``resolved()``.
         min_side: images whose shorter side is below this (pixels) are refused as too small.
         min_confidence: images whose orientation confidence is below this are refused (0.25 refuses 0.7 % of
             the clean images of the rsna100 validation split with a model trained on its training split).
@@ -81,6 +85,8 @@ class PreprocessConfig:
     output_size: int = 256
     regions: bool = False
     region: str = ""
+    localiser: str = ""
+    localiser_sha256: str = ""
     min_side: int = 32
     min_confidence: float = 0.25
     exposure_clip: float = 0.4
@@ -146,11 +152,24 @@ class PreprocessConfig:
         return Path(self.orientation_weights)
 
     def resolved(self) -> PreprocessConfig:
-        """The same settings with the orientation file's absolute path and SHA-256 filled in."""
-        if not self.canonical:
-            return self
+        """The same settings with the orientation model's and the localiser's absolute paths and SHA-256 filled in."""
         from core.checkpoint import file_sha256  # local: core.checkpoint imports the model package
 
+        config = self
+        if self.localiser:
+            path = Path(self.localiser)
+            if not path.is_file():
+                raise ConfigError(f"localiser not found: {path} (train one with python -m client train-localiser)")
+            digest = file_sha256(path)
+            if self.localiser_sha256 and digest != self.localiser_sha256:
+                raise ConfigError(f"localiser {path} is not the one these settings were made with (SHA-256 "
+                                  f"{digest[:12]}..., expected {self.localiser_sha256[:12]}...)")
+            config = type(self)(**{**self.to_dict(), "localiser": str(path.resolve()), "localiser_sha256": digest})
+        return config._with_orientation(file_sha256)
+
+    def _with_orientation(self, file_sha256: Any) -> PreprocessConfig:
+        if not self.canonical:
+            return self
         path = self.weights_path
         if not path.is_file():
             raise ConfigError(f"orientation model not found: {path} (train one with python -m client "

@@ -14,12 +14,14 @@ from PIL import Image
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
+from core.preprocess.landmarks import KEYPOINTS
 from core.preprocess.pipeline import Preprocessor
 from core.preprocess.review import QualityTally
 
 logger = logging.getLogger(__name__)
 
-QC_COLUMNS = ("id", "flags", "confidence", "refused")
+KEYPOINT_COLUMNS = tuple(f"{name}_{axis}" for name in KEYPOINTS for axis in "xy")
+QC_COLUMNS = ("id", "flags", "confidence", "refused", *KEYPOINT_COLUMNS)
 MANIFEST = "labels.csv"
 
 
@@ -66,12 +68,16 @@ def preprocess_folder(data: Path, out: Path, preprocessor: Preprocessor) -> Qual
             try:
                 image = read_image(path)
             except ImageError as exc:
-                writer.writerow([path.stem, "", "0.000", f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason])
+                writer.writerow([path.stem, "", "0.000", f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason,
+                                 *[""] * len(KEYPOINT_COLUMNS)])
                 continue
             start = time.perf_counter()
             result = preprocessor(image)
             tally.add(path.stem, image, result, time.perf_counter() - start)
-            writer.writerow([path.stem, ";".join(result.flags), f"{result.confidence:.3f}", result.refused or ""])
+            points = {} if result.refused else result.keypoints  # blank when refused or without a localiser
+            writer.writerow([path.stem, ";".join(result.flags), f"{result.confidence:.3f}", result.refused or "",
+                             *[f"{points[name][axis]:.4f}" if name in points else ""
+                               for name in KEYPOINTS for axis in (0, 1)]])
             if result.refused is None:
                 pixels = np.rint(np.clip(result.image, 0.0, 1.0) * 65535.0).astype(np.uint16)
                 Image.fromarray(pixels).save(Path(out) / "images" / f"{path.stem}.png")

@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND, REGISTRATION_FAILED, ROTATED,
                                     PreprocessConfig)
 from core.preprocess.contrast import equalize
+from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.pose import Pose, undo_pose
 from core.preprocess.quality import exposure_flags, size_flags
@@ -43,6 +44,8 @@ class PreprocessResult:
         refused: a one-line reason when the image must not be used, else None.
         regions: region crops of the registered image (empty unless asked for).
         pose: the pose that was undone.
+        keypoints: key point name -> (x, y) as fractions of the input image's width and height (empty unless the
+            settings name a localiser, and for refused images).
     """
 
     image: np.ndarray
@@ -51,6 +54,7 @@ class PreprocessResult:
     refused: str | None = None
     regions: dict[str, np.ndarray] = field(default_factory=dict)
     pose: Pose = Pose()
+    keypoints: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Preprocessor:
@@ -61,6 +65,8 @@ class Preprocessor:
         self._orientation: OrientationModel | None = None
         if self.config.canonical:
             self._orientation = load_cached(self.config.weights_path, self.config.orientation_sha256)
+        self._localiser = load_localiser_cached(self.config.localiser, self.config.localiser_sha256) \
+            if self.config.localiser else None
 
     def __call__(self, image: np.ndarray) -> PreprocessResult:
         config = self.config
@@ -81,6 +87,7 @@ class Preprocessor:
                 return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
                                         f"orientation uncertain (confidence {confidence:.2f}, below "
                                         f"{config.min_confidence:.2f})", pose=pose)
+        keypoints = self._keypoints(image, pose)
         if config.decollimate:
             image = _decollimate(image)
         mask = None
@@ -108,7 +115,14 @@ class Preprocessor:
         cut = regions(image) if config.regions else {}
         if config.region:
             image = region_crop(image, config.region)
-        return PreprocessResult(image, flags, confidence, None, cut, pose)
+        return PreprocessResult(image, flags, confidence, None, cut, pose, keypoints)
+
+    def _keypoints(self, canonical: np.ndarray, pose: Pose) -> dict[str, tuple[float, float]]:
+        """The localiser's key points of the canonical image, as fractions of the input image it came from."""
+        if self._localiser is None:
+            return {}
+        points = observed_points(self._localiser.predict(canonical), pose, canonical.shape)
+        return {name: (float(x), float(y)) for name, (x, y) in zip(KEYPOINTS, points)}
 
     def describe(self) -> dict[str, Any]:
         """The resolved settings (what a checkpoint stores)."""

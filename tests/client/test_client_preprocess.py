@@ -33,7 +33,8 @@ def test_preprocess_writes_canonical_images_and_qc_without_touching_the_input(ph
     assert _digest(phantom) == before
     with open(out / "qc.csv", newline="") as handle:
         rows = {row["id"]: row for row in csv.DictReader(handle)}
-    assert len(rows) == 11 and list(next(iter(rows.values()))) == ["id", "flags", "confidence", "refused"]
+    assert len(rows) == 11 and list(next(iter(rows.values())))[:4] == ["id", "flags", "confidence", "refused"]
+    assert all(row["wrist_x"] == row["mcp3_y"] == "" for row in rows.values())  # no localiser by default
     assert rows["tiny"]["flags"] == "too_small" and rows["tiny"]["refused"].startswith("too small")
     written = {p.stem for p in (out / "images").glob("*.png")}
     assert written == {i for i, row in rows.items() if not row["refused"]} and len(written) >= 8

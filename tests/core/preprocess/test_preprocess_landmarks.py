@@ -1,0 +1,116 @@
+"""The key-point localiser: boxes read, trained on phantom hands, points carried back to the input, qc.csv columns."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data import read_image
+from core.preprocess import Pose, PreprocessConfig, Preprocessor, apply_pose
+from core.preprocess.folder import KEYPOINT_COLUMNS, preprocess_folder
+from core.preprocess.landmarks import KEYPOINTS, Localiser, LocaliserNet, observed_points, save_localiser
+from core.preprocess.landmarks_train import LocaliserTrainConfig, evaluate_localiser, read_boxes, train_localiser
+from sim.phantom.writer import generate_site
+
+BOX = 0.02  # half-side of the synthetic boxes (fractions)
+
+
+@pytest.mark.parametrize("pose", [Pose(), Pose(1), Pose(2, True), Pose(3, False, True), Pose(0, True, False, 12.0),
+                                  Pose(1, True, False, -8.0)])
+def test_points_found_on_the_canonical_image_land_on_the_same_spot_of_the_input(pose: Pose) -> None:
+    canonical = np.zeros((60, 80), dtype=np.float32)
+    canonical[14:17, 49:52] = 1.0  # a bright dot centred at pixel (50, 15)
+    observed = apply_pose(canonical, pose)
+    y, x = np.unravel_index(np.argmax(1.0 - observed if pose.inverted else observed), observed.shape)
+    found = observed_points(np.array([[50.5 / 80, 15.5 / 60]]), pose, canonical.shape)[0]
+    assert found * [observed.shape[1], observed.shape[0]] == pytest.approx([x + 0.5, y + 0.5], abs=1.5)
+
+
+def _phantom_boxes(site: Path, out: Path, second_reader_shift: float = 0.0) -> Path:
+    """Boxes from the phantom's key points: wrist at the capitate, radius at the thumb tip, ulna at the middle
+    finger's tip, five MCP boxes across the palm (the third one halfway between capitate and tip)."""
+    side = read_image(next((site / "images").iterdir())).shape[1]
+    rows = []
+    with open(site / "keypoints.csv", newline="") as handle:
+        for i, row in enumerate(csv.DictReader(handle)):
+            p = {k: float(v) / side for k, v in row.items() if k != "id"}
+            mid = ((p["capitate_x"] + p["third_tip_x"]) / 2, (p["capitate_y"] + p["third_tip_y"]) / 2)
+            centres = [("Wrist", p["capitate_x"], p["capitate_y"]), ("Radius", p["thumb_tip_x"], p["thumb_tip_y"]),
+                       ("Ulna", p["third_tip_x"], p["third_tip_y"])]
+            centres += [("MCP", mid[0] + dx, mid[1]) for dx in (-0.3, -0.15, 0.0, 0.15, 0.3)]
+            annotations = ["train"] if i >= 6 else ["eval-expert", "eval-nonexpert"]
+            for annotation in annotations:
+                shift = second_reader_shift if annotation == "eval-nonexpert" else 0.0
+                rows += [[row["id"], annotation, label, side, side, x - BOX + shift, y - BOX, x + BOX + shift, y + BOX]
+                         for label, x, y in centres]
+    path = out / "boxes.csv"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "annotation", "label", "width", "height", "x0", "y0", "x1", "y1"],
+                                      *rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("localiser")
+    site = generate_site("rsna", 30, root / "site", seed=8, image_size=64)
+    return site, _phantom_boxes(site, root, second_reader_shift=0.01)
+
+
+def test_boxes_become_centres_with_the_third_mcp_from_the_left(annotated) -> None:
+    site, boxes = annotated
+    points = read_boxes(boxes)
+    assert set(points) == {"train", "eval-expert", "eval-nonexpert"} and len(points["train"]) == 24
+    first = next(iter(points["eval-expert"]))
+    expert, second = points["eval-expert"][first], points["eval-nonexpert"][first]
+    assert expert.shape == (len(KEYPOINTS), 2)
+    assert second[:, 0] - expert[:, 0] == pytest.approx([0.01] * len(KEYPOINTS))
+    with open(site / "keypoints.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["id"] == first)
+    capitate_x, tip_x = float(row["capitate_x"]) / 64, float(row["third_tip_x"]) / 64
+    assert expert[KEYPOINTS.index("mcp3"), 0] == pytest.approx((capitate_x + tip_x) / 2, abs=1e-6)
+
+
+def test_training_learns_the_key_points_and_reports_the_reader_spread(annotated, tmp_path: Path) -> None:
+    site, boxes = annotated
+    config = LocaliserTrainConfig(steps=60, batch_size=8, size=32, width=8, lr=5e-3)
+    metadata = train_localiser(site, boxes, tmp_path / "loc.pt", config)
+    held_out = metadata["held_out"]
+    assert held_out["n_images"] == 6
+    trained = Localiser.load(tmp_path / "loc.pt")
+    untrained = evaluate_localiser(Localiser(LocaliserNet(32, 8), {}), site, read_boxes(boxes))
+    for name in KEYPOINTS:
+        assert held_out[name]["second_reader"]["mean"] == pytest.approx(0.01, abs=1e-4)  # the shift we drew
+        assert held_out[name]["n_twice_read"] == 6
+    mean = np.mean([held_out[name]["localiser"]["mean"] for name in KEYPOINTS])
+    assert mean < 0.5 * np.mean([untrained[name]["localiser"]["mean"] for name in KEYPOINTS])
+    assert trained.predict(np.random.default_rng(0).random((50, 70), dtype=np.float32)).shape == (len(KEYPOINTS), 2)
+
+
+def test_qc_csv_carries_the_key_points_in_the_input_frame_and_blanks_refused_rows(annotated, tmp_path: Path) -> None:
+    site, _ = annotated
+    localiser = save_localiser(tmp_path / "loc.pt", LocaliserNet(32, 8), {})
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    image = read_image(next((site / "images").iterdir()))
+    for name, pose in (("upright", Pose()), ("turned", Pose(1))):
+        Image.fromarray(np.rint(apply_pose(image, pose) * 255).astype(np.uint8)).save(data / "images" / f"{name}.png")
+    Image.fromarray(np.full((20, 20), 128, dtype=np.uint8)).save(data / "images" / "tiny.png")  # refused
+    settings = PreprocessConfig(localiser=str(localiser), site_check=False, small_angle=False)
+    preprocess_folder(data, tmp_path / "out", Preprocessor(settings))
+    with open(tmp_path / "out" / "qc.csv", newline="") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert all(rows["tiny"][column] == "" for column in KEYPOINT_COLUMNS) and rows["tiny"]["refused"]
+    upright = Preprocessor(settings)(image)
+    for name in KEYPOINTS:
+        assert float(rows["upright"][f"{name}_x"]) == pytest.approx(upright.keypoints[name][0], abs=1e-4)
+        assert 0.0 <= float(rows["turned"][f"{name}_y"]) <= 1.0
+    assert Preprocessor(settings)(apply_pose(image, Pose(1))).pose == Pose(1)  # the turn is undone exactly
+    # a quarter turn anticlockwise: the upright image's x is 1 - y of the turned one, its y the turned one's x
+    assert 1.0 - float(rows["turned"]["wrist_y"]) == pytest.approx(upright.keypoints["wrist"][0], abs=1e-3)
+    assert float(rows["turned"]["wrist_x"]) == pytest.approx(upright.keypoints["wrist"][1], abs=1e-3)
+    assert Preprocessor(PreprocessConfig(site_check=False))(image).keypoints == {}  # no localiser, no key points
