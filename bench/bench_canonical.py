@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from core.cli import run_command, setup_logging
+from core.cli import add_shared_options, run_command, setup_logging
 from core.data import ImageError, read_image
 from core.preprocess import Pose, PreprocessConfig, Preprocessor, apply_pose
 from core.preprocess.folder import image_paths
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_canonical", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of clean, canonical radiographs")
     parser.add_argument("--preprocess", default="default", help="none, default or default,key=value,...")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
+    add_shared_options(parser, "seed", "json")
     args = parser.parse_args(argv)
     setup_logging()
     return run_command(_report, args)

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.cli import add_shared_options
 from core.errors import ConfigError
 from core.preprocess.landmarks_train import LocaliserTrainConfig, train_localiser
 
@@ -24,8 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_shared_options(parser, "seed", "threads")
     parser.set_defaults(handler=run_train_localiser)
 
 
