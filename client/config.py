@@ -64,12 +64,7 @@ class SiteConfig:
             raise SiteConfigError("the node config has no 'data-path': start the SuperNode with "
                                   "--node-config site.toml (see deploy/site.toml)")
         site_id = str(node.get("site-id", "site"))
-        data = SiteDataConfig(
-            root=Path(str(node["data-path"])), csv_name=str(node.get("csv", "labels.csv")),
-            image_dir=str(node.get("image-dir", "images")), id_column=str(node.get("id-column", "id")),
-            age_column=str(node.get("age-column", "boneage")), sex_column=str(node.get("sex-column", "male")),
-            label_unit=str(node.get("label-unit", "months")),
-        )
+        data = SiteDataConfig.from_node_config(Path(str(node["data-path"])), node)
         pretrained = str(node.get("pretrained") or server_pretrained or "")
         if not pretrained:
             raise SiteConfigError("no pretrained model: set 'pretrained' in the node config "

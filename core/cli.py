@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from core.data import SiteDataConfig
+from core.data.config import LAYOUT_SCHEMA
 from core.errors import USER_ERRORS
 
 DEVICE_DEFAULT = "auto"
@@ -79,20 +80,12 @@ def _positive_int(text: str) -> int:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--data plus the declared layout of a site folder (columns, unit, file names)."""
     parser.add_argument("--data", type=Path, required=True, help="site folder (CSV + image folder)")
-    parser.add_argument("--csv", default="labels.csv", help="manifest file in the site folder (default: labels.csv)")
-    parser.add_argument("--image-dir", default="images", help="image folder in the site folder (default: images)")
-    parser.add_argument("--id-column", default="id")
-    parser.add_argument("--age-column", default="boneage")
-    parser.add_argument("--sex-column", default="male")
-    parser.add_argument("--label-unit", choices=("months", "years"), default="months",
-                        help="unit of the age column (a Tongji-style site labels in whole years)")
+    LAYOUT_SCHEMA.add_arguments(parser, LAYOUT_SCHEMA.settings)
 
 
 def data_config_from_args(args: argparse.Namespace) -> SiteDataConfig:
-    return SiteDataConfig(
-        root=args.data, csv_name=args.csv, image_dir=args.image_dir, id_column=args.id_column,
-        age_column=args.age_column, sex_column=args.sex_column, label_unit=args.label_unit,
-    )
+    """The site folder `--data` with the layout its flags declare."""
+    return SiteDataConfig(root=args.data, **LAYOUT_SCHEMA.from_args(args, LAYOUT_SCHEMA.settings))
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -14,23 +14,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.errors import ConfigError
 from core.model.freeze import FreezeSpec, format_freeze_spec, parse_freeze_spec
 from core.model.groups import LOCAL_LAYER_CHOICES
 from core.model.tjnet import BLOCK_NAMES
+from core.schema import Schema, Setting, to_bool, to_int
 
 BLOCKS = len(BLOCK_NAMES)
 
-# field name -> message / run config key
-KEYS = {
-    "num_rounds": "num-rounds", "local_epochs": "local-epochs", "lr": "lr", "batch_size": "batch-size",
-    "weight_decay": "weight-decay", "proximal_mu": "proximal-mu", "seed": "seed", "freeze": "freeze",
-    "local_layers": "local-layers", "pretrained": "pretrained", "pretrained_sha256": "pretrained-sha256",
-    "uniform_weights": "central-dp",
-}
+
+def _freeze_blocks(raw: Any) -> tuple[int, ...]:
+    """A spec ("1-3", "1,2,3") or a sequence of block numbers, as a run config names them (blocks 1-5)."""
+    return parse_freeze_spec(raw if isinstance(raw, str) else "+".join(str(to_int(b)) for b in raw))
+
+
+ROUND_SCHEMA = Schema(
+    Setting("num_rounds", to_int, 3, "rounds the run plans", "num-rounds", flag="--rounds"),
+    Setting("local_epochs", to_int, 1, "local epochs per round", "local-epochs"),
+    Setting("lr", float, 3e-4, "local learning rate (AdamW, cosine schedule)", "lr"),
+    Setting("batch_size", to_int, 32, "local batch size", "batch-size"),
+    Setting("weight_decay", float, 1e-4, "AdamW weight decay", "weight-decay"),
+    Setting("proximal_mu", float, 0.0, "FedProx's mu (0: no proximal term)", "proximal-mu"),
+    Setting("seed", to_int, 0, "seed of the run", "seed"),
+    Setting("freeze", _freeze_blocks, (1, 2, 3), "blocks the run freezes", "freeze"),
+    Setting("local_layers", str, "none", "none, or norm to keep normalisation layers at the sites (FedBN)",
+            "local-layers", choices=LOCAL_LAYER_CHOICES),
+    Setting("pretrained", str, "", "the pretrained checkpoint's path as the server knows it", "pretrained"),
+    Setting("pretrained_sha256", str, "", "the pretrained checkpoint's SHA-256", "pretrained-sha256"),
+    Setting("uniform_weights", to_bool, False, "sites report num-examples = 1 (central DP)", "central-dp"),
+)
+KEYS = ROUND_SCHEMA.keys("run")  # field name -> message / run config key
 
 
 @dataclass(frozen=True)
@@ -50,18 +66,18 @@ class RoundSettings:
         uniform_weights: under central DP sites report `num-examples` = 1 (uniform mean), the real count stays.
     """
 
-    num_rounds: int = 3
-    local_epochs: int = 1
-    lr: float = 3e-4
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    proximal_mu: float = 0.0
-    seed: int = 0
-    freeze: tuple[int, ...] = (1, 2, 3)
-    local_layers: str = "none"
-    pretrained: str = ""
-    pretrained_sha256: str = ""
-    uniform_weights: bool = False
+    num_rounds: int = ROUND_SCHEMA.default("num_rounds")
+    local_epochs: int = ROUND_SCHEMA.default("local_epochs")
+    lr: float = ROUND_SCHEMA.default("lr")
+    batch_size: int = ROUND_SCHEMA.default("batch_size")
+    weight_decay: float = ROUND_SCHEMA.default("weight_decay")
+    proximal_mu: float = ROUND_SCHEMA.default("proximal_mu")
+    seed: int = ROUND_SCHEMA.default("seed")
+    freeze: tuple[int, ...] = ROUND_SCHEMA.default("freeze")
+    local_layers: str = ROUND_SCHEMA.default("local_layers")
+    pretrained: str = ROUND_SCHEMA.default("pretrained")
+    pretrained_sha256: str = ROUND_SCHEMA.default("pretrained_sha256")
+    uniform_weights: bool = ROUND_SCHEMA.default("uniform_weights")
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
@@ -85,41 +101,9 @@ class RoundSettings:
 
     def to_config(self) -> dict[str, Any]:
         """Message/run-config entries (kebab-case keys, scalar values)."""
-        values = asdict(self)
-        values["freeze"] = str(self.freeze_spec)
-        return {KEYS[name]: value for name, value in values.items()}
+        return ROUND_SCHEMA.write({**asdict(self), "freeze": self.freeze_spec})
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RoundSettings":
         """Read the keys of `KEYS` that `config` has; other keys are ignored, missing ones take the defaults."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = KEYS[f.name]
-            if key not in config:
-                continue
-            raw = config[key]
-            try:
-                values[f.name] = _convert(f.name, raw, type(getattr(_DEFAULTS, f.name)))
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{key} = {raw!r} is not a valid value ({exc})") from None
-        return cls(**values)
-
-
-def _convert(name: str, raw: Any, kind: type) -> Any:
-    if name == "freeze":
-        return parse_freeze_spec(raw if isinstance(raw, str) else format_freeze_spec(tuple(raw)))
-    if kind is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text not in ("1", "0", "true", "false", "yes", "no"):
-            raise ValueError("expected true or false")
-        return text in ("1", "true", "yes")
-    if kind is int:
-        if isinstance(raw, float) and not raw.is_integer():
-            raise ValueError("expected a whole number")
-        return int(raw)
-    return kind(raw)
-
-
-_DEFAULTS = RoundSettings()
+        return cls(**ROUND_SCHEMA.read(config))

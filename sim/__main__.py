@@ -8,11 +8,13 @@ from pathlib import Path
 
 from core.cli import add_shared_options, command_parser, run_command, setup_logging
 from core.errors import ConfigError
+from core.round_settings import ROUND_SCHEMA
 from core.model.freeze import parse_freeze_spec_list
 from sim.config import PRESETS, RealSite, load_experiment, preset
 from strategies.options import parse_option_assignments
 
 
+SIM_ROUND_SETTINGS = ("num_rounds", "local_epochs", "batch_size", "lr")  # flags from the round settings' schema
 # One module per sub-command, as in `python -m client`; the default run keeps its flags on the root.
 COMMAND_MODULES = ("sim.generate", "sim.partition")
 
@@ -25,10 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, default=None, help="cache of sites and pretrained models")
     add_shared_options(parser, "seed", seed_default=None,
                        seed_help="random seed (default: the experiment file's, else 0); --seeds N runs seed, seed + 1, ...")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--local-epochs", type=int, default=None, help="local epochs per round (and per baseline round)")
-    parser.add_argument("--batch-size", type=int, default=None, help="local batch size (fine-tuning)")
-    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+    ROUND_SCHEMA.add_arguments(parser, SIM_ROUND_SETTINGS, inherit=True)  # also each site-alone baseline's rounds
     parser.add_argument("--strategy", default=None,
                         help="fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg")
     parser.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
@@ -61,7 +60,7 @@ def run_sim(args: argparse.Namespace) -> int:
     name = from_file.pop("preset", args.preset)
     command_line = dict(
         pretrained=args.pretrained, source_dir=args.source, real_sites=tuple(RealSite.parse(t) for t in args.site) or None,
-        seeds=args.seeds, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.rounds,
+        seeds=args.seeds, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.num_rounds,
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, strategy=args.strategy, wandb=args.wandb or None,
         freeze_specs=tuple(s for text in args.freeze for s in parse_freeze_spec_list(text)) if args.freeze else None,
         dp_noise_multipliers=_numbers("--dp", args.dp) if args.dp else None, dp_max_epsilon=args.dp_max_epsilon,

@@ -49,8 +49,7 @@ def site_node_config(data: Path, site_id: int, state_dir: Path, pretrained: Path
 
 def manifest_keys(data: SiteDataConfig) -> dict[str, str]:
     """The node config keys (`deploy/site.toml`) that declare a site's manifest: file, image folder, columns."""
-    return {"csv": data.csv_name, "image-dir": data.image_dir, "id-column": data.id_column,
-            "age-column": data.age_column, "sex-column": data.sex_column}
+    return {key: value for key, value in data.node_config().items() if key != "label-unit"}
 
 
 class _TaggedGrid:

@@ -53,8 +53,13 @@ class FreezeSpec(str):
 
     @classmethod
     def of(cls, blocks: Iterable[int]) -> "FreezeSpec":
-        """The spec that freezes `blocks` (block numbers 1-5)."""
-        return cls("+".join(str(int(b)) for b in blocks) or "none")
+        """The spec that freezes `blocks` (a site that received nothing of block 6 freezes it too: `1-6`)."""
+        chosen = tuple(sorted({int(b) for b in blocks}))
+        if not set(chosen) <= set(range(1, len(BLOCK_NAMES) + 1)):
+            raise FreezeSpecError(f"freeze {chosen}: blocks run from 1 to {len(BLOCK_NAMES)}")
+        spec = super().__new__(cls, _canonical(chosen))
+        spec.blocks = chosen
+        return spec
 
     def __getnewargs__(self) -> tuple[str]:  # copy and pickle rebuild it from its text
         return (str(self),)
