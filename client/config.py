@@ -53,6 +53,7 @@ class SiteConfig:
     dp: DPConfig = DPConfig()
     decode_cache: Path | None = None  # where decoded images outlive the per-message ClientApp process
     min_group_images: int = 5  # an age group with fewer test images is not reported (n and MAD sent as 0)
+    feature_cache: bool = True  # reuse the frozen blocks' outputs between epochs and rounds (core.feature_cache)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], server_pretrained: str = "") -> "SiteConfig":
@@ -74,7 +75,19 @@ class SiteConfig:
         return cls(site_id, data, Path(pretrained), state_dir, str(node.get("device", "auto")),
                    parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node),
                    None if cache.lower() in ("", "none", "off") else Path(cache),
-                   int(node.get("min-group-images", cls.min_group_images)))
+                   int(node.get("min-group-images", cls.min_group_images)),
+                   _switch(node, "feature-cache", cls.feature_cache))
+
+
+def _switch(values: Mapping[str, Any], key: str, default: bool) -> bool:
+    """An on/off node config key: true/false, on/off, yes/no or 1/0."""
+    raw = values.get(key, default)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
+        raise SiteConfigError(f"{key} = {raw!r}: expected true or false")
+    return text in ("1", "true", "on", "yes")
 
 
 def _dp_from(values: Mapping[str, Any]) -> DPConfig:

@@ -35,6 +35,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     add_shared_options(parser, "seed", "device", "json")
+    parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                        help="recompute the frozen blocks at every step instead of once per image and view")
+    parser.add_argument("--feature-views", type=int, default=DEFAULTS.feature_views,
+                        help=f"augmented views per image the feature cache keeps (default {DEFAULTS.feature_views}; "
+                             "epoch e trains on view e mod N)")
     parser.set_defaults(handler=run_finetune)
 
 
@@ -44,7 +49,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.resolve() == args.pretrained.resolve():
         raise ConfigError("--out must not overwrite the pretrained checkpoint")
     config = FinetuneConfig(freeze=args.freeze, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            seed=args.seed, folds=args.folds, device=args.device, progress=not args.json)
+                            seed=args.seed, folds=args.folds, device=args.device, progress=not args.json,
+                            feature_cache=args.feature_cache, feature_views=args.feature_views)
     data = data_config_from_args(args)
     if not args.compare:
         metadata = finetune_site(args.pretrained, data, args.out, config)

@@ -19,6 +19,7 @@ from core.checkpoint import CheckpointCache, CheckpointError
 from core.data import AugmentConfig, DataError, SiteData
 from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.errors import USER_ERRORS
+from core.feature_cache import FeatureCache, feature_budget_from_env
 from core.finetune import load_arrays, train_site_round
 from core.local_layers import LocalLayers, load_local_layers, save_local_layers
 from core.metrics import AGE_GROUPS_YEARS, age_group_label
@@ -39,9 +40,11 @@ TRAIN_METRICS = ("num-examples", "val-mad-months", "train-seconds", "private", "
 # so the pretrained model is read and the site's images are decoded once, not once per message; both caches
 # check the files' size and modification time on every use. OSSIFL_DECODE_CACHE_MB bounds the decoded
 # images held (default 2 GiB; 0 turns that cache off). A deployed site also keeps them in its state folder
-# (node config `decode-cache`), since its SuperNode starts a fresh process for every message.
+# (node config `decode-cache`), since its SuperNode starts a fresh process for every message. The frozen
+# blocks' outputs are kept too (`core.feature_cache`, OSSIFL_FEATURE_CACHE_MB, node config `feature-cache`).
 PRETRAINED = CheckpointCache()
 DECODED = SiteDataCache(cache_budget_from_env())
+FEATURES = FeatureCache(feature_budget_from_env())
 
 
 def evaluate_metric_keys() -> tuple[str, ...]:
@@ -85,7 +88,8 @@ class SiteSession:
         if len(data.train) == 0:
             raise DataError(f"{self.site.data.root}: the training split has no usable images")
         result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
-                                  self.site.dp, self.site.state_dir, self.site.data.label_unit)
+                                  self.site.dp, self.site.state_dir, self.site.data.label_unit,
+                                  FEATURES if self.site.feature_cache else None)
         groups = parameter_groups(self.model, frozen, settings.local_layers)
         self._keep_local_layers(groups.local)
         state = self.model.state_dict()

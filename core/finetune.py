@@ -16,6 +16,7 @@ from core.central import evaluate_model, make_loss
 from core.data import make_loader
 from core.data.dataset import BoneAgeDataset
 from core.errors import ConfigError, UserError
+from core.feature_cache import FeatureCache
 from core.loss import JointLossConfig
 from core.model.freeze import freeze_blocks
 from core.privacy import LEDGER_FILENAME, DPConfig, PrivacyLedger, train_private_round
@@ -76,10 +77,17 @@ def train_site_round(
     dp: DPConfig | None = None,
     ledger_dir: Path | None = None,
     label_unit: str = "months",
+    features: FeatureCache | None = None,
 ) -> SiteRoundResult:
-    """Fine-tune the unfrozen blocks of `model` on a site's training split for one round."""
+    """Fine-tune the unfrozen blocks of `model` on a site's training split for one round.
+
+    With `features`, the frozen prefix's outputs come from that cache (`core.feature_cache`) and only the
+    blocks after it run (under DP, per-sample gradients are taken through those blocks only).
+    """
     freeze_blocks(model, settings.freeze)
     model.to(device)
+    prepared = features.prepare(model, train_set, device) if features is not None else None
+    trained, data = prepared if prepared is not None else (model, train_set)
     seed = settings.seed * 100_003 + round_number
     torch.manual_seed(seed)
     config = TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
@@ -94,18 +102,19 @@ def train_site_round(
     if private:
         if ledger_dir is None:
             raise ConfigError("differential privacy needs a state folder for the privacy ledger")
-        result = train_private_round(model, train_set, loss_fn, config, dp, PrivacyLedger(ledger_dir / LEDGER_FILENAME),
+        result = train_private_round(trained, data, loss_fn, config, dp, PrivacyLedger(ledger_dir / LEDGER_FILENAME),
                                      settings.local_epochs, device, settings.num_rounds, extra,
                                      context={"round": round_number})
         stats, epsilon, delta = result.stats, result.epsilon, result.delta
     else:
-        loader = make_loader(train_set, settings.batch_size, shuffle=True, seed=seed,
+        loader = make_loader(data, settings.batch_size, shuffle=True, seed=seed,
                              drop_last=len(train_set) > settings.batch_size)
-        optimizer = make_optimizer(model, config)
+        optimizer = make_optimizer(trained, config)
         scheduler = cosine_schedule(optimizer, settings.local_epochs * len(loader), 0.1)
         for epoch in range(settings.local_epochs):
-            train_set.set_epoch(round_number * settings.local_epochs + epoch)
-            stats = train_epoch(model, loader, loss_fn, optimizer, device, scheduler=scheduler, extra_loss=extra)
+            data.set_epoch(round_number * settings.local_epochs + epoch)
+            stats = train_epoch(trained, loader, loss_fn, optimizer, device, scheduler=scheduler, extra_loss=extra,
+                                channels_last=prepared is None)
     train_seconds = time.perf_counter() - start
     val = evaluate_model(model, val_set, device, label_unit)
     return SiteRoundResult(len(train_set), stats.loss, stats.mad_months, val["mad_months"], train_seconds,

@@ -28,6 +28,7 @@ from core.data.manifest import Record
 from core.data.pool import DecodedPool
 from core.data.split import split_of
 from core.errors import ConfigError
+from core.feature_cache import DEFAULT_VIEWS, FeatureCache, feature_budget_from_env
 from core.loss import JointLossConfig
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import FREEZE_CHOICES, FreezeSpec, format_freeze_spec, freeze_blocks, parse_freeze_spec
@@ -52,32 +53,52 @@ class FinetuneConfig:
     folds: int = 5
     device: str = "auto"
     progress: bool = True
+    feature_cache: bool = True
+    feature_views: int = DEFAULT_VIEWS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze", FreezeSpec.parse(self.freeze))
+        if self.feature_views < 1:
+            raise ConfigError(f"--feature-views must be at least 1, got {self.feature_views}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch size must be at least 1 and the learning rate positive")
         if self.folds < 2:
             raise ConfigError("cross-validation needs at least 2 folds")
 
 
+def feature_cache_of(config: FinetuneConfig) -> FeatureCache | None:
+    """The frozen-block feature cache `config` asks for (None: off)."""
+    return FeatureCache(feature_budget_from_env(), config.feature_views) if config.feature_cache else None
+
+
 def finetune_model(model: nn.Module, train: BoneAgeDataset, val: BoneAgeDataset, freeze: tuple[int, ...],
-                   config: FinetuneConfig, device: torch.device) -> list[dict[str, float]]:
-    """Fine-tune the unfrozen blocks of `model` in place; keeps the epoch with the best val MAD."""
+                   config: FinetuneConfig, device: torch.device,
+                   features: FeatureCache | None = None) -> list[dict[str, float]]:
+    """Fine-tune the unfrozen blocks of `model` in place; keeps the epoch with the best val MAD.
+
+    With `features`, the frozen prefix runs once per image and view (`core.feature_cache`), for the
+    training and the validation split alike, and only the blocks after it train.
+    """
     seed_everything(config.seed)
     freeze_blocks(model, freeze)
     model.to(device)
+    val = val if len(val) else train
+    trained, train_data, val_data = model, train, val
+    prepared = features.prepare(model, train, device) if features is not None else None
+    if prepared is not None:
+        checked = features.prepare(model, val, device, prepared[0])
+        if checked is not None:
+            trained, train_data, val_data = prepared[0], prepared[1], checked[1]
     loss_fn = make_loss(model, JointLossConfig())
     if hasattr(loss_fn, "schedule"):
         loss_fn.schedule.raised = True  # a pretrained model's loss is already stable
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                weight_decay=config.weight_decay, seed=config.seed, progress=config.progress,
-                               device=str(device))
-    loader = make_loader(train, config.batch_size, shuffle=True, seed=config.seed,
+                               device=str(device), channels_last=trained is model)
+    loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed,
                          drop_last=len(train) > config.batch_size)
-    result = fit(model, loader, make_loader(val if len(val) else train, 64, shuffle=False, seed=0), loss_fn,
-                 train_config, device)
-    model.load_state_dict(result.best_state)
+    result = fit(trained, loader, make_loader(val_data, 64, shuffle=False, seed=0), loss_fn, train_config, device)
+    trained.load_state_dict(result.best_state)
     return result.history
 
 
@@ -101,7 +122,7 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
         raise DataError(f"{data.root}: no usable training images")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
     freeze = parse_freeze_spec(config.freeze)
-    history = finetune_model(model, site.train, site.val, freeze, config, device)
+    history = finetune_model(model, site.train, site.val, freeze, config, device, feature_cache_of(config))
     after = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
     provenance = {"kind": "site-finetune", "pretrained": str(pretrained), "pretrained_sha256": file_sha256(pretrained),
                   "freeze": format_freeze_spec(freeze), "data": {"root": str(data.root), "label_unit": data.label_unit,
@@ -159,6 +180,7 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
     collected: dict[str, list[Predictions]] = {"pretrained": [_predict(base.model, t, device) for t in tests]}
     collected["calibrated"] = calibrated_folds(collected["pretrained"])
     quiet = FinetuneConfig(**{**asdict(config), "progress": False})
+    features = feature_cache_of(config)  # one for every fold and spec: a fold's features serve each spec's run
     step = 0
     for spec in specs:
         collected[spec] = []
@@ -170,7 +192,8 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
                 inner["train" if split_of(record.image_id, (0.9, 0.1, 0.0)) == "train" else "val"].append(record)
             model = load_checkpoint(pretrained).model
             finetune_model(model, pool.dataset(inner["train"], AugmentConfig(), config.seed),
-                           pool.dataset(inner["val"], None, config.seed), parse_freeze_spec(spec), quiet, device)
+                           pool.dataset(inner["val"], None, config.seed), parse_freeze_spec(spec), quiet, device,
+                           features)
             collected[spec].append(_predict(model, test, device))
             logger.info("[%d/%d] freeze %s, fold %d/%d: fold MAD %.2f months", step, len(specs) * config.folds,
                         spec, k + 1, config.folds, float(np.mean(np.abs(collected[spec][-1].predicted_months

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiment", type=Path, default=None,
                         help="experiment file (TOML): source, sites with columns and units, freeze specs, rounds, seeds")
     parser.add_argument("--seeds", type=int, default=None, help="repeat the whole comparison with N seeds")
+    parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False, default=None,
+                        help="recompute the frozen blocks at every step (sites, baselines) instead of once per image")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
     return parser
 
@@ -65,7 +67,7 @@ def run_sim(args: argparse.Namespace) -> int:
         freeze_specs=tuple(s for text in args.freeze for s in parse_freeze_spec_list(text)) if args.freeze else None,
         dp_noise_multipliers=_numbers("--dp", args.dp) if args.dp else None, dp_max_epsilon=args.dp_max_epsilon,
         strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,
-        device=args.device,
+        device=args.device, feature_cache=args.feature_cache,
     )
     config = preset(name, **{**from_file, **{k: v for k, v in command_line.items() if v is not None}})
     run_experiment(config)

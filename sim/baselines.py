@@ -14,6 +14,7 @@ from core.calibration import fit_linear_calibration
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
+from core.feature_cache import FeatureCache, feature_budget_from_env
 from core.finetune import train_site_round
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
@@ -27,13 +28,18 @@ from sim.sites import PreparedSite
 logger = logging.getLogger("ossifl.sim")
 
 
+def feature_cache_of(config: SimConfig) -> FeatureCache | None:
+    """The frozen-block feature cache of the baselines (None with `--no-feature-cache`)."""
+    return FeatureCache(feature_budget_from_env()) if config.feature_cache else None
+
+
 def local_rounds(model: torch.nn.Module, train: BoneAgeDataset, val: BoneAgeDataset, config: SimConfig,
-                 freeze: str) -> torch.nn.Module:
+                 freeze: str, features: FeatureCache | None = None) -> torch.nn.Module:
     """The same rounds of local training a site does in the federation, without averaging."""
     settings = RoundSettings(local_epochs=config.local_epochs, lr=config.lr, batch_size=config.batch_size,
                              seed=config.seed, freeze=parse_freeze_spec(freeze), num_rounds=config.rounds)
     for round_number in range(1, config.rounds + 1):
-        train_site_round(model, train, val, settings, device_of(config), round_number)
+        train_site_round(model, train, val, settings, device_of(config), round_number, features=features)
     return model
 
 
@@ -58,6 +64,7 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
     base, preprocess = loaded.model, preprocess_config_of(loaded.metadata)
     step = base.config.class_step_months
     rows = evaluate_everywhere(base, sites, tests, "pretrained", "all", device_of(config))
+    features = feature_cache_of(config)
     pooled_train, pooled_val = [], []
     for site in sites:
         data = load_site(site.data, size, AugmentConfig(), seed=config.seed, preprocess=preprocess)
@@ -68,13 +75,13 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
         for spec in config.freeze_specs:
             logger.info("baseline (seed %d): %s alone, freeze %s, %d rounds", config.seed, site.name, spec,
                         config.rounds)
-            model = local_rounds(load_checkpoint(pretrained).model, data.train, data.val, config, spec)
+            model = local_rounds(load_checkpoint(pretrained).model, data.train, data.val, config, spec, features)
             rows += evaluate_everywhere(model, [site], tests, "site-alone", spec, device_of(config))
     logger.info("baseline (seed %d): all %d sites pooled (%d training images, freeze %s)", config.seed, len(sites),
                 len(pooled_train), config.baseline_freeze)
     pooled = (BoneAgeDataset(pooled_train, size, AugmentConfig(), config.seed, preprocess=preprocess),
               BoneAgeDataset(pooled_val, size, None, config.seed, preprocess=preprocess))
-    model = local_rounds(load_checkpoint(pretrained).model, *pooled, config, config.baseline_freeze)
+    model = local_rounds(load_checkpoint(pretrained).model, *pooled, config, config.baseline_freeze, features)
     rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze, device_of(config))
     for row in rows:
         row.extra["seed"] = config.seed
@@ -84,12 +91,12 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
 def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated: Path, freeze: str,
                          tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
     """Each site fine-tunes the federated model on its own images for the same rounds as a site alone."""
-    rows = []
+    rows, features = [], feature_cache_of(config)
     loaded = load_checkpoint(federated)
     for site in sites:
         data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"),
                          preprocess=preprocess_config_of(loaded.metadata))
-        model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze)
+        model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze, features)
         rows += evaluate_everywhere(model, [site], tests, f"{config.strategy}+local", freeze, device_of(config))
     for row in rows:
         row.extra["seed"] = config.seed

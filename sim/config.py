@@ -91,6 +91,7 @@ class SimConfig:
     pretrained: Path | None = None
     source_dir: Path | None = None
     real_sites: tuple[RealSite, ...] = ()
+    feature_cache: bool = True  # frozen blocks run once per image and view (core.feature_cache), sites and baselines
 
     def __post_init__(self) -> None:
         if not self.sites:

@@ -89,7 +89,8 @@ def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Pa
                                       wandb=config.wandb, device=config.device)
         state = out / "site-state"
         nodes = tuple(site_node_config(site.path, index, state / state_folder_name(site.path), pretrained,
-                                       site.label_unit, config.device, **manifest_keys(site.data), **dp)
+                                       site.label_unit, config.device, **manifest_keys(site.data), **dp,
+                                       **{"feature-cache": config.feature_cache})
                       for index, site in enumerate(sites))
         result.append(SimulatedRun(federation, nodes))
     return result

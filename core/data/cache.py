@@ -147,22 +147,21 @@ class SiteDataCache:
                         key.config.root, entry.nbytes / 1e6)
 
 
-def cache_budget_from_env(variable: str = "OSSIFL_DECODE_CACHE_MB") -> int:
-    """The cache budget in bytes from an environment variable in MB (unset: 2 GiB; 0: off).
+def cache_budget_from_env(variable: str = "OSSIFL_DECODE_CACHE_MB", default: int = DEFAULT_MAX_BYTES) -> int:
+    """The cache budget in bytes from an environment variable in MB (unset: `default`, 2 GiB; 0: off).
 
     A value that is not a number >= 0 is reported in one warning and the default is used.
     """
     value = os.environ.get(variable, "").strip()
     if not value:
-        return DEFAULT_MAX_BYTES
+        return default
     try:
         megabytes = float(value)
     except ValueError:
         megabytes = -1.0
     if not megabytes >= 0:
-        logger.warning("%s=%r is not a number of megabytes >= 0: using %d MB", variable, value,
-                       DEFAULT_MAX_BYTES // 10**6)
-        return DEFAULT_MAX_BYTES
+        logger.warning("%s=%r is not a number of megabytes >= 0: using %d MB", variable, value, default // 10**6)
+        return default
     return int(megabytes * 1e6)
 
 

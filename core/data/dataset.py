@@ -184,6 +184,7 @@ class BoneAgeDataset(Dataset):
         records: the records kept (those whose image decoded), in input order.
         skipped: records left out because their image could not be used (or preprocessing refused it).
         images: uint8 array (N, C, C); C is ``image_size`` or 15% more when cropping.
+        augment: the training augmentation (None: items are the stored images as they are).
     """
 
     def __init__(self, records: list[Record], image_size: int, augment: AugmentConfig | None = None,
@@ -196,6 +197,7 @@ class BoneAgeDataset(Dataset):
         self.image_size = image_size
         self.seed = seed
         self.epoch = 0
+        self.augment = augment
         self._augment = build_augment(augment, image_size) if augment is not None else None
         canvas = canvas_size(image_size, augment)
         if decoded is None:
@@ -213,6 +215,16 @@ class BoneAgeDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def ages_months(self) -> torch.Tensor:
+        """float32 [N]: the ages, in months, in record order."""
+        return self._ages
+
+    @property
+    def male_flags(self) -> torch.Tensor:
+        """float32 [N]: 1. for a boy, 0. for a girl, in record order."""
+        return self._male
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentations of this epoch (no effect without augmentation)."""
