@@ -101,3 +101,21 @@ def test_summary_pools_folds_and_pairs_with_the_pretrained_model() -> None:
                               3.0, "months")
     assert results[0].mad.estimate == 6.0 and results[1].mad.estimate == 2.0
     assert (results[1].versus_pretrained.estimate, results[1].versus_pretrained.high) == (-4.0, -4.0)
+
+
+def test_the_feature_cache_trains_the_same_model_and_the_flag_turns_it_off(site: tuple[Path, Path], tmp_path: Path,
+                                                                          capsys, monkeypatch) -> None:
+    from core.feature_cache import FeatureCache
+
+    calls = []
+    prepare = FeatureCache.prepare
+    monkeypatch.setattr(FeatureCache, "prepare", lambda self, *a, **k: calls.append(1) or prepare(self, *a, **k))
+    folder, pretrained = site
+    mads = []
+    for flags in ([], ["--no-feature-cache"]):
+        calls.clear()
+        assert main(["finetune", "--pretrained", str(pretrained), "--data", str(folder), "--freeze", "1-3",
+                     "--epochs", "2", "--out", str(tmp_path / "site.pt"), "--json", "--device", "cpu", *flags]) == 0
+        mads.append(json.loads(capsys.readouterr().out)["test_mad_months"]["finetuned"])
+        assert len(calls) == (0 if flags else 2)  # the training and the validation split
+    assert mads[0] == pytest.approx(mads[1], rel=1e-3)  # epochs 1 and 2 see the same views either way

@@ -106,3 +106,19 @@ def test_a_fedbn_site_never_returns_its_normalisation_layers_even_when_sent_them
                             RecordDict()).train()
     assert arrays and not set(arrays) & norms  # kept at the site, never aggregated
     assert set(arrays) == set(before) - norms
+
+
+def test_a_site_trains_on_cached_frozen_features_unless_its_node_config_says_no(site, monkeypatch) -> None:
+    import client.site
+    from core.feature_cache import FeatureCache
+
+    config, pretrained = site
+    sent = {k: v for k, v in _state(pretrained).items() if block_of_key(k) >= 4}
+    cache = FeatureCache()
+    monkeypatch.setattr(client.site, "FEATURES", cache)
+    SiteSession(config, dict(sent), {"batch-size": 8, "server-round": 1}, RecordDict()).train()
+    SiteSession(config, dict(sent), {"batch-size": 8, "server-round": 2}, RecordDict()).train()
+    assert (cache.misses, cache.hits) == (1, 1)  # the second round reused the first round's features
+    off = SiteConfig(**{**config.__dict__, "feature_cache": False})
+    SiteSession(off, dict(sent), {"batch-size": 8, "server-round": 3}, RecordDict()).train()
+    assert (cache.misses, cache.hits) == (1, 1)
