@@ -102,6 +102,8 @@ def train_site_round(
     if private:
         if ledger_dir is None:
             raise ConfigError("differential privacy needs a state folder for the privacy ledger")
+        if prepared is not None:
+            trained.channels_last = False  # Opacus' per-sample hooks see the standard layout, as without the cache
         result = train_private_round(trained, data, loss_fn, config, dp, PrivacyLedger(ledger_dir / LEDGER_FILENAME),
                                      settings.local_epochs, device, settings.num_rounds, extra,
                                      context={"round": round_number})

@@ -109,6 +109,7 @@ class TrainableTail(nn.Module):
         self.config = model.config
         self.shapes = part_shapes(model, depth)
         self.sizes = [math.prod(shape) for shape in self.shapes]
+        self.channels_last = True  # feature maps in channels-last layout (faster convolutions on CPU)
         self._model = [model]  # a plain list: the whole model is not a submodule of its tail
         for index in range(depth + 1, len(BLOCK_NAMES) + 1):
             self.add_module(BLOCK_NAMES[index - 1], getattr(model, BLOCK_NAMES[index - 1]))
@@ -132,6 +133,8 @@ class TrainableTail(nn.Module):
 
     def forward(self, flat: torch.Tensor, male: torch.Tensor) -> AgeOutput:
         parts = [chunk.reshape(-1, *shape) for chunk, shape in zip(torch.split(flat, self.sizes, dim=1), self.shapes)]
+        if self.channels_last:
+            parts = [p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p for p in parts]
         if self.depth == 5:
             return self.block6(parts[0], male, parts[1] if len(parts) > 1 else None)
         if self.depth == 4:
