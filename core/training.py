@@ -194,11 +194,16 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam(W) over the parameters that require gradients (frozen blocks are left out)."""
+    """Adam(W) over the parameters that require gradients (frozen blocks are left out).
+
+    The fused implementation: one kernel for all parameters, about 6x faster per step than the loop over them
+    on a CPU (a fifth of a freeze-1-3 step on cached features, `bench.bench_feature_cache`).
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ConfigError("the model has no trainable parameters (is every block frozen?)")
-    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in trainable)
+    return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, final_factor: float):
