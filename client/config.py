@@ -17,6 +17,7 @@ from core.data import SiteDataConfig
 from core.errors import ConfigError
 from core.model.freeze import parse_freeze_spec
 from core.privacy import DPConfig
+from core.schema import to_bool
 
 DEFAULT_STATE_ROOT = Path(os.environ.get("OSSIFL_STATE", Path.home() / ".ossifl" / "state"))
 
@@ -80,14 +81,12 @@ class SiteConfig:
 
 
 def _switch(values: Mapping[str, Any], key: str, default: bool) -> bool:
-    """An on/off node config key: true/false, on/off, yes/no or 1/0."""
+    """An on/off node config key (`core.schema.to_bool`: true/false, yes/no, 1/0)."""
     raw = values.get(key, default)
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
-        raise SiteConfigError(f"{key} = {raw!r}: expected true or false")
-    return text in ("1", "true", "on", "yes")
+    try:
+        return to_bool(raw)
+    except ValueError:
+        raise SiteConfigError(f"{key} = {raw!r}: expected true or false") from None
 
 
 def _dp_from(values: Mapping[str, Any]) -> DPConfig:

@@ -76,7 +76,7 @@ def test_dp_node_settings_that_void_the_guarantee_are_one_line_errors(extra, mes
 def test_the_feature_cache_is_on_unless_the_node_config_turns_it_off():
     node = {"data-path": "/data/tj", "pretrained": "/opt/pre.pt"}
     assert SiteConfig.from_node_config(node).feature_cache
-    for off in (False, "false", "off", "0"):
+    for off in (False, "false", "no", "0"):
         assert not SiteConfig.from_node_config({**node, "feature-cache": off}).feature_cache
     with pytest.raises(SiteConfigError, match="feature-cache = 'sometimes'"):
         SiteConfig.from_node_config({**node, "feature-cache": "sometimes"})
