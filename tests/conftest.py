@@ -13,8 +13,6 @@ import torch
 from core.checkpoint import describe, save_checkpoint
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
-from sim.federation import site_node_config
-from sim.phantom.writer import generate_site
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +30,8 @@ class TinySites:
 
     def nodes(self, state_root: Path, per_site: tuple[dict[str, Any], ...] = (), **extra: Any) -> tuple[dict, ...]:
         """The simulated sites' node configs (state under `state_root`; `per_site[i]` adds keys to site i)."""
+        from sim.federation import site_node_config  # local: a test that needs no federation does not import Flower
+
         return tuple(site_node_config(path, index, state_root / path.name, self.pretrained, **extra,
                                       **(per_site[index] if index < len(per_site) else {}))
                      for index, path in enumerate(self.sites))
@@ -45,6 +45,8 @@ def tiny_federation() -> TinyFederation:
     """A function (root, n images per site) -> the pretrained checkpoint and the site folders."""
 
     def build(root: Path, n: int) -> TinySites:
+        from sim.phantom.writer import generate_site
+
         sites = [generate_site(p, n, root / p, seed=i + 1, image_size=48) for i, p in enumerate(("rsna", "eu_clinic"))]
         torch.manual_seed(0)
         model = TJNet(TJNetConfig(image_size=48, width=0.25))
@@ -67,6 +69,7 @@ class RegionModels:
 @pytest.fixture(scope="session")
 def region_models(tmp_path_factory: pytest.TempPathFactory) -> RegionModels:
     from server.cli import main  # local: only the tests that use the fixture import the server
+    from sim.phantom.writer import generate_site
 
     root = tmp_path_factory.mktemp("regions")
     site = generate_site("rsna", 100, root / "site", seed=4, image_size=128)

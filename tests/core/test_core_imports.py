@@ -32,3 +32,23 @@ def test_importing_every_core_module_loads_no_flower() -> None:
             "    if 'flwr' in sys.modules: sys.exit(name)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:] or result.stdout
+
+
+def test_the_shared_test_setup_imports_no_simulation_or_flower() -> None:
+    code = ("import sys, importlib.util; spec = importlib.util.spec_from_file_location('c', 'tests/conftest.py'); "
+            "m = importlib.util.module_from_spec(spec); sys.modules['c'] = m; "
+            "spec.loader.exec_module(m); "
+            "print(sorted(n for n in sys.modules if n.split('.')[0] in ('sim', 'flwr')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_layout_names_every_package_and_every_top_level_core_module() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## TJ-Net as built here")]
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} | {"bench", "tests"}
+    assert {name for name in packages if f"| `{name}/` |" not in layout} == set()
+    modules = {p.name for p in (ROOT / "core").glob("*.py") if p.name != "__init__.py"}
+    modules |= {f"{p.parent.name}/" for p in (ROOT / "core").glob("*/__init__.py")}
+    assert {name for name in modules if f"`{name}`" not in layout} == set()
