@@ -190,13 +190,15 @@ class Predictor:
             else:
                 self._fill(pending, months, bool(batch.male_used[i]), bool(batch.sex_from_head[i]), p_male)
 
-    def _interval(self, pending: _Pending, months: float, from_head: bool) -> tuple[float, float] | None:
+    def _interval(self, pending: _Pending, months: float, from_head: bool,
+                  reading: str = "") -> tuple[float, float] | None:
         """The interval of one reading (its band's when the interval has bands); flags a compressed end band."""
         if self.conformal is None:
             return None
         band = self.conformal.band_of(months)
         if band is not None:
             flag = compression_flag(self.conformal.bands, band, self.settings.reading)
+            flag = f"{flag} ({reading})" if flag and reading else flag
             if flag is not None and flag not in pending.flags:
                 pending.flags.append(flag)
         low, high = interval_bounds(months, self.conformal.halfwidth(from_head, months), self.max_months)
@@ -230,7 +232,7 @@ class Predictor:
                    sex_source=unsure_sex_source(p_male, self.settings.reading), sex_head_p_male=round(p_male, 3))
         for name, months in (("female", female), ("male", male)):
             row[f"bone_age_months_{name}"] = round(months, 1)
-            interval = self._interval(pending, months, from_head=False)
+            interval = self._interval(pending, months, from_head=False, reading=f"the reading as {name}")
             if interval is not None:
                 row[f"interval_low_months_{name}"], row[f"interval_high_months_{name}"] = interval
                 row["interval_coverage"] = self.conformal.coverage

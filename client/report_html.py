@@ -99,8 +99,9 @@ def _pictures(section: ImageSection, input_px: int) -> str:
         figures.append(_figure(section.model_input_png, "model input",
                                f"what the model saw: {input_px} x {input_px} px, enlarged to {DISPLAY_SIZE} px "
                                "without smoothing"))
+    as_read = "as stored" if str(section.row.get("preprocessing", "")).startswith("none") else "as preprocessed"
     figures.append(_figure(section.radiograph_png, "radiograph",
-                           f"the film as preprocessed, shown at {DISPLAY_SIZE} px (finer than the model saw)"))
+                           f"the film {as_read}, shown at {DISPLAY_SIZE} px (finer than the model saw)"))
     outside = section.row.get("heatmap_outside_hand", "")
     share = "" if outside == "" else f"; {float(outside):.0%} of its mass outside the hand"
     figures.append(_figure(section.heatmap_png, "heat map",
@@ -135,7 +136,8 @@ def _one_sex(row: dict[str, Any]) -> list[tuple[str, str]]:
 def _both_sexes(row: dict[str, Any]) -> list[tuple[str, str]]:
     """The sex head was unsure: a reading for each sex, and the request for the sex, ahead of everything else."""
     pairs = [("Sex needed", '<span class="refused">The sex was not given and the model cannot tell it from this '
-                            "film; the bone age depends on it. Read the line of the patient's sex.</span>")]
+                            "film (its sex head is unsure); the bone age depends on it. Give the sex for a single reading; until "
+                            "then use the line below that matches the patient.</span>")]
     for name, letter in (("female", "F"), ("male", "M")):
         months = float(row[f"bone_age_months_{name}"])
         interval = _interval_text(row[f"interval_low_months_{name}"], row[f"interval_high_months_{name}"],
