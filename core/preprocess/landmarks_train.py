@@ -25,6 +25,7 @@ from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
 from core.preprocess.landmarks import (KEYPOINTS, Localiser, LocaliserNet, expected_points, localiser_input,
                                        save_localiser)
+from core.preprocess.register import MCP3_Y, WRIST_Y, localised_keypoints, registration_matrix
 from core.preprocess.stress import photometric_mix
 from core.stats import bootstrap_mean, paired_difference
 
@@ -159,7 +160,8 @@ def evaluate_localiser(localiser: Localiser, data: Path, annotations: dict[str, 
     images, targets, ids = load_annotated(data, expert)
     found = np.stack([localiser.predict(image) for image in images]) if images else np.zeros((0, len(KEYPOINTS), 2))
     model_error = np.linalg.norm(found - targets, axis=2)
-    result: dict[str, object] = {"n_images": len(ids)}
+    result: dict[str, object] = {"n_images": len(ids),
+                                 "registration": _registration_error(found, targets, ids, second, seed)}
     for k, name in enumerate(KEYPOINTS):
         row = {"localiser": _summary(model_error[:, k], seed)}
         paired = [i for i, image_id in enumerate(ids) if image_id in second]
@@ -171,6 +173,29 @@ def evaluate_localiser(localiser: Localiser, data: Path, annotations: dict[str, 
                                              "ci95": [round(difference.low, 4), round(difference.high, 4)]}
             row["n_twice_read"] = len(paired)
         result[name] = row
+    return result
+
+
+def _landing_error(points: np.ndarray, truth: np.ndarray) -> float:
+    """Where the true wrist and third MCP land when registered on ``points`` (fractions of a square image): the
+    larger of their distances to their places, as a share of the registered square's side."""
+    wrist, mcp3 = KEYPOINTS.index("wrist"), KEYPOINTS.index("mcp3")
+    matrix = registration_matrix(localised_keypoints(tuple(points[mcp3]), tuple(points[wrist])), 1, MCP3_Y, WRIST_Y)
+    landed = truth[[mcp3, wrist]] @ matrix[:, :2].T + matrix[:, 2]
+    return float(np.linalg.norm(landed - [[0.5, MCP3_Y], [0.5, WRIST_Y]], axis=1).max())
+
+
+def _registration_error(found: np.ndarray, targets: np.ndarray, ids: list[str], second: dict[str, np.ndarray],
+                        seed: int) -> dict[str, object]:
+    """Registration on the localiser's points (and on the second reader's) judged by the expert's points."""
+    localiser = np.array([_landing_error(f, t) for f, t in zip(found, targets)])
+    result: dict[str, object] = {"localiser": _summary(localiser, seed),
+                                 "localiser_share_over_5pct": round(float(np.mean(localiser > 0.05)), 4)}
+    paired = [i for i, image_id in enumerate(ids) if image_id in second]
+    if paired:
+        reader = np.array([_landing_error(second[ids[i]], targets[i]) for i in paired])
+        result["second_reader"] = _summary(reader, seed)
+        result["second_reader_share_over_5pct"] = round(float(np.mean(reader > 0.05)), 4)
     return result
 
 

@@ -23,8 +23,9 @@ from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.pose import Pose, undo_pose
 from core.preprocess.quality import exposure_flags, size_flags
-from core.preprocess.register import (crop_to_mask, keypoints_from_mask, plausible, region_crop,
-                                      registration_matrix, regions, warp)
+from core.preprocess.register import (MCP3_Y, MIN_LOCALISED_AXIS, WRIST_Y, crop_to_mask, keypoints_from_mask,
+                                      localised_keypoints, plausible, region_crop, registration_matrix, regions,
+                                      warp)
 from core.preprocess.segment import WORK_SIDE, collimation_box, hand_mask
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,12 @@ class Preprocessor:
                 return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
                                         f"orientation uncertain (confidence {confidence:.2f}, below "
                                         f"{config.min_confidence:.2f})", pose=pose)
-        keypoints = self._keypoints(image, pose)
+        canonical_points = self._localiser.predict(image) if self._localiser is not None else None
+        keypoints = self._keypoints(canonical_points, pose, image.shape)
         if config.decollimate:
             image = _decollimate(image)
         mask = None
-        if config.segment or config.register:
+        if config.segment or (config.register and canonical_points is None):  # a localiser needs no mask
             segmentation = hand_mask(image)
             if not segmentation.found:
                 return PreprocessResult(image, flags + (NO_HAND,), confidence,
@@ -103,8 +105,9 @@ class Preprocessor:
             image = equalize(image, mask, config.clahe_clip, config.clahe_tiles)
         elif config.segment and mask is not None:
             image = np.where(mask, image, 0.0).astype(np.float32)
-        if config.register and mask is not None:
-            image, registered = _register(image, mask, config.output_size)
+        if config.register and (mask is not None or canonical_points is not None):
+            image, registered = _register(image, mask, config.output_size) if canonical_points is None else \
+                _register_localised(image, canonical_points, config.output_size)
             if not registered:
                 flags += (REGISTRATION_FAILED,)
                 if config.region:
@@ -117,11 +120,13 @@ class Preprocessor:
             image = region_crop(image, config.region)
         return PreprocessResult(image, flags, confidence, None, cut, pose, keypoints)
 
-    def _keypoints(self, canonical: np.ndarray, pose: Pose) -> dict[str, tuple[float, float]]:
+    @staticmethod
+    def _keypoints(canonical_points: np.ndarray | None, pose: Pose,
+                   shape: tuple[int, int]) -> dict[str, tuple[float, float]]:
         """The localiser's key points of the canonical image, as fractions of the input image it came from."""
-        if self._localiser is None:
+        if canonical_points is None:
             return {}
-        points = observed_points(self._localiser.predict(canonical), pose, canonical.shape)
+        points = observed_points(canonical_points, pose, shape)
         return {name: (float(x), float(y)) for name, (x, y) in zip(KEYPOINTS, points)}
 
     def describe(self) -> dict[str, Any]:
@@ -161,6 +166,18 @@ def _register(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarra
         cropped = crop_to_mask(image, mask)
         return np.clip(_fit(cropped, size), 0.0, 1.0), False
     return np.clip(warp(image, registration_matrix(points, size), size), 0.0, 1.0), True
+
+
+def _register_localised(image: np.ndarray, points: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
+    """Registration on the localiser's third MCP joint and wrist (fractions of the canonical image); when they are
+    implausible the image is only fitted into the square (the flag says so; a region model refuses it)."""
+    h, w = image.shape
+    named = {name: (float(x) * w, float(y) * h) for name, (x, y) in zip(KEYPOINTS, points)}
+    axis = localised_keypoints(named["mcp3"], named["wrist"])
+    if not plausible(axis, h, MIN_LOCALISED_AXIS):
+        return np.clip(_fit(image, size), 0.0, 1.0), False
+    matrix = registration_matrix(axis, size, MCP3_Y, WRIST_Y)
+    return np.clip(warp(image, matrix, size), 0.0, 1.0), True
 
 
 def _fit(image: np.ndarray, size: int) -> np.ndarray:

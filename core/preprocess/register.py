@@ -19,6 +19,11 @@ CAPITATE_Y = 0.70
 PALM_WIDTH = 0.75
 MIN_AXIS_SHARE = 0.25   # tip-capitate distance below this share of the image height: registration failed
 MAX_TILT_DEG = 35.0     # axis further than this from vertical after canonicalisation: registration failed
+# With a learned localiser: its wrist (carpal centre, where the capitate sits) and third MCP joint, placed where the
+# mask registration puts the capitate and where the MCP joints fall in the metacarpal-phalanges zone.
+WRIST_Y = CAPITATE_Y
+MCP3_Y = 0.44
+MIN_LOCALISED_AXIS = 0.15  # wrist-MCP3 distance below this share of the image height: registration failed
 
 # Regions as (top, bottom, left, right) shares of the registered square (Gilsanz & Ratib's zones as in the seed).
 REGION_BOXES = {
@@ -61,10 +66,12 @@ def keypoints_from_mask(mask: np.ndarray) -> KeyPoints | None:
     return KeyPoints(tip, capitate)
 
 
-def registration_matrix(points: KeyPoints, size: int) -> np.ndarray:
-    """2x3 similarity mapping the tip to (size/2, TIP_Y*size) and the capitate to (size/2, CAPITATE_Y*size)."""
+def registration_matrix(points: KeyPoints, size: int, top_y: float = TIP_Y, bottom_y: float = CAPITATE_Y
+                        ) -> np.ndarray:
+    """2x3 similarity mapping ``points.tip`` to (size/2, top_y*size) and ``points.capitate`` to (size/2,
+    bottom_y*size); the defaults are the mask's tip and capitate, `localised_keypoints` gives MCP3 and wrist."""
     source = np.array([points.tip, points.capitate], dtype=np.float64)
-    target = np.array([[size / 2.0, TIP_Y * size], [size / 2.0, CAPITATE_Y * size]])
+    target = np.array([[size / 2.0, top_y * size], [size / 2.0, bottom_y * size]])
     src_vec, dst_vec = source[1] - source[0], target[1] - target[0]
     scale = np.linalg.norm(dst_vec) / max(np.linalg.norm(src_vec), 1e-6)
     angle = np.arctan2(dst_vec[1], dst_vec[0]) - np.arctan2(src_vec[1], src_vec[0])
@@ -74,10 +81,15 @@ def registration_matrix(points: KeyPoints, size: int) -> np.ndarray:
     return np.hstack([linear, offset[:, None]]).astype(np.float32)
 
 
-def plausible(points: KeyPoints | None, image_height: int) -> bool:
+def plausible(points: KeyPoints | None, image_height: int, min_axis_share: float = MIN_AXIS_SHARE) -> bool:
     """Whether the key points describe an upright hand of sensible size."""
-    return (points is not None and points.axis_length >= MIN_AXIS_SHARE * image_height
+    return (points is not None and points.axis_length >= min_axis_share * image_height
             and abs(points.tilt_deg) <= MAX_TILT_DEG)
+
+
+def localised_keypoints(mcp3: tuple[float, float], wrist: tuple[float, float]) -> KeyPoints:
+    """The localiser's third MCP joint and wrist (pixels) in the roles of the axis's top and bottom."""
+    return KeyPoints(tip=mcp3, capitate=wrist)
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:

@@ -88,6 +88,9 @@ def test_training_learns_the_key_points_and_reports_the_reader_spread(annotated,
         assert held_out[name]["n_twice_read"] == 6
     mean = np.mean([held_out[name]["localiser"]["mean"] for name in KEYPOINTS])
     assert mean < 0.5 * np.mean([untrained[name]["localiser"]["mean"] for name in KEYPOINTS])
+    registered, unregistered = held_out["registration"], untrained["registration"]
+    assert registered["localiser"]["mean"] < 0.5 * unregistered["localiser"]["mean"]
+    assert registered["second_reader"]["mean"] > 0.0  # a reader 0.01 to the right registers slightly off
     assert trained.predict(np.random.default_rng(0).random((50, 70), dtype=np.float32)).shape == (len(KEYPOINTS), 2)
 
 
@@ -114,3 +117,46 @@ def test_qc_csv_carries_the_key_points_in_the_input_frame_and_blanks_refused_row
     assert 1.0 - float(rows["turned"]["wrist_y"]) == pytest.approx(upright.keypoints["wrist"][0], abs=1e-3)
     assert float(rows["turned"]["wrist_x"]) == pytest.approx(upright.keypoints["wrist"][1], abs=1e-3)
     assert Preprocessor(PreprocessConfig(site_check=False))(image).keypoints == {}  # no localiser, no key points
+
+
+class _FixedPoints:
+    """A localiser that finds the same points on every image (fractions, in KEYPOINTS order)."""
+
+    def __init__(self, points: dict[str, tuple[float, float]]) -> None:
+        self.points = np.array([points[name] for name in KEYPOINTS])
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return self.points
+
+
+def _localised(tmp_path: Path, points: dict[str, tuple[float, float]], **settings) -> Preprocessor:
+    localiser = save_localiser(tmp_path / "loc.pt", LocaliserNet(32, 8), {})
+    preprocessor = Preprocessor(PreprocessConfig(localiser=str(localiser), canonical=False, equalize=False,
+                                                 decollimate=False, **settings))
+    preprocessor._localiser = _FixedPoints(points)
+    return preprocessor
+
+
+def test_registration_on_learned_key_points_puts_the_wrist_and_third_mcp_in_place(tmp_path: Path) -> None:
+    from core.preprocess.register import MCP3_Y, WRIST_Y
+
+    image = np.zeros((100, 80), dtype=np.float32)  # no hand a threshold could find: the localiser needs none
+    image[39:42, 29:32], image[84:87, 39:42] = 1.0, 0.6  # the "MCP3" at (30.5, 40.5), the "wrist" at (40.5, 85.5)
+    points = {"mcp3": (30.5 / 80, 40.5 / 100), "wrist": (40.5 / 80, 85.5 / 100), "radius": (0.5, 0.9),
+              "ulna": (0.4, 0.9)}
+    result = _localised(tmp_path, points, register=True, output_size=64)(image)
+    assert result.refused is None and "registration_failed" not in result.flags
+    top = np.unravel_index(np.argmax(np.where(result.image > 0.8, result.image, 0)), result.image.shape)
+    bottom = np.unravel_index(np.argmax(np.where((result.image > 0.3) & (result.image < 0.8), 1, 0)),
+                              result.image.shape)
+    assert top == pytest.approx((MCP3_Y * 64, 32), abs=2.5)
+    assert bottom == pytest.approx((WRIST_Y * 64, 32), abs=2.5)
+
+
+def test_implausible_learned_key_points_fail_registration_and_a_region_model_refuses(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).random((100, 80), dtype=np.float32)
+    upside_down = {"mcp3": (0.5, 0.8), "wrist": (0.5, 0.3), "radius": (0.5, 0.9), "ulna": (0.4, 0.9)}
+    result = _localised(tmp_path, upside_down, register=True, region="carpal")(image)
+    assert "registration_failed" in result.flags and result.refused.startswith("registration failed")
+    too_close = {"mcp3": (0.5, 0.5), "wrist": (0.5, 0.55), "radius": (0.5, 0.9), "ulna": (0.4, 0.9)}
+    assert "registration_failed" in _localised(tmp_path, too_close, register=True)(image).flags
