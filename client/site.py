@@ -18,12 +18,12 @@ from core.central import evaluate_model
 from core.checkpoint import CheckpointCache, CheckpointError
 from core.data import AugmentConfig, DataError, SiteData
 from core.data.cache import SiteDataCache, cache_budget_from_env
-from core.errors import USER_ERRORS
+from core.errors import USER_ERRORS, ConfigError
 from core.feature_cache import FeatureCache, feature_budget_from_env
-from core.finetune import load_arrays, train_site_round
+from core.finetune import SiteRoundResult, load_arrays, train_site_round
 from core.local_layers import LocalLayers, load_local_layers, save_local_layers
 from core.metrics import AGE_GROUPS_YEARS, age_group_label
-from core.model.groups import blocks_not_received, parameter_groups
+from core.model.groups import HEAD_BLOCK, blocks_not_received, parameter_groups
 from core.preprocess import preprocess_config_of
 from core.round_settings import RoundSettings
 from core.training import resolve_device
@@ -83,13 +83,18 @@ class SiteSession:
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train the blocks whose arrays arrived (minus the site's own freeze); return those blocks' arrays."""
         frozen = tuple(sorted(set(blocks_not_received(self.received_keys)) | set(self.site.freeze)))
+        if self.settings.local_layers == "head" and HEAD_BLOCK not in {*self.settings.freeze, *self.site.freeze}:
+            frozen = tuple(b for b in frozen if b != HEAD_BLOCK)  # FedRep: the head never travels, yet it trains
         settings = replace(self.settings, freeze=frozen)
         data = self._data(augment=True, splits=("train", "val"))
         if len(data.train) == 0:
             raise DataError(f"{self.site.data.root}: the training split has no usable images")
-        result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
-                                  self.site.dp, self.site.state_dir, self.site.data.label_unit,
-                                  FEATURES if self.site.feature_cache else None)
+        if settings.local_layers == "head":
+            result = self._train_fedrep(data, settings)
+        else:
+            result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
+                                      self.site.dp, self.site.state_dir, self.site.data.label_unit,
+                                      FEATURES if self.site.feature_cache else None)
         groups = parameter_groups(self.model, frozen, settings.local_layers)
         self._keep_local_layers(groups.local)
         state = self.model.state_dict()
@@ -112,6 +117,20 @@ class SiteSession:
                     self.round, [b for b in range(1, 7) if b not in frozen], result.num_examples,
                     result.val_mad_months, f", epsilon {result.epsilon:.3f}" if private else "")
         return {k: state[k] for k in returned}, metrics
+
+    def _train_fedrep(self, data: SiteData, settings: RoundSettings) -> SiteRoundResult:
+        """FedRep (Collins et al., 2021): the site's own head first, with every other block fixed, then the shared
+        blocks that train, with the head fixed; each for the round's local epochs. Not under DP-SGD (two passes
+        would spend the privacy budget of one round twice)."""
+        if self.site.dp.enabled:
+            raise ConfigError("local-layers = head (FedRep) cannot run with DP-SGD at a site; turn one of them off")
+        body = tuple(b for b in range(1, HEAD_BLOCK) if b not in settings.freeze)
+        steps = [] if HEAD_BLOCK in settings.freeze else [tuple(range(1, HEAD_BLOCK))]  # the head, body fixed
+        steps += [(*settings.freeze, HEAD_BLOCK)] if body else []  # then the shared blocks, head fixed
+        for freeze in steps:
+            result = train_site_round(self.model, data.train, data.val, replace(settings, freeze=freeze), self.device,
+                                      self.round, label_unit=self.site.data.label_unit)
+        return result
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Test-split metrics; an age group with fewer than `min_group_images` images is reported as n = 0."""

@@ -39,3 +39,29 @@ def fit_linear_calibration(predicted_months: np.ndarray, true_months: np.ndarray
         return LinearCalibration(float(np.mean(y - x)) if x.size else 0.0, 1.0)  # a shift is all one can fit
     slope, intercept = np.polyfit(x, y, 1)
     return LinearCalibration(float(intercept), float(slope))
+
+
+@dataclass(frozen=True)
+class SexCalibration:
+    """One line for boys and one for girls: a site's reader convention on top of a shared model's anatomy."""
+
+    boys: LinearCalibration
+    girls: LinearCalibration
+
+    def apply(self, predicted_months: np.ndarray, male: np.ndarray) -> np.ndarray:
+        """Calibrated ages (months): each image through the line of its sex."""
+        male = np.asarray(male, dtype=bool)
+        return np.where(male, self.boys.apply(predicted_months), self.girls.apply(predicted_months))
+
+
+def fit_sex_calibration(predicted_months: np.ndarray, true_months: np.ndarray, male: np.ndarray,
+                        min_per_sex: int = 5) -> SexCalibration:
+    """A line per sex fitted on the site's training split; a sex with fewer than `min_per_sex` images there takes the
+    line fitted on both sexes (too few points to fit its own)."""
+    x, y = np.asarray(predicted_months, dtype=np.float64), np.asarray(true_months, dtype=np.float64)
+    male = np.asarray(male, dtype=bool)
+    if not x.shape == y.shape == male.shape:
+        raise ValueError("predictions, labels and sexes differ in length")
+    both = fit_linear_calibration(x, y)
+    lines = [fit_linear_calibration(x[m], y[m]) if int(m.sum()) >= min_per_sex else both for m in (male, ~male)]
+    return SexCalibration(*lines)

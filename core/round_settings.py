@@ -60,7 +60,8 @@ class RoundSettings:
         seed: seed of the run; a site's round seed is derived from it and the round number.
         freeze: blocks the run freezes (the server sends none of their arrays). A run config spec names
             blocks 1-5; a site that received no array of block 6 freezes it too.
-        local_layers: "none", or "norm" to keep normalisation layers at the sites (FedBN).
+        local_layers: "none", "norm" to keep normalisation layers at the sites (FedBN), or "head" to keep block 6
+            at the sites and train it before the shared blocks in every round (FedRep).
         pretrained: the pretrained checkpoint's path as the server knows it (a site's node config may override).
         pretrained_sha256: its SHA-256; a site whose pretrained file differs refuses the round.
         uniform_weights: under central DP sites report `num-examples` = 1 (uniform mean), the real count stays.

@@ -11,6 +11,7 @@ from core.errors import ConfigError
 from core.round_settings import ROUND_SCHEMA
 from core.model.freeze import parse_freeze_spec_list
 from sim.config import PRESETS, RealSite, load_experiment, preset
+from sim.sizes import parse_site_sizes
 from strategies.options import parse_option_assignments
 
 
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=None, help="repeat the whole comparison with N seeds")
     parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False, default=None,
                         help="recompute the frozen blocks at every step (sites, baselines) instead of once per image")
+    parser.add_argument("--site-sizes", default=None, metavar="N,N,...",
+                        help="repeat the comparison with each site's training split cut to N images, e.g. "
+                             "25,50,100,200,400 (test split fixed; see docs/federation.md)")
+    parser.add_argument("--fedrep", action="store_true", help="also run FedRep (each site keeps its own head)")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
     return parser
 
@@ -68,6 +73,8 @@ def run_sim(args: argparse.Namespace) -> int:
         dp_noise_multipliers=_numbers("--dp", args.dp) if args.dp else None, dp_max_epsilon=args.dp_max_epsilon,
         strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,
         device=args.device, feature_cache=args.feature_cache,
+        site_sizes=parse_site_sizes(args.site_sizes) if args.site_sizes else None,
+        fedrep=args.fedrep or None,
     )
     config = preset(name, **{**from_file, **{k: v for k, v in command_line.items() if v is not None}})
     run_experiment(config)

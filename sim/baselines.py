@@ -1,6 +1,10 @@
 """What every federated freeze spec is compared with, per seed: the pretrained model unadapted, a per-site linear
-calibration of its predictions, each site alone per freeze spec, all sites pooled, and the federated model
-fine-tuned locally at each site (the simplest personalised federated learning)."""
+calibration of its predictions, each site alone per freeze spec, all sites pooled, the federated model fine-tuned
+locally at each site (the simplest personalised federated learning) and the federated model under each site's own
+sex-specific output calibration (a reader-convention head on the shared anatomy).
+
+With a `cross` list, each site's own model (site alone at the baseline freeze spec, federated then local, federated
+then calibrated) is also scored on every other site's test split (`sim.cross_site`)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from core.calibration import fit_linear_calibration
+from core.calibration import fit_linear_calibration, fit_sex_calibration
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
@@ -18,11 +22,11 @@ from core.feature_cache import FeatureCache, feature_budget_from_env
 from core.finetune import train_site_round
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
-from core.preprocess import preprocess_config_of
+from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.round_settings import RoundSettings
 from core.training import predict
 from sim.config import SimConfig
-from sim.experiment import Evaluation, device_of, evaluate_everywhere
+from sim.experiment import Evaluation, device_of, evaluate_everywhere, evaluate_site_model
 from sim.sites import PreparedSite
 
 logger = logging.getLogger("ossifl.sim")
@@ -57,7 +61,7 @@ def calibrated(model: torch.nn.Module, site: PreparedSite, train: BoneAgeDataset
 
 
 def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path,
-                  tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
+                  tests: dict[str, BoneAgeDataset], cross: list[Evaluation] | None = None) -> list[Evaluation]:
     """Baselines of one seed (`config.seed`); each row's extra["seed"] says which."""
     size = config.image_size
     loaded = load_checkpoint(pretrained)
@@ -76,7 +80,8 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
             logger.info("baseline (seed %d): %s alone, freeze %s, %d rounds", config.seed, site.name, spec,
                         config.rounds)
             model = local_rounds(load_checkpoint(pretrained).model, data.train, data.val, config, spec, features)
-            rows += evaluate_everywhere(model, [site], tests, "site-alone", spec, device_of(config))
+            rows += evaluate_site_model(model, site, sites, tests, "site-alone", spec, device_of(config),
+                                        cross if spec == config.baseline_freeze else None)
     logger.info("baseline (seed %d): all %d sites pooled (%d training images, freeze %s)", config.seed, len(sites),
                 len(pooled_train), config.baseline_freeze)
     pooled = (BoneAgeDataset(pooled_train, size, AugmentConfig(), config.seed, preprocess=preprocess),
@@ -85,21 +90,56 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
     rows += evaluate_everywhere(model, sites, tests, "pooled", config.baseline_freeze, device_of(config))
     for row in rows:
         row.extra["seed"] = config.seed
+    for row in cross or []:
+        row.extra.setdefault("seed", config.seed)
     return rows
 
 
 def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated: Path, freeze: str,
-                         tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
-    """Each site fine-tunes the federated model on its own images for the same rounds as a site alone."""
+                         tests: dict[str, BoneAgeDataset], cross: list[Evaluation] | None = None) -> list[Evaluation]:
+    """Each site fine-tunes the federated model on its own images for the same rounds as a site alone, and fits
+    its own sex-specific calibration of the federated model's outputs (`federated_calibrated`)."""
     rows, features = [], feature_cache_of(config)
     loaded = load_checkpoint(federated)
     for site in sites:
         data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"),
                          preprocess=preprocess_config_of(loaded.metadata))
         model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze, features)
-        rows += evaluate_everywhere(model, [site], tests, f"{config.strategy}+local", freeze, device_of(config))
-    for row in rows:
-        row.extra["seed"] = config.seed
+        rows += evaluate_site_model(model, site, sites, tests, f"{config.strategy}+local", freeze, device_of(config),
+                                    cross)
+    rows += federated_calibrated(config, sites, loaded.model, preprocess_config_of(loaded.metadata), freeze, tests,
+                                 cross)
+    for row in [*rows, *(cross or [])]:
+        row.extra.setdefault("seed", config.seed)
+    return rows
+
+
+def federated_calibrated(config: SimConfig, sites: list[PreparedSite], model: torch.nn.Module,
+                         preprocess: PreprocessConfig | None, freeze: str, tests: dict[str, BoneAgeDataset],
+                         cross: list[Evaluation] | None = None) -> list[Evaluation]:
+    """The shared (federated) model with each site's own sex-specific line fitted on its training split and applied
+    to its outputs: the site keeps the federation's anatomy and its own reader convention (`<strategy>+calib`)."""
+    device, step = device_of(config), model.config.class_step_months
+    model = model.to(device)
+    raw = {name: predict(model, make_loader(test, 64, shuffle=False, seed=0), device) for name, test in tests.items()}
+    units = {site.name: site.label_unit for site in sites}
+    rows = []
+    for site in sites:
+        train = load_site(site.data, config.image_size, None, seed=config.seed, splits=("train",),
+                          preprocess=preprocess).train
+        fitted = predict(model, make_loader(train, 64, shuffle=False, seed=0), device)
+        line = fit_sex_calibration(fitted.predicted_months, fitted.true_months, fitted.male)
+        for target in (sites if cross is not None else [site]):
+            p = raw[target.name]
+            adjusted = Predictions(line.apply(p.predicted_months, p.male).astype(p.predicted_months.dtype),
+                                   p.true_months, p.male)
+            row = Evaluation(target.name, f"{config.strategy}+calib", freeze,
+                             compute_metrics(adjusted, step, units[target.name]), adjusted,
+                             {"seed": config.seed, "model_site": site.name})
+            if target.name == site.name:
+                rows.append(row)
+            if cross is not None:
+                cross.append(row)
     return rows
 
 

@@ -92,6 +92,8 @@ class SimConfig:
     source_dir: Path | None = None
     real_sites: tuple[RealSite, ...] = ()
     feature_cache: bool = True  # frozen blocks run once per image and view (core.feature_cache), sites and baselines
+    site_sizes: tuple[int, ...] = ()  # training images per site, one comparison each (empty: the sites as they are)
+    fedrep: bool = False  # also a FedRep federation (each site keeps and first trains its own head, block 6)
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -111,6 +113,9 @@ class SimConfig:
         for site in self.real_sites:
             if site.label_unit not in ("months", "years"):
                 raise ConfigError(f"site {site.path}: label unit must be months or years, got {site.label_unit!r}")
+        from sim.sizes import check_site_sizes  # sim.sizes reads sites, which read this module
+
+        object.__setattr__(self, "site_sizes", check_site_sizes(tuple(self.site_sizes)))
         if not all(math.isfinite(sigma) and sigma > 0 for sigma in self.dp_noise_multipliers):
             raise ConfigError(f"DP noise multipliers must be positive numbers, got {self.dp_noise_multipliers}")
         if not (math.isfinite(self.dp_max_epsilon) and self.dp_max_epsilon > 0):
@@ -148,7 +153,7 @@ PRESETS: dict[str, SimConfig] = {
 
 
 EXPERIMENT_KEYS = {"pretrained", "source", "sites", "strategy", "freeze", "rounds", "local_epochs", "lr", "seed", "seeds",
-                   "batch_size", "preset"}
+                   "batch_size", "preset", "site_sizes", "fedrep"}
 SITE_KEYS = {"path", "label_unit", "name", "csv", "image_dir", "id_column", "age_column", "sex_column"}
 
 
@@ -156,7 +161,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
     """Overrides of `preset` from an experiment file (TOML); relative paths are relative to the file.
 
     Keys: pretrained or source, strategy, freeze (list), rounds, local_epochs, lr, seed, seeds, batch_size, preset,
-    and [[sites]] tables with path, label_unit, name, csv, image_dir, id_column, age_column, sex_column.
+    site_sizes (list of training images per site), fedrep (true/false), and [[sites]] tables with path, label_unit, name, csv, image_dir, id_column, age_column, sex_column.
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -168,6 +173,14 @@ def load_experiment(path: Path) -> dict[str, Any]:
     here = Path(path).parent
     overrides: dict[str, Any] = {k: data[k] for k in ("strategy", "rounds", "local_epochs", "lr", "seed", "seeds",
                                                       "batch_size") if k in data}
+    if "site_sizes" in data:
+        if not isinstance(data["site_sizes"], list):
+            raise ConfigError(f"experiment file {path}: site_sizes is a list of numbers, e.g. [25, 50, 100]")
+        overrides["site_sizes"] = tuple(data["site_sizes"])
+    if "fedrep" in data:
+        if not isinstance(data["fedrep"], bool):
+            raise ConfigError(f"experiment file {path}: fedrep is true or false")
+        overrides["fedrep"] = data["fedrep"]
     if "freeze" in data:
         overrides["freeze_specs"] = tuple(str(s) for s in data["freeze"])
     for key, field_name in (("pretrained", "pretrained"), ("source", "source_dir")):

@@ -57,6 +57,20 @@ def evaluate_everywhere(model: torch.nn.Module, sites: list[PreparedSite], tests
     return rows
 
 
+def evaluate_site_model(model: torch.nn.Module, owner: PreparedSite, sites: list[PreparedSite],
+                        tests: dict[str, BoneAgeDataset], strategy: str, freeze: str, device: torch.device,
+                        cross: list[Evaluation] | None = None) -> list[Evaluation]:
+    """A site's own model on its own test split (the returned row) and, when `cross` is given, on every site's
+    test split (appended to `cross`, each row's extra["model_site"] naming the owner)."""
+    if cross is None:
+        return evaluate_everywhere(model, [owner], tests, strategy, freeze, device)
+    everywhere = evaluate_everywhere(model, sites, tests, strategy, freeze, device)
+    for row in everywhere:
+        row.extra["model_site"] = owner.name
+    cross += everywhere
+    return [row for row in everywhere if row.site == owner.name]
+
+
 def device_of(config: SimConfig) -> torch.device:
     """Where every stage of the simulation runs: `config.device` ("auto": a CUDA GPU when present)."""
     return resolve_device(config.device)
@@ -67,13 +81,23 @@ def fedbn_name(strategy: str) -> str:
     return f"{strategy}+fedbn"
 
 
+def fedrep_name(strategy: str) -> str:
+    """The method name of FedRep rows: the run's strategy with each site's head (block 6) kept and trained first."""
+    return f"{strategy}+fedrep"
+
+
+LOCAL_LAYER_RUNS = {"norm": ("fedbn", fedbn_name), "head": ("fedrep", fedrep_name)}  # local-layers -> suffix, name
+
+
 def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Path) -> list[SimulatedRun]:
     """One federated run per freeze spec, one with the norm layers kept at the sites (FedBN, at the baseline
-    freeze spec) and one per DP noise level when asked; each site as its node config."""
+    freeze spec), one with each site's head kept (FedRep, when `config.fedrep`) and one per DP noise level when
+    asked; each site as its node config."""
     base = config.baseline_freeze
     runs: list[tuple[str, str, str, dict]] = [(spec, f"{config.strategy}_freeze-{spec}", "none", {})
                                               for spec in config.freeze_specs]
-    runs.append((base, f"{config.strategy}_freeze-{base}_fedbn", "norm", {}))
+    for kept in ("norm", "head") if config.fedrep else ("norm",):
+        runs.append((base, f"{config.strategy}_freeze-{base}_{LOCAL_LAYER_RUNS[kept][0]}", kept, {}))
     for sigma in config.dp_noise_multipliers:
         runs.append((base, f"{config.strategy}_freeze-{base}_dp-{sigma:g}", "none",
                      {"dp-noise-multiplier": sigma, "dp-max-grad-norm": config.dp_max_grad_norm,
@@ -97,19 +121,22 @@ def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Pa
 
 
 def evaluate_fedbn(outcome: FederationOutcome, run: SimulatedRun, sites: list[PreparedSite],
-                   tests: dict[str, BoneAgeDataset], strategy: str, device: torch.device) -> list[Evaluation]:
-    """Each site's FedBN model on its own test split: the federated model with that site's own normalisation
-    layers, as the site kept them in its state folder after the last round it trained in."""
+                   tests: dict[str, BoneAgeDataset], strategy: str, device: torch.device,
+                   cross: list[Evaluation] | None = None) -> list[Evaluation]:
+    """Each site's FedBN (or FedRep) model on its own test split: the federated model with that site's own
+    normalisation layers (or head), as the site kept them in its state folder after the last round it trained in;
+    with `cross`, also on every other site's test split (see `evaluate_site_model`)."""
+    kind, name = LOCAL_LAYER_RUNS[run.config.settings.local_layers]
     last = outcome.rounds[-1] if outcome.rounds else None
     rows = []
     for index, site in enumerate(sites):
         kept = load_local_layers(Path(run.sites[index]["state-dir"]))
         if last is None or str(index) not in last.train or kept is None or kept.round != last.round:
-            raise FederationFailed(f"FedBN: site {site.name} did not train in the last round ({outcome.rounds_done}), "
-                                   "so it has no normalisation layers of this run; see the log above")
+            raise FederationFailed(f"{kind}: site {site.name} did not train in the last round "
+                                   f"({outcome.rounds_done}), so it has no local layers of this run; see the log above")
         model = load_checkpoint(outcome.final_checkpoint).model
         load_arrays(model, kept.layers)
-        rows += evaluate_everywhere(model, [site], tests, fedbn_name(strategy), run.config.freeze, device)
+        rows += evaluate_site_model(model, site, sites, tests, name(strategy), run.config.freeze, device, cross)
     return rows
 
 

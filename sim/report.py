@@ -1,4 +1,5 @@
-"""What a simulation leaves behind: results.csv, report.md (Table 2 per site) and plots."""
+"""What a simulation leaves behind: results.csv, cross_site.csv, report.md (Table 2 per site, the site-size sweep,
+the cross-site scores and a verdict per site) and plots."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import numpy as np  # noqa: E402
 from core.metrics import AGE_GROUPS_YEARS, age_group_label  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
+from sim.cross_site import cross_site_lines, plot_cross_site, write_cross_site  # noqa: E402
+from sim.site_verdict import verdict_section  # noqa: E402
+from sim.sweep import by_size, crossover_lines, plot_sizes, size_keys  # noqa: E402
 from sim.verdicts import ALL, Comparison, answers, label  # noqa: E402
 from strategies.options import effective_options, format_options  # noqa: E402
 
 logger = logging.getLogger("ossifl.sim")
-RESULT_COLUMNS = ("site", "strategy", "freeze", "mad_months", "mad_ci_low", "mad_ci_high", "rmse_months", "accuracy",
-                  "accuracy_1y", "bias_months", "n", "seeds", "epsilon", "strategy_options")
+RESULT_COLUMNS = ("site_size", "n_train", "site", "strategy", "freeze", "mad_months", "mad_ci_low", "mad_ci_high",
+                  "rmse_months", "accuracy", "accuracy_1y", "bias_months", "n", "seeds", "epsilon", "strategy_options")
 
 
 def _mean(rows: list[Evaluation], metric: str) -> float:
@@ -32,26 +36,45 @@ def _options(config: SimConfig) -> str:
     return format_options(effective_options(config.strategy, dict(config.strategy_options))) or "no options"
 
 
+def _size(size: int | None) -> str:
+    return "all" if size is None else str(size)
+
+
+def _n_train(match: list[Evaluation]) -> str:
+    """Training images per site behind the rows (mean over seeds; summed over sites for all sites)."""
+    counts: dict[str, list[int]] = {}
+    for r in match:
+        if r.extra.get("n_train") is not None:
+            counts.setdefault(r.site, []).append(r.extra["n_train"])
+    return f"{sum(float(np.mean(v)) for v in counts.values()):g}" if counts else ""
+
+
 def write_results(rows: list[Evaluation], path: Path) -> None:
-    """One row per site and method (all sites too): MAD with its 95 % interval over images and seeds;
-    the other metrics are means over seeds."""
-    comparison = Comparison(rows)
+    """One row per site size, site and method (all sites too): MAD with its 95 % interval over images and seeds;
+    the other metrics are means over seeds. `site_size` is "all" when the sites kept all their images."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(RESULT_COLUMNS)
-        for site in [*comparison.sites, ALL]:
-            for key in comparison.keys:
-                if not comparison.has(site, key):
-                    continue
-                match = [r for r in rows if (r.strategy, r.freeze) == key and (site == ALL or r.site == site)]
-                mad = comparison.mad(site, key)
-                eps = [r.extra["epsilon"] for r in match if r.extra.get("epsilon") is not None]
-                writer.writerow((site, *key, f"{mad.estimate:.4f}", f"{mad.low:.4f}", f"{mad.high:.4f}",
-                                 f"{_mean(match, 'rmse_months'):.4f}", f"{_mean(match, 'accuracy'):.4f}",
-                                 f"{_mean(match, 'accuracy_1y'):.4f}", f"{_mean(match, 'bias_months'):.4f}",
-                                 sum(len(e) for e in comparison.errors(site, key)) // len(comparison.seeds),
-                                 len(comparison.seeds), f"{max(eps):.4f}" if eps else "",
-                                 next((r.extra["strategy_options"] for r in match if "strategy_options" in r.extra), "")))
+        for size, comparison in by_size(rows).items():
+            _write_size(writer, [r for r in rows if r.extra.get("site_size") == size], comparison, size)
+
+
+def _write_size(writer: "csv._writer", rows: list[Evaluation], comparison: Comparison, size: int | None) -> None:
+    """The rows of one site size."""
+    for site in [*comparison.sites, ALL]:
+        for key in comparison.keys:
+            if not comparison.has(site, key):
+                continue
+            match = [r for r in rows if (r.strategy, r.freeze) == key and (site == ALL or r.site == site)]
+            mad = comparison.mad(site, key)
+            eps = [r.extra["epsilon"] for r in match if r.extra.get("epsilon") is not None]
+            writer.writerow((_size(size), _n_train(match), site, *key, f"{mad.estimate:.4f}", f"{mad.low:.4f}",
+                             f"{mad.high:.4f}",
+                             f"{_mean(match, 'rmse_months'):.4f}", f"{_mean(match, 'accuracy'):.4f}",
+                             f"{_mean(match, 'accuracy_1y'):.4f}", f"{_mean(match, 'bias_months'):.4f}",
+                             sum(len(e) for e in comparison.errors(site, key)) // len(comparison.seeds),
+                             len(comparison.seeds), f"{max(eps):.4f}" if eps else "",
+                             next((r.extra["strategy_options"] for r in match if "strategy_options" in r.extra), "")))
 
 
 def table(rows: list[Evaluation]) -> str:
@@ -84,47 +107,69 @@ def legend(strategy: str) -> list[str]:
     return ["## Methods", "", "| method | what it is |", "|---|---|",
             "| pretrained | the source model as it is: no training at the sites |",
             "| calibrated | the pretrained model with a linear correction of its predictions fitted on each site's "
-            "validation images (no network training) |",
+            "training images (no network training) |",
             "| site-alone | each site fine-tunes the pretrained model on its own images only (freeze spec as given) |",
             "| pooled | one model fine-tuned on all sites' images together (what federation would match at best) |",
             f"| {strategy} | federated fine-tuning of the unfrozen blocks across the sites |",
             f"| {strategy}+local | the federated model, then fine-tuned at each site on its own images |",
+            f"| {strategy}+calib | the federated model with each site's own line per sex fitted on its training images "
+            "and applied to its outputs (a reader-convention head; no network training) |",
             f"| {strategy}+fedbn | federation with each site's normalisation layers kept at the site (FedBN) |",
+            f"| {strategy}+fedrep | federation with each site's head (block 6) kept and trained first at the site "
+            "(FedRep; `--fedrep`) |",
             f"| {strategy}_freeze-S_dp-X | federation with sample-level DP at every site, noise multiplier X |", ""]
 
 
 def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privacy_points: list,
-                 seconds: float) -> str:
-    """results.csv, results_by_seed.csv, report.md and the plots; returns the answers for the terminal."""
+                 seconds: float, cross: list[Evaluation] | None = None) -> str:
+    """results.csv, results_by_seed.csv, cross_site.csv, report.md and the plots; returns the answers for the
+    terminal (at the largest site size when the run sweeps sizes)."""
     out = config.out_dir
     write_results(rows, out / "results.csv")
     write_seed_rows(rows, out / "results_by_seed.csv")
     write_predictions(rows, out / "predictions.csv")
-    comparison = Comparison(rows)
+    comparisons = by_size(rows)
+    sizes = list(comparisons)
+    comparison = comparisons[sizes[-1]]
     baselines = {name: comparison.mad(ALL, key).estimate for name, key in
                  (("pretrained", ("pretrained", "all")), ("site-alone", ("site-alone", config.baseline_freeze)),
                   ("pooled", ("pooled", config.baseline_freeze))) if comparison.has(ALL, key)}
     plot_rounds(curves, baselines, out / "mad_per_round.png")
-    verdict = answers(comparison, config.strategy, config.freeze_specs, config.baseline_freeze)
+    largest = [r for r in rows if r.extra.get("site_size") == sizes[-1]]
     federated = [(config.strategy, s) for s in config.freeze_specs if comparison.has(ALL, (config.strategy, s))]
     best = [min(federated, key=lambda k: comparison.mad(ALL, k).estimate)] if federated else []
     compare = [("pretrained", "all"), ("site-alone", config.baseline_freeze), *best, ("pooled", config.baseline_freeze)]
-    plot_age_groups(rows, [k for k in compare if comparison.has(ALL, k)], out / "error_by_age_group.png")
+    plot_age_groups(largest, [k for k in compare if comparison.has(ALL, k)], out / "error_by_age_group.png")
     if privacy_points:
         plot_privacy(privacy_points, out / "privacy_utility.png")
     names = [s.path.name for s in config.real_sites] or [s.preset for s in config.sites]
+    swept = f"; training images per site {', '.join(map(str, config.site_sizes))}" if config.site_sizes else ""
     report = ["# OssiFL simulation report", "",
               f"{len(names)} hospital sites ({', '.join(names)}), TJ-Net at {config.image_size} px (width "
               f"{config.width}); {config.rounds} rounds of {config.strategy} ({_options(config)}), "
               f"{config.local_epochs} local epoch(s); "
-              f"seeds {', '.join(str(s) for s in config.seed_list())}; wall time {seconds / 60:.1f} min.", "",
+              f"seeds {', '.join(str(s) for s in config.seed_list())}{swept}; wall time {seconds / 60:.1f} min.", "",
               "MADs carry 95 % intervals (bootstrap over test images and seeds); differences are paired on the same "
-              "test images.", "", *legend(config.strategy), "## Answers", "", verdict,
-              "## Per site (the paper's Table 2)", "", table(rows),
-              "## Plots", "", "![MAD per round](mad_per_round.png)", "", "![Error by age group](error_by_age_group.png)",
-              ""]
+              "test images.", "", *legend(config.strategy)]
+    verdict = ""
+    for size, at_size in comparisons.items():
+        verdict = answers(at_size, config.strategy, config.freeze_specs, config.baseline_freeze)
+        heading = "" if size is None else f" at {size} training images per site"
+        report += [f"## Answers{heading}", "", verdict, f"## Per site{heading} (the paper's Table 2)", "",
+                   table([r for r in rows if r.extra.get("site_size") == size])]
+    if config.site_sizes:
+        plot_sizes(comparisons, size_keys(config.strategy, config.baseline_freeze), out / "mad_by_site_size.png")
+        report += crossover_lines(comparisons, config.strategy, config.baseline_freeze)
+    if cross:
+        write_cross_site(cross, out / "cross_site.csv")
+        plot_cross_site(cross, out / "cross_site.png")
+        report += cross_site_lines(cross)
+    report += ["## Plots", "", "![MAD per round](mad_per_round.png)", "", "![Error by age group](error_by_age_group.png)",
+               ""]
     if privacy_points:
         report += ["![Privacy / utility](privacy_utility.png)", ""]
+    counts = {(r.extra.get("site_size"), r.site): r.extra["n_train"] for r in rows if r.extra.get("n_train")}
+    report += verdict_section(comparisons, config.strategy, config.baseline_freeze, counts)
     (out / "report.md").write_text("\n".join(report))
     return verdict
 
@@ -133,22 +178,23 @@ def write_predictions(rows: list[Evaluation], path: Path) -> None:
     """Every test prediction (months), so the statistics can be recomputed without rerunning."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("site", "strategy", "freeze", "seed", "image", "predicted_months", "true_months"))
+        writer.writerow(("site_size", "site", "strategy", "freeze", "seed", "image", "predicted_months",
+                         "true_months"))
         for r in rows:
             p = r.predictions
             for index, (pred, true) in enumerate(zip(p.predicted_months, p.true_months)):
-                writer.writerow((r.site, r.strategy, r.freeze, r.extra.get("seed", 0), index, f"{pred:.3f}",
-                                 f"{true:.3f}"))
+                writer.writerow((_size(r.extra.get("site_size")), r.site, r.strategy, r.freeze, r.extra.get("seed", 0),
+                                 index, f"{pred:.3f}", f"{true:.3f}"))
 
 
 def write_seed_rows(rows: list[Evaluation], path: Path) -> None:
     """Every evaluation as it came: one row per site, method and seed."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("site", "strategy", "freeze", "seed", "mad_months", "n"))
+        writer.writerow(("site_size", "n_train", "site", "strategy", "freeze", "seed", "mad_months", "n"))
         for r in rows:
-            writer.writerow((r.site, r.strategy, r.freeze, r.extra.get("seed", 0), f"{r.metrics['mad_months']:.4f}",
-                             r.metrics["n"]))
+            writer.writerow((_size(r.extra.get("site_size")), r.extra.get("n_train") or "", r.site, r.strategy,
+                             r.freeze, r.extra.get("seed", 0), f"{r.metrics['mad_months']:.4f}", r.metrics["n"]))
 
 
 def plot_rounds(curves: dict[str, dict[str, list[float]]], baselines: dict[str, float], path: Path) -> None:

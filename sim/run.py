@@ -1,36 +1,51 @@
 """`python -m sim` end to end: sites, pretraining, baselines, federations (all seeds in one engine session),
-federated-then-local fine-tuning, statistics and report."""
+federated-then-local fine-tuning and calibration, cross-site scores, statistics and report; once per site size
+when the experiment sweeps sizes (`sim.sizes`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from core.checkpoint import load_checkpoint
+from core.data.dataset import BoneAgeDataset
 from core.errors import FederationFailed
 from core.preprocess import preprocess_config_of
+from server.outcome import FederationOutcome
 from sim.baselines import federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
 from sim.experiment import (Evaluation, device_of, epsilon_by_site, evaluate_everywhere, evaluate_fedbn,
                             federation_runs, load_test_splits, per_round_mad)
-from sim.federation import run_federations
+from sim.federation import SimulatedRun, run_federations
 from sim.report import write_report
-from sim.sites import prepare_sites, pretrained_model
+from sim.sites import PreparedSite, prepare_sites, pretrained_model
+from sim.sizes import sized_sites
 from strategies.options import OPTIONS, format_options
 
 logger = logging.getLogger("ossifl.sim")
+STAGES = 6
+
+
+@dataclass
+class Outcome:
+    """Everything one comparison leaves for the report (all sizes together)."""
+
+    rows: list[Evaluation] = field(default_factory=list)
+    cross: list[Evaluation] = field(default_factory=list)  # each site's own model on every site's test split
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    privacy_points: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 def run_experiment(config: SimConfig) -> list[Evaluation]:
-    """Run the whole comparison and write results.csv, report.md and the plots to `out_dir`."""
+    """Run the whole comparison and write results.csv, cross_site.csv, report.md and the plots to `out_dir`."""
     started = time.perf_counter()
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    stages = 6
-    logger.info("[1/%d] sites", stages)
+    logger.info("[1/%d] sites", STAGES)
     source, sites = prepare_sites(config)
-    logger.info("[2/%d] pretrained source model", stages)
+    logger.info("[2/%d] pretrained source model", STAGES)
     pretrained = pretrained_model(config, source)
     loaded = load_checkpoint(pretrained)
     model_config = loaded.model.config
@@ -38,49 +53,92 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     (config.out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "pretrained": str(pretrained)},
                                                            indent=2))
     tests = load_test_splits(sites, config.image_size, preprocess_config_of(loaded.metadata))
-    repetitions = [seeded(config, seed) for seed in config.seed_list()]
-    logger.info("[3/%d] baselines for %d seed(s): pretrained, calibrated, each site alone per freeze spec, pooled",
-                stages, len(repetitions))
-    rows: list[Evaluation] = []
-    for repetition in repetitions:
-        rows += run_baselines(repetition, sites, pretrained, tests)
-    runs = [(repetition, run) for repetition in repetitions for run in federation_runs(repetition, sites, pretrained)]
-    logger.info("[4/%d] %d federated runs of %d rounds on %d sites (FedBN among them), one engine session", stages,
+    outcome = Outcome()
+    plans = [plan(config, sites, pretrained, tests, size, outcome) for size in config.site_sizes or (None,)]
+    runs = [run for p in plans for _, run in p.runs]
+    logger.info("[4/%d] %d federated runs of %d rounds on %d sites (FedBN among them), one engine session", STAGES,
                 len(runs), config.rounds, len(sites))
-    outcomes = run_federations([run for _, run in runs])
-    failed = [f"{run.config.out_dir.name}: {outcome.failure}" for (_, run), outcome in zip(runs, outcomes)
-              if outcome.failure]
+    outcomes = run_federations(runs)
+    failed = [f"{run.config.out_dir.name}: {done.failure}" for run, done in zip(runs, outcomes) if done.failure]
     if failed:  # a comparison with a run that never trained would report it as if it had
         raise FederationFailed(f"{len(failed)} of {len(runs)} federated runs failed, no report written: "
                                f"{' | '.join(failed)}")
-    logger.info("[5/%d] federated models, then fine-tuned locally at each site (freeze %s)", stages,
+    done = iter(outcomes)
+    for p in plans:
+        finish(config, p, [next(done) for _ in p.runs], tests, outcome)
+    logger.info("[6/%d] report", STAGES)
+    seconds = time.perf_counter() - started
+    summary = write_report(config, outcome.rows, outcome.curves, outcome.privacy_points, seconds, outcome.cross)
+    logger.info("results in %s (results.csv, cross_site.csv, report.md, plots); total %.1f min", config.out_dir,
+                seconds / 60)
+    print("\n" + summary)
+    return outcome.rows
+
+
+@dataclass
+class Plan:
+    """One comparison (every seed) at one site size, its baselines done and its federations planned."""
+
+    size: int | None
+    at_size: dict[int, tuple[list[PreparedSite], dict[str, int]]]  # seed -> sites, training images per site
+    runs: list[tuple[SimConfig, SimulatedRun]]
+    rows: list[Evaluation]
+    cross: list[Evaluation]
+
+
+def plan(config: SimConfig, sites: list[PreparedSite], pretrained: Path, tests: dict[str, BoneAgeDataset],
+         size: int | None, outcome: Outcome) -> Plan:
+    """The baselines of one comparison with the sites as they are (`size` None) or cut to `size` training images,
+    and its federated runs (run later, with every other size's, in one engine session)."""
+    if size is not None:
+        logger.info("site size %d: each site's training split cut to %d images (test split unchanged)", size, size)
+        config = replace(config, out_dir=config.out_dir / f"size-{size}")
+    repetitions = [seeded(config, seed) for seed in config.seed_list()]
+    at_size = {r.seed: sized_sites(sites, size, r.seed, config.out_dir.parent / "sites") if size is not None
+               else (sites, {}) for r in repetitions}
+    rows: list[Evaluation] = []
+    cross: list[Evaluation] = []
+    logger.info("[3/%d] baselines for %d seed(s): pretrained, calibrated, each site alone per freeze spec, pooled",
+                STAGES, len(repetitions))
+    for repetition in repetitions:
+        rows += run_baselines(repetition, at_size[repetition.seed][0], pretrained, tests, cross)
+    runs = [(repetition, run) for repetition in repetitions
+            for run in federation_runs(repetition, at_size[repetition.seed][0], pretrained)]
+    return Plan(size, at_size, runs, rows, cross)
+
+
+def finish(config: SimConfig, plan: Plan, outcomes: list[FederationOutcome], tests: dict[str, BoneAgeDataset],
+           outcome: Outcome) -> None:
+    """Score the federated models of one comparison, fine-tune and calibrate them at each site, tag every row."""
+    logger.info("[5/%d] federated models, then fine-tuned locally and calibrated at each site (freeze %s)", STAGES,
                 config.baseline_freeze)
-    curves: dict[str, dict[str, list[float]]] = {}
-    privacy_points: list[tuple[str, float, float]] = []
-    for (repetition, run), outcome in zip(runs, outcomes):
+    rows, cross, at_size = plan.rows, plan.cross, plan.at_size
+    for (repetition, run), done in zip(plan.runs, outcomes):
         fed = run.config
+        seed_sites = at_size[repetition.seed][0]
         dp = any("dp-noise-multiplier" in node for node in run.sites)
-        fedbn = fed.settings.local_layers != "none"
-        if fedbn:
-            fed_rows = evaluate_fedbn(outcome, run, sites, tests, config.strategy, device_of(config))
+        kept_local = fed.settings.local_layers != "none"
+        if kept_local:
+            fed_rows = evaluate_fedbn(done, run, seed_sites, tests, config.strategy, device_of(config), cross)
         else:
-            fed_rows = evaluate_everywhere(load_checkpoint(outcome.final_checkpoint).model, sites, tests,
+            fed_rows = evaluate_everywhere(load_checkpoint(done.final_checkpoint).model, seed_sites, tests,
                                            fed.out_dir.name if dp else config.strategy, fed.freeze, device_of(config))
-        epsilons = epsilon_by_site(outcome, sites)
-        options = format_options({k: float(v) for k, v in outcome.settings.items() if k in OPTIONS})
+            if not dp:
+                cross += [replace(row, extra={"model_site": "federated", "seed": repetition.seed}) for row in fed_rows]
+        epsilons = epsilon_by_site(done, seed_sites)
+        options = format_options({k: float(v) for k, v in done.settings.items() if k in OPTIONS})
         for row in fed_rows:
             row.extra.update(seed=repetition.seed, epsilon=epsilons.get(row.site), strategy_options=options)
             if row.extra["epsilon"] is not None:
-                privacy_points.append((row.site, row.extra["epsilon"], row.metrics["mad_months"]))
+                outcome.privacy_points.append((row.site, row.extra["epsilon"], row.metrics["mad_months"]))
         rows += fed_rows
         if repetition.seed == config.seed:
-            curves[fed.out_dir.name] = per_round_mad(outcome, sites)
-        if not dp and not fedbn and fed.freeze == config.baseline_freeze:
-            rows += federated_then_local(repetition, sites, outcome.final_checkpoint, fed.freeze, tests)
-    logger.info("[6/%d] report", stages)
-    seconds = time.perf_counter() - started
-    summary = write_report(config, rows, curves, privacy_points, seconds)
-    logger.info("results in %s (results.csv, report.md, plots); total %.1f min", config.out_dir, seconds / 60)
-    print("\n" + summary)
-    return rows
-
+            outcome.curves[fed.out_dir.name] = per_round_mad(done, seed_sites)
+        if not dp and not kept_local and fed.freeze == config.baseline_freeze:
+            rows += federated_then_local(repetition, seed_sites, done.final_checkpoint, fed.freeze, tests, cross)
+    for row in [*rows, *cross]:
+        row.extra.setdefault("seed", config.seed)
+        row.extra["site_size"] = plan.size
+        row.extra["n_train"] = at_size[row.extra["seed"]][1].get(row.extra.get("model_site", row.site))
+    outcome.rows += rows
+    outcome.cross += cross

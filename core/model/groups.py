@@ -2,8 +2,8 @@
 
 In the spirit of timm's `group_matcher`, TJ-Net's state is grouped by its top-level blocks
 (`block1` ... `block6`); a block is the unit of freezing. Within the blocks that train, the
-normalisation layers can be kept at the site (FedBN, `local_layers="norm"`); everything else that
-trains is shared with the server. Freezing, FedBN, the keys a federation sends and accepts,
+normalisation layers can be kept at the site (FedBN, `local_layers="norm"`), or the whole output
+block 6 (FedRep's local head, `local_layers="head"`); everything else that trains is shared with the server. Freezing, FedBN, the keys a federation sends and accepts,
 central DP and the DP-SGD engine all ask this module rather than deciding for themselves.
 """
 
@@ -17,7 +17,8 @@ from torch import nn
 from core.errors import ConfigError
 from core.model.tjnet import BLOCK_NAMES
 
-LOCAL_LAYER_CHOICES = ("none", "norm")
+LOCAL_LAYER_CHOICES = ("none", "norm", "head")
+HEAD_BLOCK = 6  # FedRep: the block each site keeps as its own head
 NORM_LAYER_TYPES = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm)
 BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -64,7 +65,7 @@ class ParameterGroups:
         frozen: keys of the frozen blocks (never sent, never trained).
         trainable: keys of the blocks that train (`shared` + `local`).
         shared: trainable keys that travel to and from the server.
-        local: trainable keys kept at the site (normalisation layers under FedBN).
+        local: trainable keys kept at the site (normalisation layers under FedBN, block 6 under FedRep).
     """
 
     frozen: tuple[str, ...]
@@ -81,9 +82,12 @@ def parameter_groups(model: nn.Module, frozen_blocks: Iterable[int], local_layer
     keys = list(model.state_dict())
     frozen = tuple(k for k in keys if block_of_key(k) in blocks)
     trainable = tuple(k for k in keys if block_of_key(k) not in blocks)
-    norms = set(norm_layer_keys(model)) if local_layers == "norm" else set()
-    local = tuple(k for k in trainable if k in norms)
-    shared = tuple(k for k in trainable if k not in norms)
+    if local_layers == "head":
+        kept = {k for k in trainable if block_of_key(k) == HEAD_BLOCK}
+    else:
+        kept = set(norm_layer_keys(model)) if local_layers == "norm" else set()
+    local = tuple(k for k in trainable if k in kept)
+    shared = tuple(k for k in trainable if k not in kept)
     return ParameterGroups(frozen, trainable, shared, local)
 
 
