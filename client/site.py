@@ -126,7 +126,7 @@ class SiteSession:
             raise ConfigError("local-layers = head (FedRep) cannot run with DP-SGD at a site; turn one of them off")
         body = tuple(b for b in range(1, HEAD_BLOCK) if b not in settings.freeze)
         steps = [] if HEAD_BLOCK in settings.freeze else [tuple(range(1, HEAD_BLOCK))]  # the head, body fixed
-        steps += [(*settings.freeze, HEAD_BLOCK)] if body else []  # then the shared blocks, head fixed
+        steps += [tuple(sorted({*settings.freeze, HEAD_BLOCK}))] if body else []  # then the shared blocks, head fixed
         for freeze in steps:
             result = train_site_round(self.model, data.train, data.val, replace(settings, freeze=freeze), self.device,
                                       self.round, label_unit=self.site.data.label_unit)

@@ -122,3 +122,34 @@ def test_a_site_trains_on_cached_frozen_features_unless_its_node_config_says_no(
     off = SiteConfig(**{**config.__dict__, "feature_cache": False})
     SiteSession(off, dict(sent), {"batch-size": 8, "server-round": 3}, RecordDict()).train()
     assert (cache.misses, cache.hits) == (1, 1)
+
+
+def test_fedrep_trains_the_kept_head_first_then_the_shared_blocks_and_returns_only_those(site, tmp_path,
+                                                                                           monkeypatch) -> None:
+    import client.site as site_module
+
+    config, pretrained = site
+    config = SiteConfig(**{**config.__dict__, "state_dir": tmp_path / "state"})
+    before = _state(pretrained)
+    groups = parameter_groups(load_checkpoint(pretrained).model, (1, 2, 3), "head")
+    assert {block_of_key(k) for k in groups.local} == {6} and {block_of_key(k) for k in groups.shared} == {4, 5}
+    sent = {k: before[k] for k in groups.shared}  # the server never sends the head
+    calls: list[tuple[int, ...]] = []
+    real = site_module.train_site_round
+
+    def recorded(model, train, val, settings, *args, **kwargs):
+        calls.append(settings.freeze)
+        return real(model, train, val, settings, *args, **kwargs)
+
+    monkeypatch.setattr(site_module, "train_site_round", recorded)
+    server = {"batch-size": 8, "freeze": "1-3", "local-layers": "head", "server-round": 1}
+    state = RecordDict()
+    arrays, metrics = SiteSession(config, sent, server, state, run_id=3).train()
+    assert calls == [(1, 2, 3, 4, 5), (1, 2, 3, 6)]  # the head with the body fixed, then the body with the head fixed
+    assert set(arrays) == set(groups.shared) and metrics["frozen-block-6"] == 0.0
+    assert any(not torch.equal(arrays[k], before[k]) for k in arrays)
+    kept = load_local_layers(config.state_dir)
+    assert set(kept.layers) == set(groups.local) and any(not torch.equal(kept.layers[k], before[k]) for k in kept.layers)
+    # the next round starts from the site's own head, not the pretrained one
+    again = SiteSession(config, sent, {**server, "server-round": 2}, state, run_id=3).model.state_dict()
+    assert all(torch.equal(again[k], kept.layers[k]) for k in groups.local)

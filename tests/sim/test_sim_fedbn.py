@@ -1,4 +1,5 @@
-"""FedBN in `python -m sim`: each site is evaluated with the federated model plus its own normalisation layers."""
+"""FedBN and FedRep in `python -m sim`: each site is evaluated with the federated model plus its own normalisation
+layers (FedBN) or its own head (FedRep)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def fedbn(tmp_path_factory, tiny_federation):
     tiny = tiny_federation(root, 30)
     sites = [PreparedSite(path.name, path, "months") for path in tiny.sites]
     config = SimConfig(out_dir=root / "out", freeze_specs=("1-3",), baseline_freeze="1-3", rounds=2, batch_size=8,
-                       device="cpu")
+                       device="cpu", fedrep=True)
     runs = federation_runs(config, sites, tiny.pretrained)
     outcomes = run_federations(runs)
     tests = load_test_splits(sites, 48, preprocess_config_of(load_checkpoint(tiny.pretrained).metadata))
@@ -35,8 +36,9 @@ def fedbn(tmp_path_factory, tiny_federation):
 
 def test_the_sim_runs_one_fedbn_federation_at_the_baseline_freeze_spec(fedbn) -> None:
     _, _, runs, _ = fedbn
-    assert [(r.config.freeze, r.config.settings.local_layers) for r in runs] == [("1-3", "none"), ("1-3", "norm")]
-    assert runs[1].config.out_dir.name == "fedavg_freeze-1-3_fedbn"
+    assert [(r.config.freeze, r.config.settings.local_layers) for r in runs] == [("1-3", "none"), ("1-3", "norm"),
+                                                                                ("1-3", "head")]
+    assert [r.config.out_dir.name for r in runs[1:]] == ["fedavg_freeze-1-3_fedbn", "fedavg_freeze-1-3_fedrep"]
 
 
 def test_each_site_is_scored_with_its_own_norm_layers_as_it_scored_itself(fedbn) -> None:
@@ -62,3 +64,23 @@ def test_a_site_without_layers_of_the_last_round_fails_the_fedbn_evaluation(fedb
     moved = replace(runs[1], sites=(runs[1].sites[0], {**runs[1].sites[1], "state-dir": str(tmp_path)}))
     with pytest.raises(FederationFailed, match=f"site {sites[1].name} did not train in the last round"):
         evaluate_fedbn(outcomes[1], moved, sites, tests, "fedavg", CPU)
+
+
+def test_fedrep_sites_keep_their_own_head_and_the_server_never_averages_it(fedbn) -> None:
+    sites, tests, runs, outcomes = fedbn
+    cross: list = []
+    rows = evaluate_fedbn(outcomes[2], runs[2], sites, tests, "fedavg", CPU, cross)
+    assert [(r.site, r.strategy, r.freeze) for r in rows] == [(s.name, "fedavg+fedrep", "1-3") for s in sites]
+    last = outcomes[2].rounds[-1]
+    for index, row in enumerate(rows):  # as the site scored itself in the last round, with its own head
+        assert row.metrics["mad_months"] == pytest.approx(last.evaluate[str(index)]["mad-months"], rel=1e-4)
+    assert sorted((r.extra["model_site"], r.site) for r in cross) == sorted((a.name, b.name) for a in sites
+                                                                             for b in sites)
+    final = load_checkpoint(outcomes[2].final_checkpoint).model.state_dict()
+    pretrained = load_checkpoint(runs[2].config.pretrained).model.state_dict()
+    heads = [torch.load(runs[2].sites[i]["state-dir"] + "/" + LOCAL_LAYERS_FILE, weights_only=True)["layers"]
+             for i in range(2)]
+    assert set(heads[0]) == {k for k in final if k.startswith("block6.")}
+    assert all(torch.equal(final[k], pretrained[k]) for k in heads[0])  # the server's copy of the head is untouched
+    assert any(not torch.equal(heads[0][k], heads[1][k]) for k in heads[0])  # each site trained its own
+    assert any(not torch.equal(final[k], pretrained[k]) for k in final if k.startswith("block4."))  # body shared
