@@ -40,7 +40,8 @@ ROUND_SCHEMA = Schema(
     Setting("proximal_mu", float, 0.0, "FedProx's mu (0: no proximal term)", "proximal-mu"),
     Setting("seed", to_int, 0, "seed of the run", "seed"),
     Setting("freeze", _freeze_blocks, (1, 2, 3), "blocks the run freezes", "freeze"),
-    Setting("local_layers", str, "none", "none, or norm to keep normalisation layers at the sites (FedBN)",
+    Setting("local_layers", str, "none", "none, norm to keep normalisation layers at the sites (FedBN), or head to "
+            "keep block 6 at the sites and train it first in each round (FedRep)",
             "local-layers", choices=LOCAL_LAYER_CHOICES),
     Setting("pretrained", str, "", "the pretrained checkpoint's path as the server knows it", "pretrained"),
     Setting("pretrained_sha256", str, "", "the pretrained checkpoint's SHA-256", "pretrained-sha256"),
