@@ -8,8 +8,9 @@ A site's local epoch as `core.finetune.train_site_round` runs it: augmented imag
 contrast), the joint loss, AdamW, the frozen blocks in eval mode. `uncached` is the whole forward pass at
 every step (channels-last, the default); `cached` trains the model's trainable tail on features already
 computed for this epoch's view (every epoch after the first `views`); `view` is the one-off cost of
-computing one view's features (frozen forward, no gradients). Cached and uncached epochs alternate and
-medians are taken, so both see the same load on a shared machine; the ratios are measured in one run.
+computing one view's features (frozen forward, no gradients). Times are CPU seconds of this process (one
+thread, no loader workers: on a shared machine they do not count the time other jobs hold the cores); cached
+and uncached epochs alternate and medians are taken; the ratios are measured in one run.
 Images are random 8-bit canvases: the cost does not depend on their content.
 """
 
@@ -49,9 +50,9 @@ def epoch_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, dataset, bat
     optimizer = make_optimizer(model, TrainConfig())
     dataset.set_epoch(epoch)
     loader = make_loader(dataset, batch, shuffle=True, seed=epoch, drop_last=True)
-    start = time.perf_counter()
+    start = time.process_time()
     train_epoch(model, loader, loss_fn, optimizer, torch.device("cpu"), channels_last=channels_last)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(spec: str, args: argparse.Namespace) -> dict[str, float]:
@@ -61,9 +62,9 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, float]:
     freeze_blocks(model, parse_freeze_spec(spec))
     dataset = synthetic_split(args.images, args.size)
     tail, cached = FeatureCache(views=1).prepare(model, dataset, torch.device("cpu"))
-    start = time.perf_counter()
+    start = time.process_time()
     cached._compute(0)  # one view again, timed (prepare computed the first)
-    view = time.perf_counter() - start
+    view = time.process_time() - start
     loss_fn = make_loss(model, JointLossConfig())
     loss_fn.schedule.raised = True
     epoch_seconds(model, loss_fn, dataset, args.batch, True, 0)  # warm-up of both paths
@@ -88,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"local epoch of {args.images} images at {args.size} px, width {args.width}, batch {args.batch}, "
           f"{args.threads} thread(s), median of {args.reps}")
-    print("| frozen | uncached epoch (s) | cached epoch (s) | speed-up | one view's features (s) "
+    print("| frozen | uncached epoch (CPU s) | cached epoch (CPU s) | speed-up | one view's features (CPU s) "
           "| speed-up with a new view every epoch |")
     print("|---|---|---|---|---|---|")
     for spec in args.freeze.split(","):
