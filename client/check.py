@@ -28,7 +28,7 @@ from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
 from core.preprocess.review import QualityTally, contact_sheet
-from core.preprocess.site import orientation_for_site
+from core.preprocess.site import describe_check, orientation_for_site
 from core.round_settings import RoundSettings
 from core.training import TrainConfig, make_optimizer, resolve_device, train_epoch
 
@@ -234,6 +234,8 @@ def format_report(report: CheckReport) -> str:
         q = report.quality
         lines.append(f"preprocessing   {q['ms_per_image']:.1f} ms per image, mean orientation confidence "
                      f"{q['mean_confidence']:.2f}")
+        if "orientation_check" in q:
+            lines.append("  " + describe_check(q["orientation_check"]))
         lines.append("  flags         " + (", ".join(f"{k} {v}" for k, v in q["flags"].items()) or "none"))
         lines.append("  refused       " + (", ".join(f"{k} {v}" for k, v in q["refused"].items()) or "none")
                      + ("" if q["enforced"] else "  (advisory: the pretrained model records no preprocessing)"))

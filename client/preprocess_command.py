@@ -11,7 +11,7 @@ from core.cli import add_shared_options
 from core.data import DataError
 from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
 from core.preprocess.folder import check_out, image_paths, preprocess_folder
-from core.preprocess.site import orientation_for_site
+from core.preprocess.site import describe_check, orientation_for_site
 from core.preprocess.review import contact_sheet
 
 
@@ -57,10 +57,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['n']} images preprocessed into {args.out} ({summary['ms_per_image']:.1f} ms per image), "
           f"qc.csv written")
-    if site.get("checked"):
-        fitted = f"; failed, fitted on these images: {site['fitted_agreement']:.0%}, {site['fitted']}" \
-            if "fitted" in site else ""
-        print(f"orientation self-check on {site['n_images']} images: {site['agreement']:.0%} agreement{fitted}")
+    print(describe_check(site))
     print("flags    " + (", ".join(f"{k} {v}" for k, v in summary["flags"].items()) or "none"))
     print("refused  " + (", ".join(f"{k} {v}" for k, v in summary["refused"].items()) or "none"))
     if "contact_sheet" in summary:

@@ -143,6 +143,18 @@ def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int 
     return fitted_config, report
 
 
+def describe_check(report: dict[str, Any]) -> str:
+    """One line for a person: what the self-check found and what was applied."""
+    if not report.get("checked"):
+        return "orientation self-check not run" + (f" ({report['n_images']} images; it needs {MIN_SITE_IMAGES})"
+                                                   if "n_images" in report else "")
+    line = f"orientation self-check on {report['n_images']} images: {report['agreement']:.0%} agreement"
+    if "fitted" in report:
+        line += (f" (below {MIN_AGREEMENT:.0%}); fitted on these images: {report['fitted_agreement']:.0%}, "
+                 f"{report['fitted']}")
+    return line
+
+
 def _fitted_model(config: PreprocessConfig, paths: list[Path]) -> Path:
     """The model fitted on (up to FIT_MAX_IMAGES of) ``paths``, read from the cache when the same images made one."""
     images, data_digest = _read(_spread(paths, FIT_MAX_IMAGES))
