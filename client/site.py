@@ -24,7 +24,7 @@ from core.finetune import SiteRoundResult, load_arrays, train_site_round
 from core.local_layers import LocalLayers, load_local_layers, save_local_layers
 from core.metrics import AGE_GROUPS_YEARS, age_group_label
 from core.model.groups import HEAD_BLOCK, blocks_not_received, parameter_groups
-from core.preprocess import preprocess_config_of
+from core.inputs import InputSettings
 from core.round_settings import RoundSettings
 from core.training import resolve_device
 
@@ -67,7 +67,7 @@ class SiteSession:
         if expected and digest != expected:
             raise CheckpointError(f"{site.pretrained} is not the pretrained model of this run (SHA-256 differs)")
         self.model, self.pretrained_sha256 = checkpoint.model, digest
-        self.preprocess = preprocess_config_of(checkpoint.metadata)  # the images as the model was trained on
+        self.inputs = InputSettings.of(checkpoint)  # the images as the model was trained on
         load_arrays(self.model, arrays)
         kept = self._kept_layers()
         if kept:
@@ -76,9 +76,9 @@ class SiteSession:
         self.round = int(server_config.get("server-round", 0))
 
     def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
-        return DECODED.load(self.site.data, self.model.config.image_size, AugmentConfig() if augment else None,
+        return DECODED.load(self.site.data, self.inputs.image_size, AugmentConfig() if augment else None,
                             seed=self.settings.seed, splits=splits, disk_dir=self.site.decode_cache,
-                            preprocess=self.preprocess)
+                            preprocess=self.inputs.preprocess)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train the blocks whose arrays arrived (minus the site's own freeze); return those blocks' arrays."""

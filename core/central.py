@@ -20,9 +20,10 @@ from core.metrics import compute_metrics
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
 from core.data.pool import concatenate
 from core.data.views import StackedViews, load_site_views
-from core.preprocess import PreprocessConfig, views_of
+from core.inputs import InputSettings
+from core.preprocess import PreprocessConfig
 from core.preprocess.site import orientation_for_site
-from core.tta import TTAConfig, tta_config_of
+from core.tta import TTAConfig
 from core.training import FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -149,18 +150,17 @@ def evaluate_checkpoint(
     """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder."""
     loaded = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    views = views_of(loaded.metadata)  # the model's own preprocessing (one per view for a region ensemble)
-    site = load_site_views(data, loaded.model.config.image_size, views, progress=progress)
+    inputs = InputSettings.of(loaded)  # the model's own preprocessing (one per view for a region ensemble)
+    site = load_site_views(data, inputs.image_size, inputs.views, progress=progress)
     if split == "all":
         dataset = concatenate([site.train, site.val, site.test])  # the splits as decoded, not decoded again
     else:
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:
         raise DataError(f"{data.root}: the {split} split has no usable images")
-    tta = tta_config_of(loaded.metadata)
-    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit, tta=tta)
+    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit, tta=inputs.tta)
     metrics["split"] = split
-    metrics["tta"] = tta.to_dict()
+    metrics["tta"] = inputs.tta.to_dict()
     summary = site.summary()
     metrics["skipped"] = summary["n_skipped"]
     metrics["skipped_by_reason"] = summary["skipped_by_reason"]

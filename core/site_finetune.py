@@ -32,7 +32,7 @@ from core.feature_cache import DEFAULT_VIEWS, FeatureCache, feature_budget_from_
 from core.loss import JointLossConfig
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import FREEZE_CHOICES, FreezeSpec, format_freeze_spec, freeze_blocks, parse_freeze_spec
-from core.preprocess import preprocess_config_of
+from core.inputs import InputSettings
 from core.stats import Interval, mad_interval, paired_difference
 from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
 
@@ -112,12 +112,12 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     `pool`: the site's images already decoded through the model's preprocessing (not decoded again)."""
     loaded = load_checkpoint(pretrained)
     model, device = loaded.model, resolve_device(config.device)
-    preprocess = preprocess_config_of(loaded.metadata)  # the site's images go through the model's own preprocessing
+    inputs = InputSettings.of(loaded)  # the site's images go through the model's own preprocessing
     if pool is not None:
         site = pool.site(AugmentConfig(), config.seed)
     else:
-        site = load_site(data, model.config.image_size, AugmentConfig(), config.seed, progress=config.progress,
-                         preprocess=preprocess)
+        site = load_site(data, inputs.image_size, AugmentConfig(), config.seed, progress=config.progress,
+                         preprocess=inputs.preprocess)
     if len(site.train) == 0:
         raise DataError(f"{data.root}: no usable training images")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
@@ -141,7 +141,8 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
 def site_pool(pretrained: Path, data: SiteDataConfig, progress: bool = False) -> DecodedPool:
     """The site's images decoded once through the pretrained model's preprocessing, at its input size."""
     loaded = load_checkpoint(pretrained)
-    return DecodedPool(data, loaded.model.config.image_size, preprocess_config_of(loaded.metadata), progress)
+    inputs = InputSettings.of(loaded)
+    return DecodedPool(data, inputs.image_size, inputs.preprocess, progress)
 
 
 def folds_of(records: list[Record], folds: int, seed: int) -> list[list[Record]]:

@@ -19,7 +19,8 @@ from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpo
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.errors import ConfigError, ResumeMismatch
 from core.model.groups import parameter_groups, set_trainable
-from core.preprocess import PreprocessConfig, preprocess_config_of
+from core.inputs import InputSettings
+from core.preprocess import PreprocessConfig
 from core.training import resolve_device
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
@@ -63,7 +64,8 @@ class Federation:
         if config.central_dp:
             self.private = wrap_central_dp(self.strategy, config, self.model, self.keys, accountant_state)
         self.rounds_done = self.start_round
-        self.central = _central_set(config, self.model.config.image_size, preprocess_config_of(pretrained.metadata))
+        inputs = InputSettings.of(pretrained)
+        self.central = _central_set(config, inputs.image_size, inputs.preprocess)
         self.device = resolve_device(config.device)
         self._last_merge = time.perf_counter()
 

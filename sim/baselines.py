@@ -22,7 +22,8 @@ from core.feature_cache import FeatureCache, feature_budget_from_env
 from core.finetune import train_site_round
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
-from core.preprocess import PreprocessConfig, preprocess_config_of
+from core.inputs import InputSettings
+from core.preprocess import PreprocessConfig
 from core.round_settings import RoundSettings
 from core.training import predict
 from sim.config import SimConfig
@@ -65,7 +66,7 @@ def run_baselines(config: SimConfig, sites: list[PreparedSite], pretrained: Path
     """Baselines of one seed (`config.seed`); each row's extra["seed"] says which."""
     size = config.image_size
     loaded = load_checkpoint(pretrained)
-    base, preprocess = loaded.model, preprocess_config_of(loaded.metadata)
+    base, preprocess = loaded.model, InputSettings.of(loaded).preprocess
     step = base.config.class_step_months
     rows = evaluate_everywhere(base, sites, tests, "pretrained", "all", device_of(config))
     features = feature_cache_of(config)
@@ -103,11 +104,11 @@ def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated
     loaded = load_checkpoint(federated)
     for site in sites:
         data = load_site(site.data, config.image_size, AugmentConfig(), seed=config.seed, splits=("train", "val"),
-                         preprocess=preprocess_config_of(loaded.metadata))
+                         preprocess=InputSettings.of(loaded).preprocess)
         model = local_rounds(load_checkpoint(federated).model, data.train, data.val, config, freeze, features)
         rows += evaluate_site_model(model, site, sites, tests, f"{config.strategy}+local", freeze, device_of(config),
                                     cross)
-    rows += federated_calibrated(config, sites, loaded.model, preprocess_config_of(loaded.metadata), freeze, tests,
+    rows += federated_calibrated(config, sites, loaded.model, InputSettings.of(loaded).preprocess, freeze, tests,
                                  cross)
     for row in [*rows, *(cross or [])]:
         row.extra.setdefault("seed", config.seed)

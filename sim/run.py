@@ -13,7 +13,7 @@ from pathlib import Path
 from core.checkpoint import load_checkpoint
 from core.data.dataset import BoneAgeDataset
 from core.errors import FederationFailed
-from core.preprocess import preprocess_config_of
+from core.inputs import InputSettings
 from server.outcome import FederationOutcome
 from sim.baselines import federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
@@ -52,7 +52,7 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     config = replace(config, image_size=model_config.image_size, width=model_config.width)
     (config.out_dir / "config.json").write_text(json.dumps({**config.to_dict(), "pretrained": str(pretrained)},
                                                            indent=2))
-    tests = load_test_splits(sites, config.image_size, preprocess_config_of(loaded.metadata))
+    tests = load_test_splits(sites, config.image_size, InputSettings.of(loaded).preprocess)
     outcome = Outcome()
     plans = [plan(config, sites, pretrained, tests, size, outcome) for size in config.site_sizes or (None,)]
     runs = [run for p in plans for _, run in p.runs]
