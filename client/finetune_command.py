@@ -48,6 +48,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError("--out is required (where to write the fine-tuned checkpoint), unless --compare")
     if args.out is not None and args.out.resolve() == args.pretrained.resolve():
         raise ConfigError("--out must not overwrite the pretrained checkpoint")
+    if not args.freeze.strip():  # an empty spec would train every block without a word
+        raise ConfigError("--freeze is empty: give the blocks to keep frozen (e.g. 1-3), or 'none' to train every block")
     config = FinetuneConfig(freeze=args.freeze, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             seed=args.seed, folds=args.folds, device=args.device, progress=not args.json,
                             feature_cache=args.feature_cache, feature_views=args.feature_views)

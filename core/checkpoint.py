@@ -139,16 +139,22 @@ def _rebuild(path: Path, source: Path | io.BytesIO, map_location: str | torch.de
     metadata, state = payload["metadata"], payload["state_dict"]
     if not isinstance(metadata, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path} is not an OssiFL checkpoint (state_dict/metadata of the wrong type)")
-    try:
-        model = build_model(metadata.get("architecture", "tjnet"), metadata.get("model_config", {}))
+    try:  # shapes first, on the meta device: a config asking for a huge model allocates nothing before the check
+        with torch.device("meta"):
+            shape_only = build_model(metadata.get("architecture", "tjnet"), metadata.get("model_config", {}))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its model config cannot build a model ({str(exc).splitlines()[0]})") from None
-    mismatch = weights_mismatch(model, state)
+    mismatch = weights_mismatch(shape_only, state)
     if mismatch:
         raise CheckpointError(f"{path}: weights do not match the saved model config ({mismatch})")
+    model = build_model(metadata.get("architecture", "tjnet"), metadata.get("model_config", {}))
     model.load_state_dict(state)
-    if isinstance(model, TJNet) and metadata.get("frozen_blocks"):
-        freeze_blocks(model, tuple(metadata["frozen_blocks"]))
+    frozen = metadata.get("frozen_blocks") or []
+    if isinstance(model, TJNet) and frozen:
+        if not isinstance(frozen, list) or not all(isinstance(b, int) and 1 <= b <= 6 for b in frozen):
+            raise CheckpointError(f"{path}: its metadata lists frozen blocks {frozen!r}, but TJ-Net has blocks 1 to 6; "
+                                  f"the checkpoint is damaged, copy it again")
+        freeze_blocks(model, tuple(frozen))
     return Checkpoint(model=model, metadata=metadata)
 
 

@@ -50,6 +50,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.early_stop_patience < 0:
             raise ConfigError(f"early-stop patience must be >= 0, got {self.early_stop_patience}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be a number >= 0, got {self.weight_decay}")
         lr_factor(self, 1)  # a bad schedule setting fails here, not after the data is loaded
     device: str = "auto"
     amp: bool = True

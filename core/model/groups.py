@@ -103,6 +103,15 @@ def set_trainable(model: nn.Module, frozen_blocks: Iterable[int]) -> None:
     The model's `train()` keeps frozen blocks in eval mode, so their normalisation statistics stay fixed.
     """
     blocks = tuple(sorted(set(frozen_blocks)))
+    unknown = [b for b in blocks if not 1 <= b <= len(BLOCK_NAMES)]  # 1-6 (6 only ever frozen by a site)
+    if unknown or (blocks and not all(hasattr(model, name) for name in BLOCK_NAMES)):
+        what = f"blocks {unknown}" if unknown else f"blocks {list(blocks)} of a {type(model).__name__}"
+        raise ConfigError(f"cannot freeze {what}: freeze specs name TJ-Net blocks 1 to {len(BLOCK_NAMES) - 1}; "
+                          f"use freeze 'none' for a model without TJ-Net blocks")
+    if not all(hasattr(model, name) for name in BLOCK_NAMES):  # not a TJ-Net: nothing to freeze, all trains
+        model.requires_grad_(True)
+        model.frozen_blocks = ()
+        return
     for index, module in block_modules(model).items():
         for parameter in module.parameters():
             parameter.requires_grad_(index not in blocks)

@@ -61,6 +61,8 @@ def test_bad_input_is_one_line(site: tuple[Path, Path], tmp_path: Path, capsys) 
     assert "--out is required" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "x.pt"), "--freeze", "7"]) == 2
     assert "freeze spec" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "x.pt"), "--freeze", " "]) == 2  # not 'train every block'
+    assert "--freeze is empty" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     assert main(["finetune", "--pretrained", str(tmp_path / "none.pt"), "--data", str(folder),
                  "--out", str(tmp_path / "y.pt")]) == 2
     assert "not found" in capsys.readouterr().err

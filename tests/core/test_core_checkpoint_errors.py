@@ -77,3 +77,31 @@ def test_pretrain_out_naming_a_folder_is_refused_before_training(
         f"error: {tmp_path / 'out'} is a folder; give the checkpoint file to write, e.g. {tmp_path / 'out' / 'model.pt'}"]
     assert "decoded" not in caplog.text and "epoch" not in caplog.text  # refused before reading or training
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "site"] and not any((tmp_path / "out").iterdir())
+
+
+def test_a_config_asking_for_a_huge_model_is_refused_before_anything_is_allocated(
+        saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's 1.4 KB checkpoint whose settings ask for a 6.8 GB model: the weights are checked first."""
+    import core.checkpoint as checkpoint
+
+    payload = torch.load(saved, weights_only=True)
+    payload["metadata"]["model_config"]["width"] = 40.0
+    payload["state_dict"] = dict(list(payload["state_dict"].items())[:2])
+    torch.save(payload, saved)
+    devices: list[str] = []
+    real_build = checkpoint.build_model
+
+    def spy(*args: object, **kwargs: object) -> torch.nn.Module:
+        devices.append(torch.empty(0).device.type)  # the default device the model is built on
+        return real_build(*args, **kwargs) if devices[-1] == "meta" else torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(checkpoint, "build_model", spy)
+    assert "weights do not match the saved model config" in _one_line(saved)
+    assert devices == ["meta"]  # never built for real
+
+
+def test_frozen_blocks_tj_net_does_not_have_are_a_damaged_checkpoint(saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    payload["metadata"]["frozen_blocks"] = [1, 7]
+    torch.save(payload, saved)
+    assert "lists frozen blocks [1, 7], but TJ-Net has blocks 1 to 6" in _one_line(saved)

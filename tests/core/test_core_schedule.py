@@ -52,7 +52,9 @@ def test_the_optimiser_follows_the_factor_step_by_step() -> None:
 
 
 @pytest.mark.parametrize("changes", [{"lr_schedule": "linear"}, {"warmup_steps": -1}, {"lr_drop_at": 1.5},
-                                     {"lr_patience": 0}, {"early_stop_patience": -1}])
+                                     {"lr_patience": 0}, {"early_stop_patience": -1}, {"batch_size": 0},
+                                     {"epochs": 0}, {"lr": float("nan")}, {"lr": -1.0}, {"lr": float("inf")},
+                                     {"weight_decay": float("nan")}])
 def test_a_bad_schedule_setting_is_a_config_error(changes) -> None:
     with pytest.raises(ConfigError):
         TrainConfig(**changes)

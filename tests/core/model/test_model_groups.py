@@ -61,3 +61,13 @@ def test_batch_norm_keys_only_for_a_batch_norm_model() -> None:
 def test_unknown_local_layers_are_refused(model: TJNet) -> None:
     with pytest.raises(ConfigError, match="local-layers"):
         parameter_groups(model, (), "everything")
+
+
+def test_freezing_blocks_of_a_model_without_them_is_one_line_and_none_trains_everything() -> None:
+    from core.model.baseline import ResNetConfig, ResNetRegressor
+
+    resnet = ResNetRegressor(ResNetConfig(image_size=32))
+    with pytest.raises(ConfigError, match=r"cannot freeze blocks \[1, 2, 3\] of a ResNetRegressor"):
+        set_trainable(resnet, (1, 2, 3))
+    set_trainable(resnet, ())
+    assert all(p.requires_grad for p in resnet.parameters()) and resnet.frozen_blocks == ()
