@@ -34,6 +34,8 @@ from core.training import resolve_device
 
 logger = logging.getLogger(__name__)
 
+LOO_TOLERANCE = 1.25  # a fit may err up to 25 % more than its best member on held-out images before it is refused
+
 
 @dataclass(frozen=True)
 class LinearFit:
@@ -108,10 +110,47 @@ class EnsembleJob:
     device: str = "auto"
 
 
+def leave_one_out_mad(predictions: np.ndarray, target: np.ndarray, groups: np.ndarray, n_groups: int) -> float:
+    """MAD of the linear fit on each validation image when fitted on all the others: what the fit is worth on new
+    images (an in-sample fit on a handful of images always looks good)."""
+    errors = []
+    for index in range(len(target)):
+        rest = np.arange(len(target)) != index
+        fit = fit_linear(predictions[rest], target[rest], groups[rest], n_groups)
+        errors.append(abs(float(fit.apply(predictions[index:index + 1], groups[index:index + 1])[0]) - target[index]))
+    return float(np.mean(errors))
+
+
+def check_fit_generalises(predictions: np.ndarray, target: np.ndarray, groups: np.ndarray, n_groups: int) -> None:
+    """Refuse a fit that predicts held-out validation images clearly worse (by more than `LOO_TOLERANCE`) than
+    the best member alone (leave-one-out on a few images is itself noisy, hence the margin).
+
+    On too few images least squares finds absurd weights (+953 and -4.3, an intercept of -108,204 months on 4
+    images) that fit those images and nothing else; leave-one-out shows it.
+    """
+    counts = [int((groups == group).sum()) for group in range(n_groups)]
+    if min(counts) <= predictions.shape[1] + 1:
+        raise ConfigError(f"{min(counts)} validation images in a group are too few to fit and check "
+                          f"{predictions.shape[1]} weights and an intercept; add validation images")
+    held_out = leave_one_out_mad(predictions, target, groups, n_groups)
+    best = float(np.min(np.mean(np.abs(predictions - target[:, None]), axis=0)))
+    if held_out > LOO_TOLERANCE * best:
+        raise ConfigError(f"the ensemble fitted on {len(target)} validation images does not generalise: on held-out "
+                          f"validation images it errs by {held_out:.2f} months, its best member by {best:.2f}; "
+                          f"add validation images (or use the best member)")
+
+
 def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
-    """Fit the ensemble on the val split, report members and ensemble on val and test, save it."""
+    """Fit the ensemble on the val split, report members and ensemble on val and test, save it.
+
+    Raises:
+        ConfigError: fewer than two members, `out` naming a member, or a fit that does not generalise
+            (`check_fit_generalises`); nothing is written.
+    """
     if len(job.models) < 2:
         raise ConfigError("an ensemble needs at least two --models")
+    if any(Path(job.out).resolve() == Path(member).resolve() for member in job.models):
+        raise ConfigError(f"--out {job.out} is one of the --models: an ensemble never overwrites a member")
     loaded = [load_checkpoint(path) for path in job.models]
     with_tta = [path.name for path, c in zip(job.models, loaded) if tta_config_of(c.metadata).enabled]
     if with_tta:
@@ -129,6 +168,7 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
     val_ages, val_true, val_male = member_predictions(model, site.val, device)
     n_groups = 2 if job.per_sex else 1
     val_groups = (val_male > 0.5).astype(int) if job.per_sex else np.zeros(len(val_true), dtype=int)
+    check_fit_generalises(val_ages, val_true, val_groups, n_groups)
     fit = fit_linear(val_ages, val_true, val_groups, n_groups)
     model.set_fit(torch.tensor(fit.weights, dtype=torch.float32), torch.tensor(fit.intercepts, dtype=torch.float32))
     report = {"members": list(config.names), "weights": fit.weights.tolist(), "intercepts": fit.intercepts.tolist(),

@@ -94,3 +94,25 @@ def test_a_member_with_test_time_augmentation_is_refused_in_one_line(tmp_path):
     tta = save_checkpoint(tmp_path / "tta.pt", model, describe(model, tta={"shift": 0.04, "scale": 0.0}))
     with pytest.raises(ConfigError, match="tta.pt"):
         build_ensemble(EnsembleJob(models=(plain, tta), data=SiteDataConfig(tmp_path / "no-site"), out=tmp_path / "e.pt"))
+
+
+def test_a_fit_on_too_few_images_that_does_not_generalise_is_refused():
+    """The issue's case: 4 validation images gave weights +953 and -4.3 and an intercept of -108,204 months."""
+    from core.ensemble import check_fit_generalises
+
+    rng = np.random.default_rng(3)
+    target = np.array([40.0, 95.0, 130.0, 170.0])
+    members = np.column_stack([target + rng.normal(0, 25, 4), target + rng.normal(0, 45, 4)])
+    with pytest.raises(ValueError, match="does not generalise: on held-out validation images it errs by"):
+        check_fit_generalises(members, target, np.zeros(4, dtype=int), 1)
+    many = rng.uniform(0, 200, 60)
+    good = np.column_stack([many + rng.normal(0, 10, 60), many + rng.normal(0, 10, 60)])
+    check_fit_generalises(good, many, np.zeros(60, dtype=int), 1)  # two honest members: averaging helps
+
+
+def test_out_naming_a_member_is_refused_before_anything_is_read(members):
+    site, paths, _ = members
+    before = paths[0].read_bytes()
+    with pytest.raises(ValueError, match="is one of the --models: an ensemble never overwrites a member"):
+        build_ensemble(EnsembleJob(models=tuple(paths), data=SiteDataConfig(site), out=paths[0], device="cpu"))
+    assert paths[0].read_bytes() == before
