@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="repeat the comparison with each site's training split cut to N images, e.g. "
                              "25,50,100,200,400 (test split fixed; see docs/federation.md)")
     parser.add_argument("--fedrep", action="store_true", help="also run FedRep (each site keeps its own head)")
+    parser.add_argument("--leave-one-out", action="store_true",
+                        help="also federate without each site in turn and score that model on the site left out")
     parser.add_argument("--wandb", action="store_true", help="also log to wandb (offline unless configured)")
     return parser
 
@@ -74,7 +76,7 @@ def run_sim(args: argparse.Namespace) -> int:
         strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,
         device=args.device, feature_cache=args.feature_cache,
         site_sizes=parse_site_sizes(args.site_sizes) if args.site_sizes else None,
-        fedrep=args.fedrep or None,
+        fedrep=args.fedrep or None, leave_one_out=args.leave_one_out or None,
     )
     config = preset(name, **{**from_file, **{k: v for k, v in command_line.items() if v is not None}})
     run_experiment(config)

@@ -117,12 +117,13 @@ def federated_then_local(config: SimConfig, sites: list[PreparedSite], federated
 
 def federated_calibrated(config: SimConfig, sites: list[PreparedSite], model: torch.nn.Module,
                          preprocess: PreprocessConfig | None, freeze: str, tests: dict[str, BoneAgeDataset],
-                         cross: list[Evaluation] | None = None) -> list[Evaluation]:
+                         cross: list[Evaluation] | None = None, name: str = "") -> list[Evaluation]:
     """The shared (federated) model with each site's own sex-specific line fitted on its training split and applied
-    to its outputs: the site keeps the federation's anatomy and its own reader convention (`<strategy>+calib`)."""
+    to its outputs: the site keeps the federation's anatomy and its own reader convention (`<strategy>+calib`, or
+    `<name>+calib`)."""
     device, step = device_of(config), model.config.class_step_months
     model = model.to(device)
-    raw = {name: predict(model, make_loader(test, 64, shuffle=False, seed=0), device) for name, test in tests.items()}
+    raw = {key: predict(model, make_loader(test, 64, shuffle=False, seed=0), device) for key, test in tests.items()}
     units = {site.name: site.label_unit for site in sites}
     rows = []
     for site in sites:
@@ -134,7 +135,7 @@ def federated_calibrated(config: SimConfig, sites: list[PreparedSite], model: to
             p = raw[target.name]
             adjusted = Predictions(line.apply(p.predicted_months, p.male).astype(p.predicted_months.dtype),
                                    p.true_months, p.male)
-            row = Evaluation(target.name, f"{config.strategy}+calib", freeze,
+            row = Evaluation(target.name, f"{name or config.strategy}+calib", freeze,
                              compute_metrics(adjusted, step, units[target.name]), adjusted,
                              {"seed": config.seed, "model_site": site.name})
             if target.name == site.name:

@@ -94,6 +94,7 @@ class SimConfig:
     feature_cache: bool = True  # frozen blocks run once per image and view (core.feature_cache), sites and baselines
     site_sizes: tuple[int, ...] = ()  # training images per site, one comparison each (empty: the sites as they are)
     fedrep: bool = False  # also a FedRep federation (each site keeps and first trains its own head, block 6)
+    leave_one_out: bool = False  # also, for each site, a federation of the others scored on its test split
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -153,7 +154,7 @@ PRESETS: dict[str, SimConfig] = {
 
 
 EXPERIMENT_KEYS = {"pretrained", "source", "sites", "strategy", "freeze", "rounds", "local_epochs", "lr", "seed", "seeds",
-                   "batch_size", "preset", "site_sizes", "fedrep"}
+                   "batch_size", "preset", "site_sizes", "fedrep", "leave_one_out"}
 SITE_KEYS = {"path", "label_unit", "name", "csv", "image_dir", "id_column", "age_column", "sex_column"}
 
 
@@ -161,7 +162,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
     """Overrides of `preset` from an experiment file (TOML); relative paths are relative to the file.
 
     Keys: pretrained or source, strategy, freeze (list), rounds, local_epochs, lr, seed, seeds, batch_size, preset,
-    site_sizes (list of training images per site), fedrep (true/false), and [[sites]] tables with path, label_unit, name, csv, image_dir, id_column, age_column, sex_column.
+    site_sizes (list of training images per site), fedrep and leave_one_out (true/false), and [[sites]] tables with path, label_unit, name, csv, image_dir, id_column, age_column, sex_column.
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -177,10 +178,11 @@ def load_experiment(path: Path) -> dict[str, Any]:
         if not isinstance(data["site_sizes"], list):
             raise ConfigError(f"experiment file {path}: site_sizes is a list of numbers, e.g. [25, 50, 100]")
         overrides["site_sizes"] = tuple(data["site_sizes"])
-    if "fedrep" in data:
-        if not isinstance(data["fedrep"], bool):
-            raise ConfigError(f"experiment file {path}: fedrep is true or false")
-        overrides["fedrep"] = data["fedrep"]
+    for flag in ("fedrep", "leave_one_out"):
+        if flag in data:
+            if not isinstance(data[flag], bool):
+                raise ConfigError(f"experiment file {path}: {flag} is true or false")
+            overrides[flag] = data[flag]
     if "freeze" in data:
         overrides["freeze_specs"] = tuple(str(s) for s in data["freeze"])
     for key, field_name in (("pretrained", "pretrained"), ("source", "source_dir")):

@@ -91,3 +91,31 @@ def cross_site_lines(rows: list[Evaluation]) -> list[str]:
         lines.append(f"| {'all' if size is None else size} | {method} ({freeze}) | {owner} | {home[0]:.2f} | "
                      f"{np.mean(away):.2f} |")
     return lines + ["", "![Cross-site MAD](cross_site.png)", ""]
+
+
+def held_out_lines(comparisons: dict, strategy: str, freeze: str) -> list[str]:
+    """Leave-one-site-out: the federation of the other sites on each site's test split, against the pretrained
+    model and calibration (paired differences with 95 % intervals); empty when the run did not leave sites out."""
+    from sim.experiment import without_site_name
+    from sim.verdicts import label
+
+    alone = (without_site_name(strategy), freeze)
+    pairs = [(alone, ("pretrained", "all")), (alone, ("calibrated", "all")),
+             ((f"{alone[0]}+calib", freeze), ("calibrated", "all"))]
+    lines: list[str] = []
+    for size, comparison in comparisons.items():
+        for site in comparison.sites:
+            for a, b in pairs:
+                if comparison.has(site, a) and comparison.has(site, b):
+                    d = comparison.difference(site, a, b)
+                    verdict = ("better" if d.estimate < 0 else "worse") if d.excludes_zero else "not told apart"
+                    at = "" if size is None else f" ({size} training images per site)"
+                    lines.append(f"- {site}{at}: {label(a)} minus {label(b)} {d.estimate:+.2f} months (95 % CI "
+                                 f"{d.low:+.2f} to {d.high:+.2f}): {verdict}.")
+    if not lines:
+        return []
+    return ["## Leave one site out", "",
+            f"For each site, a federation of the other sites ({label(alone)}, `--leave-one-out`) scored on its test "
+            "split: what the federated model is worth to a hospital that did not take part, as it is and under the "
+            "hospital's own calibration (`+calib`), against the pretrained model and calibrating that.", "",
+            *lines, ""]

@@ -102,22 +102,38 @@ def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Pa
         runs.append((base, f"{config.strategy}_freeze-{base}_dp-{sigma:g}", "none",
                      {"dp-noise-multiplier": sigma, "dp-max-grad-norm": config.dp_max_grad_norm,
                       "dp-max-epsilon": config.dp_max_epsilon, "dp-seed": config.seed}))
-    result = []
-    for spec, name, local_layers, dp in runs:
-        out = config.out_dir / "federations" / name
-        settings = RoundSettings(num_rounds=config.rounds, local_epochs=config.local_epochs, lr=config.lr,
-                                 batch_size=config.batch_size, seed=config.seed, freeze=parse_freeze_spec(spec),
-                                 local_layers=local_layers)
-        federation = FederationConfig(pretrained=pretrained, settings=settings, out_dir=out, strategy=config.strategy,
-                                      strategy_options=dict(config.strategy_options), min_nodes=len(sites),
-                                      wandb=config.wandb, device=config.device)
-        state = out / "site-state"
-        nodes = tuple(site_node_config(site.path, index, state / state_folder_name(site.path), pretrained,
-                                       site.label_unit, config.device, **manifest_keys(site.data), **dp,
-                                       **{"feature-cache": config.feature_cache})
-                      for index, site in enumerate(sites))
-        result.append(SimulatedRun(federation, nodes))
-    return result
+    return [simulated_run(config, sites, pretrained, *run) for run in runs]
+
+
+def simulated_run(config: SimConfig, sites: list[PreparedSite], pretrained: Path, spec: str, name: str,
+                  local_layers: str = "none", dp: dict | None = None) -> SimulatedRun:
+    """One federation of `sites` (each as its node config) under `config`'s round settings and strategy."""
+    out = config.out_dir / "federations" / name
+    settings = RoundSettings(num_rounds=config.rounds, local_epochs=config.local_epochs, lr=config.lr,
+                             batch_size=config.batch_size, seed=config.seed, freeze=parse_freeze_spec(spec),
+                             local_layers=local_layers)
+    federation = FederationConfig(pretrained=pretrained, settings=settings, out_dir=out, strategy=config.strategy,
+                                  strategy_options=dict(config.strategy_options), min_nodes=len(sites),
+                                  wandb=config.wandb, device=config.device)
+    state = out / "site-state"
+    nodes = tuple(site_node_config(site.path, index, state / state_folder_name(site.path), pretrained,
+                                   site.label_unit, config.device, **manifest_keys(site.data), **(dp or {}),
+                                   **{"feature-cache": config.feature_cache})
+                  for index, site in enumerate(sites))
+    return SimulatedRun(federation, nodes)
+
+
+def without_site_name(strategy: str) -> str:
+    """The method name of leave-one-site-out rows: the federation of the other sites, scored on the one left out."""
+    return f"{strategy}-without-site"
+
+
+def leave_one_out_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Path) -> list[SimulatedRun]:
+    """For each site j, a federation of the other sites (baseline freeze spec), to be scored on site j's test
+    split: what the federated model is worth to a hospital that did not take part."""
+    base = config.baseline_freeze
+    return [simulated_run(config, [s for s in sites if s.name != held.name], pretrained, base,
+                          f"{config.strategy}_freeze-{base}_without-{held.name}") for held in sites]
 
 
 def evaluate_fedbn(outcome: FederationOutcome, run: SimulatedRun, sites: list[PreparedSite],

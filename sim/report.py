@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from core.metrics import AGE_GROUPS_YEARS, age_group_label  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
-from sim.cross_site import cross_site_lines, plot_cross_site, write_cross_site  # noqa: E402
+from sim.cross_site import cross_site_lines, held_out_lines, plot_cross_site, write_cross_site  # noqa: E402
 from sim.site_verdict import verdict_section  # noqa: E402
 from sim.sweep import by_size, crossover_lines, plot_sizes, size_keys  # noqa: E402
 from sim.verdicts import ALL, Comparison, answers, label  # noqa: E402
@@ -117,6 +117,8 @@ def legend(strategy: str) -> list[str]:
             f"| {strategy}+fedbn | federation with each site's normalisation layers kept at the site (FedBN) |",
             f"| {strategy}+fedrep | federation with each site's head (block 6) kept and trained first at the site "
             "(FedRep; `--fedrep`) |",
+            f"| {strategy}-without-site | the federation of the other sites, scored on the site left out "
+            "(`--leave-one-out`; `+calib`: under that site's own calibration) |",
             f"| {strategy}_freeze-S_dp-X | federation with sample-level DP at every site, noise multiplier X |", ""]
 
 
@@ -164,6 +166,7 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
         write_cross_site(cross, out / "cross_site.csv")
         plot_cross_site(cross, out / "cross_site.png")
         report += cross_site_lines(cross)
+    report += held_out_lines(comparisons, config.strategy, config.baseline_freeze)
     report += ["## Plots", "", "![MAD per round](mad_per_round.png)", "", "![Error by age group](error_by_age_group.png)",
                ""]
     if privacy_points:

@@ -15,10 +15,10 @@ from core.data.dataset import BoneAgeDataset
 from core.errors import FederationFailed
 from core.inputs import InputSettings
 from server.outcome import FederationOutcome
-from sim.baselines import federated_then_local, run_baselines, seeded
+from sim.baselines import federated_calibrated, federated_then_local, run_baselines, seeded
 from sim.config import SimConfig
 from sim.experiment import (Evaluation, device_of, epsilon_by_site, evaluate_everywhere, evaluate_fedbn,
-                            federation_runs, load_test_splits, per_round_mad)
+                            federation_runs, leave_one_out_runs, load_test_splits, per_round_mad, without_site_name)
 from sim.federation import SimulatedRun, run_federations
 from sim.report import write_report
 from sim.sites import PreparedSite, prepare_sites, pretrained_model
@@ -66,6 +66,12 @@ def run_experiment(config: SimConfig) -> list[Evaluation]:
     done = iter(outcomes)
     for p in plans:
         finish(config, p, [next(done) for _ in p.runs], tests, outcome)
+    held_out = [(p, rep, site, run) for p in plans for rep, site, run in p.held_out]
+    if held_out:
+        logger.info("leave-one-site-out: %d federations of %d sites, one engine session", len(held_out),
+                    len(sites) - 1)
+        for (p, rep, site, run), done in zip(held_out, run_federations([run for *_, run in held_out])):
+            outcome.rows += score_held_out(rep, p, site, run, done, tests)
     logger.info("[6/%d] report", STAGES)
     seconds = time.perf_counter() - started
     summary = write_report(config, outcome.rows, outcome.curves, outcome.privacy_points, seconds, outcome.cross)
@@ -84,6 +90,7 @@ class Plan:
     runs: list[tuple[SimConfig, SimulatedRun]]
     rows: list[Evaluation]
     cross: list[Evaluation]
+    held_out: list[tuple[SimConfig, PreparedSite, SimulatedRun]]  # leave-one-site-out runs and the site left out
 
 
 def plan(config: SimConfig, sites: list[PreparedSite], pretrained: Path, tests: dict[str, BoneAgeDataset],
@@ -104,7 +111,29 @@ def plan(config: SimConfig, sites: list[PreparedSite], pretrained: Path, tests: 
         rows += run_baselines(repetition, at_size[repetition.seed][0], pretrained, tests, cross)
     runs = [(repetition, run) for repetition in repetitions
             for run in federation_runs(repetition, at_size[repetition.seed][0], pretrained)]
-    return Plan(size, at_size, runs, rows, cross)
+    held_out = []
+    if config.leave_one_out and len(sites) < 3:
+        logger.warning("leave-one-site-out needs at least 3 sites (a federation of 2 when one is left out); skipped")
+    elif config.leave_one_out:
+        held_out = [(r, site, run) for r in repetitions for site, run in
+                    zip(at_size[r.seed][0], leave_one_out_runs(r, at_size[r.seed][0], pretrained))]
+    return Plan(size, at_size, runs, rows, cross, held_out)
+
+
+def score_held_out(config: SimConfig, plan: Plan, site: PreparedSite, run: SimulatedRun, done: FederationOutcome,
+                   tests: dict[str, BoneAgeDataset]) -> list[Evaluation]:
+    """The federation of the other sites on the held-out site's test split, as it is and under the held-out site's
+    own sex-specific calibration (fitted on its training split)."""
+    if done.failure:
+        raise FederationFailed(f"{run.config.out_dir.name}: {done.failure}; no report written")
+    loaded = load_checkpoint(done.final_checkpoint)
+    name = without_site_name(config.strategy)
+    rows = evaluate_everywhere(loaded.model, [site], tests, name, run.config.freeze, device_of(config))
+    rows += federated_calibrated(config, [site], loaded.model, preprocess_config_of(loaded.metadata),
+                                 run.config.freeze, {site.name: tests[site.name]}, name=name)
+    for row in rows:
+        row.extra.update(seed=config.seed, site_size=plan.size, n_train=plan.at_size[config.seed][1].get(site.name))
+    return rows
 
 
 def finish(config: SimConfig, plan: Plan, outcomes: list[FederationOutcome], tests: dict[str, BoneAgeDataset],
