@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from core.central import make_loss
+from core.loss import make_loss
 from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canvas_size, make_loader
 from core.data.manifest import Record
 from core.feature_cache import FeatureCache

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from bench.bench_model import count_flops
-    from core.central import make_loss
+    from core.loss import make_loss
     from core.loss import JointLossConfig
     from core.model.config import TJNetConfig
     from core.model.tjnet import TJNet

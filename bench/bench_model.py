@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from core.central import make_loss
+from core.loss import make_loss
 from core.loss import JointLossConfig
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.config import TJNetConfig

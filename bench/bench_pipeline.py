@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from core.central import make_loss
+from core.loss import make_loss
 from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig

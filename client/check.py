@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from core.central import make_loss
+from core.loss import make_loss
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
 from core.data.dataset import BoneAgeDataset, refusal_detail, refusal_reason

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from client.config import SiteConfig
-from core.central import evaluate_model
+from core.evaluation import evaluate_model
 from core.checkpoint import CheckpointCache, CheckpointError
 from core.data import AugmentConfig, DataError, SiteData
 from core.data.cache import SiteDataCache, cache_budget_from_env

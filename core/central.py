@@ -15,16 +15,16 @@ from core.checkpoint import build_model, check_output_path, describe, load_check
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
-from core.loss import JointLossConfig, make_head_loss
-from core.metrics import compute_metrics
+from core.evaluation import evaluate_model
+from core.loss import JointLossConfig, make_loss
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
 from core.data.pool import concatenate
-from core.data.views import StackedViews, load_site_views
+from core.data.views import load_site_views
 from core.inputs import InputSettings
 from core.preprocess import PreprocessConfig
 from core.preprocess.site import orientation_for_site
 from core.tta import TTAConfig
-from core.training import FitResult, TrainConfig, fit, predict, resolve_device, seed_everything
+from core.training import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ class PretrainJob:
     preprocess: PreprocessConfig | None = None
     sex_specific: bool = False
     tta: TTAConfig = TTAConfig()
-
-
-def make_loss(model: nn.Module, config: JointLossConfig) -> nn.Module:
-    """The loss of the model's output head (`core.loss.make_head_loss`)."""
-    return make_head_loss(model.age_head, config)
 
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:
@@ -131,17 +126,6 @@ def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAge
     result = fit(model, train_loader, val_loader, loss_fn, job.train, device)
     model.load_state_dict(result.best_state)
     return result, loss_fn
-
-
-def evaluate_model(
-    model: nn.Module, dataset: BoneAgeDataset | StackedViews, device: torch.device, label_unit: str = "months",
-    batch_size: int = 64, tta: TTAConfig | None = None,
-) -> dict[str, Any]:
-    """Metrics of `model` on `dataset` (see `core.metrics.compute_metrics`), with test-time augmentation `tta`."""
-    loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
-    predictions = predict(model.to(device), loader, device, amp=device.type == "cuda", tta=tta)
-    step = getattr(model.config, "class_step_months", 3.0)
-    return compute_metrics(predictions, class_step_months=step, label_unit=label_unit)
 
 
 def evaluate_checkpoint(

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.central import evaluate_model, make_loss
+from core.evaluation import evaluate_model
+from core.loss import make_loss
 from core.data import make_loader
 from core.data.dataset import BoneAgeDataset
 from core.errors import ConfigError, UserError

@@ -262,3 +262,8 @@ LOSSES = {"paper": _joint, "months": _joint, "regression": _regression}
 def make_head_loss(head: AgeHead, config: JointLossConfig | None = None) -> nn.Module:
     """The loss that trains `head` (see the module docstring)."""
     return LOSSES[head.name](head, config or JointLossConfig())
+
+
+def make_loss(model: nn.Module, config: JointLossConfig | None = None) -> nn.Module:
+    """The loss of `model`'s output head (its `age_head`)."""
+    return make_head_loss(model.age_head, config)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.calibration import fit_linear_calibration
-from core.central import make_loss
+from core.loss import make_loss
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from core.central import evaluate_model
+from core.evaluation import evaluate_model
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.errors import ConfigError, ResumeMismatch

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from core.central import make_loss
+from core.loss import make_loss
 from core.data import AugmentConfig
 from core.data.dataset import BoneAgeDataset
 from core.data.manifest import load_manifest

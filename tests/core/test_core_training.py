@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import training
-from core.central import make_loss
+from core.loss import make_loss
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from core.central import evaluate_model
+from core.evaluation import evaluate_model
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, SiteDataConfig, load_site
 from core.finetune import train_site_round

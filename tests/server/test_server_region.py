@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.central import evaluate_checkpoint, evaluate_model
+from core.central import evaluate_checkpoint
+from core.evaluation import evaluate_model
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig, load_site
 from core.preprocess import PreprocessConfig, preprocess_config_of
