@@ -129,7 +129,7 @@ def score_held_out(config: SimConfig, plan: Plan, site: PreparedSite, run: Simul
     loaded = load_checkpoint(done.final_checkpoint)
     name = without_site_name(config.strategy)
     rows = evaluate_everywhere(loaded.model, [site], tests, name, run.config.freeze, device_of(config))
-    rows += federated_calibrated(config, [site], loaded.model, preprocess_config_of(loaded.metadata),
+    rows += federated_calibrated(config, [site], loaded.model, InputSettings.of(loaded).preprocess,
                                  run.config.freeze, {site.name: tests[site.name]}, name=name)
     for row in rows:
         row.extra.update(seed=config.seed, site_size=plan.size, n_train=plan.at_size[config.seed][1].get(site.name))
