@@ -56,6 +56,16 @@ class RealSite:
         return cls(Path(path), unit or "months")
 
 
+def check_site_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """Sizes sorted and checked: whole numbers of at least 2 training images, no repeats."""
+    if any(int(s) != s or s < 2 for s in sizes):
+        raise ConfigError(f"site sizes must be whole numbers of at least 2 training images, got {list(sizes)}")
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"site sizes repeat a value: {list(sizes)}")
+    return tuple(sorted(int(s) for s in sizes))
+
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Everything `python -m sim` does, from phantom sites to the comparison table.
@@ -114,8 +124,6 @@ class SimConfig:
         for site in self.real_sites:
             if site.label_unit not in ("months", "years"):
                 raise ConfigError(f"site {site.path}: label unit must be months or years, got {site.label_unit!r}")
-        from sim.sizes import check_site_sizes  # sim.sizes reads sites, which read this module
-
         object.__setattr__(self, "site_sizes", check_site_sizes(tuple(self.site_sizes)))
         if not all(math.isfinite(sigma) and sigma > 0 for sigma in self.dp_noise_multipliers):
             raise ConfigError(f"DP noise multipliers must be positive numbers, got {self.dp_noise_multipliers}")

@@ -22,18 +22,10 @@ import numpy as np
 from core.data import SiteDataConfig, load_manifest
 from core.data.split import split_of
 from core.errors import ConfigError
+from sim.config import check_site_sizes
 from sim.sites import PreparedSite
 
 logger = logging.getLogger("ossifl.sim")
-
-
-def check_site_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
-    """Sizes sorted and checked: whole numbers of at least 2 training images, no repeats."""
-    if any(int(s) != s or s < 2 for s in sizes):
-        raise ConfigError(f"site sizes must be whole numbers of at least 2 training images, got {list(sizes)}")
-    if len(set(sizes)) != len(sizes):
-        raise ConfigError(f"site sizes repeat a value: {list(sizes)}")
-    return tuple(sorted(int(s) for s in sizes))
 
 
 def parse_site_sizes(text: str) -> tuple[int, ...]:

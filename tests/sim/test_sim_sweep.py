@@ -140,3 +140,13 @@ def test_cross_site_scores_each_sites_model_on_every_test_split(tmp_path: Path) 
     assert "| 11.0" in lines and "| 9.0" in lines
     plot_cross_site(rows, tmp_path / "cross.png")
     assert (tmp_path / "cross.png").stat().st_size > 1000
+
+
+def test_sim_sites_imports_first_without_a_cycle_through_the_site_sizes() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", "import sim.sites, sim.sizes"], cwd=root, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
