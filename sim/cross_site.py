@@ -52,9 +52,13 @@ def plot_cross_site(rows: list[Evaluation], path: Path) -> None:
     mads = {c[1:]: float(np.mean([e.mean() for e in errors])) for c, errors in cells.items() if c[0] == largest}
     methods = list(dict.fromkeys((m, f) for m, f, _, _ in mads))
     targets = list(dict.fromkeys(t for _, _, _, t in mads))
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
+    columns = min(3, len(methods))
+    rows = -(-len(methods) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.axis("off")
     high = max(mads.values())
-    for ax, (method, freeze) in zip(axes[0], methods):
+    for ax, (method, freeze) in zip(axes.flat, methods):
         owners = list(dict.fromkeys(o for m, f, o, _ in mads if (m, f) == (method, freeze)))
         grid = np.array([[mads.get((method, freeze, o, t), np.nan) for t in targets] for o in owners])
         ax.imshow(grid, cmap="viridis_r", vmin=0, vmax=high, aspect="auto")
@@ -66,7 +70,7 @@ def plot_cross_site(rows: list[Evaluation], path: Path) -> None:
         ax.set_yticks(range(len(owners)), owners, fontsize=6)
         ax.set_title(method if freeze == "all" else f"{method} ({freeze})", fontsize=8)
         ax.set_xlabel("test split of", fontsize=7)
-    axes[0, 0].set_ylabel("model of", fontsize=7)
+        ax.set_ylabel("model of", fontsize=7)
     size = "" if largest is None else f", {largest} training images per site"
     fig.suptitle(f"Test MAD (months) of each site's model on every site{size}", fontsize=9)
     fig.tight_layout()
