@@ -96,8 +96,7 @@ class CachedFeatures(Dataset):
         self.entry, self.source, self.prefix, self.device, self.views = entry, source, prefix, device, views
         self.feature_size, self.channels_last = feature_size, channels_last
         self.ages, self.male = source.ages_months, source.male_flags
-        self.view = -1
-        self.set_epoch(source.epoch)
+        self.features: torch.Tensor | None = None  # the view in use; computed at the first set_epoch or item
 
     def __len__(self) -> int:
         return len(self.source)
@@ -126,6 +125,8 @@ class CachedFeatures(Dataset):
         return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.features is None:  # read without set_epoch: the view of the source's epoch
+            self.set_epoch(self.source.epoch)
         return {"image": self.features[index], "male": self.male[index], "age": self.ages[index]}
 
 
