@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from client.acceptance import site_acceptance
 from client.predict import FIELDS, PredictSettings, Predictor
 from client.reading import ReadingConfig
@@ -61,6 +63,8 @@ def check_out_folder(out: Path | None, inputs: list[Path], needs_out: bool) -> N
         if needs_out:
             raise DataError("--heatmap and --report write files: give --out DIR")
         return
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is an existing file; --out is a folder (predictions, heat maps, reports)")
     resolved = out.resolve()
     for entry in inputs:
         folder = entry.resolve() if entry.is_dir() else entry.resolve().parent
@@ -72,14 +76,35 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def write_rows(rows: Any, stream: TextIO, as_json: bool, copy: TextIO | None) -> tuple[int, int]:
-    """Write rows to `stream` (and `copy`) as JSON lines or CSV; returns (predicted, refused)."""
+MIN_SPREAD_IMAGES = 5  # readings needed before their spread says anything about the model
+MIN_SPREAD_MONTHS = 3.0  # one of TJ-Net's age classes: different radiographs read within it all read alike
+
+
+def blind_model_warning(months: list[float]) -> str:
+    """A warning when the model gave (nearly) the same age to every image: it does not read the image ("" if not)."""
+    if len(months) < MIN_SPREAD_IMAGES:
+        return ""
+    spread = float(np.std(months))
+    if spread >= MIN_SPREAD_MONTHS:
+        return ""
+    return (f"warning: the model read all {len(months)} images as {np.mean(months):.1f} months (standard deviation "
+            f"{spread:.2f} months): a model that gives every radiograph the same age does not read the image; "
+            f"do not use these readings")
+
+
+def write_rows(rows: Any, stream: TextIO, as_json: bool, copy: TextIO | None,
+               months: list[float] | None = None) -> tuple[int, int]:
+    """Write rows to `stream` (and `copy`) as JSON lines or CSV; returns (predicted, refused).
+
+    The bone ages of the predicted rows are appended to `months` when given."""
     writers = [csv.DictWriter(s, fieldnames=FIELDS) for s in (stream, copy) if s is not None] if not as_json else []
     for writer in writers:
         writer.writeheader()
     counts = [0, 0]
     for row in rows:
         counts[row["status"] != "ok"] += 1
+        if months is not None and row["status"] == "ok" and row.get("bone_age_months") not in (None, ""):
+            months.append(float(row["bone_age_months"]))
         for target in (stream, copy):
             if target is not None and as_json:
                 target.write(json.dumps({k: (None if v == "" else v) for k, v in row.items()}) + "\n")
@@ -107,10 +132,15 @@ def run_predict(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         copy = open(args.out / ("predictions.jsonl" if args.json else "predictions.csv"), "w", newline="",
                     encoding="utf-8")
+    months: list[float] = []
     try:
-        predicted, refused = write_rows(predictor.run(items), sys.stdout, args.json, copy)
+        predicted, refused = write_rows(predictor.run(items), sys.stdout, args.json, copy, months)
     finally:
         if copy is not None:
             copy.close()
     print(f"{predicted} image(s) predicted, {refused} refused", file=sys.stderr)
+    blind = blind_model_warning(months)
+    if blind:
+        print(blind, file=sys.stderr)
+        return 1
     return 0
