@@ -127,6 +127,9 @@ class SimConfig:
         object.__setattr__(self, "site_sizes", check_site_sizes(tuple(self.site_sizes)))
         if not all(math.isfinite(sigma) and sigma > 0 for sigma in self.dp_noise_multipliers):
             raise ConfigError(f"DP noise multipliers must be positive numbers, got {self.dp_noise_multipliers}")
+        for flag, folder in (("--out", self.out_dir), ("--cache", self.cache_dir)):
+            if Path(folder).exists() and not Path(folder).is_dir():
+                raise ConfigError(f"{flag} {folder} is an existing file; give a folder")
         if not (math.isfinite(self.dp_max_epsilon) and self.dp_max_epsilon > 0):
             raise ConfigError(f"--dp-max-epsilon must be a positive number, got {self.dp_max_epsilon}")
 

@@ -54,7 +54,7 @@ def assign(records: list[Record], shifts: list[SiteShift], seed: int,
             picked = [r for r in free if not r.male][:girls] + [r for r in free if r.male][:pop.size - girls]
         if len(picked) < pop.size:
             raise PartitionError(f"site {index + 1} ({shift.name}) needs {pop.size} images aged {lo:g}-{hi:g} "
-                                 f"months, only {len(picked)} fit among the images left; ask for fewer")
+                                 f"months, only {len(picked)} fit among the images left")
         picked.sort(key=lambda r: r.image_id)
         chosen.append(picked)
         taken.update(r.image_id for r in picked)
@@ -127,7 +127,7 @@ def partition(data: SiteDataConfig, n_sites: int, out: Path, profile: str = "hos
     if n_sites < 1:
         raise PartitionError("--sites must be at least 1")
     if size is not None and size < 1:
-        raise PartitionError("--size must be at least 1")
+        raise PartitionError("--per-site must be at least 1")
     if out.exists() and any(out.iterdir()):
         raise PartitionError(f"output folder {out} is not empty; choose a new one")
     if data.root.resolve() == out.resolve() or data.root.resolve() in out.resolve().parents:
@@ -136,7 +136,17 @@ def partition(data: SiteDataConfig, n_sites: int, out: Path, profile: str = "hos
     manifest = load_manifest(data)
     if not manifest.records:
         raise DataError(f"{data.root}: no usable labelled images")
-    chosen, source = assign(manifest.records, shifts, seed, source_n)
+    try:
+        chosen, source = assign(manifest.records, shifts, seed, source_n)
+    except PartitionError as exc:
+        fits = largest_fitting_size(manifest.records, profile, n_sites, seed, source_n)
+        if size is not None or fits == 0:
+            hint = f"ask for fewer with --per-site (at most {fits} fit)" if fits else "give more images or fewer --sites"
+            raise PartitionError(f"{exc}; {hint}") from None
+        logger.warning("the %s profile's default sizes do not fit %d images: %d images per site instead (%s)",
+                       profile, len(manifest.records), fits, exc)
+        shifts = site_shifts(profile, n_sites, fits)
+        chosen, source = assign(manifest.records, shifts, seed, source_n)
     provenance = {"source": str(data.root.resolve()), "profile": profile, "seed": seed, "sites": n_sites,
                   "source_records": len(manifest.records), "source_skipped": len(manifest.skipped)}
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +189,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "(--source is the old, deprecated name: in `python -m sim` --source is a folder)")
     parser.set_defaults(handler=run_partition)
     return parser
+
+
+def largest_fitting_size(records: list[Record], profile: str, n_sites: int, seed: int, source_n: int) -> int:
+    """The most images per site that `assign` can give every site (0 when not even one fits)."""
+    low, high = 0, len(records) // max(n_sites, 1)
+    while low < high:  # the largest size that fits; fitting is monotone in the size
+        middle = (low + high + 1) // 2
+        try:
+            assign(records, site_shifts(profile, n_sites, middle), seed, source_n)
+            low = middle
+        except PartitionError:
+            high = middle - 1
+    return low
 
 
 def run_partition(args: argparse.Namespace) -> int:

@@ -120,9 +120,13 @@ def test_presets_exist_and_overrides_apply():
     (["--dp", "-1"], "noise multipliers"), (["--dp", "nan"], "noise multipliers must be positive numbers"),
     (["--dp", "abc"], "--dp takes comma-separated numbers, got 'abc'"),
     (["--dp", "1", "--dp-max-epsilon", "0"], "--dp-max-epsilon must be a positive number"),
+    (["--out", "sim_test_file.txt"], "is an existing file"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
-    assert main([*argv, "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
+    (tmp_path / "sim_test_file.txt").write_text("keep")
+    argv = [str(tmp_path / a) if a == "sim_test_file.txt" else a for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "o")]
+    assert main([*argv, *out, "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
     assert not (tmp_path / "c").exists()

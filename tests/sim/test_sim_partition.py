@@ -122,7 +122,12 @@ def test_cli_writes_sites_and_refuses_bad_requests(source: Path, tmp_path: Path,
     assert "not empty" in capsys.readouterr().err
     assert main(["partition", "--data", str(source), "--sites", "2", "--size", "50",
                  "--out", str(tmp_path / "big")]) == 2
-    assert "only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only" in err and "ask for fewer with --per-site (at most " in err
+    # the profile's default sizes (300 a site) do not fit 80 images: the default fits the data instead
+    assert main(["partition", "--data", str(source), "--sites", "2", "--out", str(tmp_path / "default")]) == 0
+    sizes = [len(_labels(folder)) for folder in sorted((tmp_path / "default").glob("site-*"))]
+    assert len(sizes) == 2 and all(0 < size <= 40 for size in sizes)
     assert main(["partition", "--data", str(source), "--sites", "2", "--profile", "nope",
                  "--out", str(tmp_path / "x")]) == 2
     assert "unknown partition profile" in capsys.readouterr().err
