@@ -34,11 +34,17 @@ SHARED_OPTIONS = ("device", "threads", "seed", "json")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """One line per message: our handler on the root logger, at DEBUG only with -v.
+
+    Flower logs through its own console handler and, by propagation, through ours as well (every Flower line
+    twice, its DEBUG lines included): its logger stops propagating and keeps its one handler, at our level.
+    """
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    flower = logging.getLogger("flwr")
+    flower.propagate = False
+    for handler in flower.handlers:
+        handler.setLevel(level)
 
 
 def add_verbose_option(parser: argparse.ArgumentParser, root: bool = False) -> None:
