@@ -124,8 +124,8 @@ def legend(strategy: str) -> list[str]:
 
 def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privacy_points: list,
                  seconds: float, cross: list[Evaluation] | None = None) -> str:
-    """results.csv, results_by_seed.csv, cross_site.csv, report.md and the plots; returns the answers for the
-    terminal (at the largest site size when the run sweeps sizes)."""
+    """results.csv, results_by_seed.csv, cross_site.csv, report.md and the plots; returns what the terminal shows:
+    the answers (at the largest site size when the run sweeps sizes) and the verdict per site."""
     out = config.out_dir
     write_results(rows, out / "results.csv")
     write_seed_rows(rows, out / "results_by_seed.csv")
@@ -172,9 +172,10 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
     if privacy_points:
         report += ["![Privacy / utility](privacy_utility.png)", ""]
     counts = {(r.extra.get("site_size"), r.site): r.extra["n_train"] for r in rows if r.extra.get("n_train")}
-    report += verdict_section(comparisons, config.strategy, config.baseline_freeze, counts)
+    verdicts = verdict_section(comparisons, config.strategy, config.baseline_freeze, counts)
+    report += verdicts
     (out / "report.md").write_text("\n".join(report))
-    return verdict
+    return verdict + "\n" + "\n".join(verdicts)
 
 
 def write_predictions(rows: list[Evaluation], path: Path) -> None:
