@@ -9,6 +9,11 @@ test image is read once; each transform in `core.preprocess.stress.STRESS` is ap
 share refused (with the reasons), MAD, and the change of MAD against the clean images (the same images, scored
 both ways) with a 95 % bootstrap interval. Target (issue 11): the change stays within 1.5 months, or the affected
 images are refused.
+
+    python -m bench.bench_stress --preprocess default --data DIR
+
+needs no model: the share of images each transform has refused by those settings, resolved on the split's clean
+images as `python -m client preprocess` resolves them (the orientation self-check, and the fit when it fails).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from core.data.dataset import BoneAgeDataset, DecodedSplit, fit_to_square, refus
 from core.data.manifest import Record
 from core.data.split import split_records
 from core.errors import ConfigError
-from core.preprocess import Preprocessor, preprocess_config_of
+from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
+from core.preprocess.site import describe_check, orientation_for_site
 from core.preprocess.stress import STRESS
 from core.stats import paired_difference
 from core.training import predict
@@ -53,11 +59,13 @@ class Cell:
     preprocess_seconds: float = 0.0
 
 
+def _records(args: argparse.Namespace) -> list[Record]:
+    records = split_records(load_manifest(data_config_from_args(args)).records)[args.split]
+    return records[:args.limit] if args.limit else records
+
+
 def _images(args: argparse.Namespace) -> list[tuple[str, float, bool, np.ndarray]]:
-    manifest = load_manifest(data_config_from_args(args))
-    records = split_records(manifest.records)[args.split]
-    if args.limit:
-        records = records[:args.limit]
+    records = _records(args)
     images = []
     for record in records:
         try:
@@ -112,12 +120,45 @@ def _row(model_name: str, transform: str, cell: Cell, clean: Cell) -> dict:
     return row
 
 
+def _refusals_only(args: argparse.Namespace, images: list) -> int:
+    """Share refused per transform by the --preprocess settings, resolved on the split's clean images as
+    `client preprocess` resolves them for a folder (the orientation self-check, and the fit when it fails)."""
+    settings = PreprocessConfig.parse(args.preprocess)
+    if settings is None:
+        raise ConfigError("--preprocess none refuses nothing; give default or default,key=value,...")
+    config, site = orientation_for_site(settings, [record.path for record in _records(args)], seed=args.seed)
+    preprocessor = Preprocessor(config)
+    rows = []
+    for transform in [CLEAN, *args.transforms]:
+        refused: Counter = Counter()
+        for index, (_, _, _, image) in enumerate(images):
+            rng = np.random.default_rng([args.seed, index])
+            result = preprocessor(image if transform == CLEAN else STRESS[transform](image, rng))
+            if result.refused is not None:
+                refused[refusal_reason(result.refused)] += 1
+        rows.append({"transform": transform, "n": len(images), "refused_share": sum(refused.values()) / len(images),
+                     "refused": dict(refused)})
+    if args.json:
+        print(json.dumps({"orientation_check": site, "rows": rows}))
+        return 0
+    print(describe_check(site))
+    print("| transform | refused | reasons |\n|---|---|---|")
+    for row in rows:
+        reasons = ", ".join(f"{k} {v}" for k, v in row["refused"].items())
+        print(f"| {row['transform']} | {100 * row['refused_share']:.1f} % of {row['n']} | {reasons} |")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     unknown = [t for t in args.transforms if t not in STRESS]
     if unknown:
         raise ConfigError(f"unknown transform(s) {unknown}; known: {', '.join(STRESS)}")
+    if bool(args.model) == bool(args.preprocess):
+        raise ConfigError("give --model (one or more) to score models, or --preprocess SPEC for refusals only")
     images = _images(args)
+    if args.preprocess:
+        return _refusals_only(args, images)
     rows, cleans = [], []
     for path in args.model:
         loaded = load_checkpoint(path)
@@ -160,7 +201,10 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_stress", description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
-    parser.add_argument("--model", type=Path, action="append", required=True, help="checkpoint (repeatable)")
+    parser.add_argument("--model", type=Path, action="append", default=[], help="checkpoint (repeatable)")
+    parser.add_argument("--preprocess", default="",
+                        help="no model: the share each transform has refused by these settings (e.g. default, as a "
+                             "new user gets them)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--transforms", nargs="+", default=list(STRESS), help=f"subset of: {' '.join(STRESS)}")
     parser.add_argument("--limit", type=int, default=0, help="first N images of the split only (0: all)")

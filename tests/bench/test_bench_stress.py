@@ -39,3 +39,17 @@ def test_an_unknown_transform_is_one_line(tmp_path: Path, capsys: pytest.Capture
     capsys.readouterr()
     assert main(["--data", str(site), "--model", str(tmp_path / "raw.pt"), "--transforms", "sepia"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown transform")
+
+
+def test_refusals_only_with_the_defaults_a_new_user_gets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    site = generate_site("rsna", 40, tmp_path / "site", seed=2, image_size=64)
+    code = main(["--data", str(site), "--preprocess", "default,min_side=40", "--split", "train",
+                 "--transforms", "rotate90", "downscale0.5", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["orientation_check"]["checked"]  # resolved on the split's images like a folder
+    rows = {row["transform"]: row for row in out["rows"]}
+    assert list(rows) == ["clean", "rotate90", "downscale0.5"]
+    assert rows["downscale0.5"]["refused"] == {"refused: too small": rows["downscale0.5"]["n"]}  # 32 px < 40
+    assert rows["clean"]["refused_share"] < 0.1
+    assert main(["--data", str(site), "--split", "train"]) == 2  # neither models nor settings: one line
+    assert "--preprocess SPEC" in capsys.readouterr().err
