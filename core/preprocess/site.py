@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ MIN_AGREEMENT = 0.95  # share of posed copies whose pose the model names consist
 MIN_SITE_IMAGES = 16  # fewer images cannot tell a trustworthy model from a lucky one: the check is skipped
 CHECK_IMAGES = 64  # images of the site the check looks at (evenly spread over the folder)
 FIT_MAX_IMAGES = 2000  # images of the site a fit reads (and hashes)
-FIT = OrientationTrainConfig(steps=400, batch_size=32, lr=1e-3)
+FIT = OrientationTrainConfig(steps=400, batch_size=32, lr=1e-3)  # steps: at least this, 4 per image up to FIT_MAX_STEPS
+FIT_MAX_STEPS = 1500
 _PROBE = (np.arange(12, dtype=np.float32).reshape(3, 4) + 1.0) / 14.0  # asymmetric: tells every pose apart
 
 
@@ -158,17 +160,18 @@ def describe_check(report: dict[str, Any]) -> str:
 def _fitted_model(config: PreprocessConfig, paths: list[Path]) -> Path:
     """The model fitted on (up to FIT_MAX_IMAGES of) ``paths``, read from the cache when the same images made one."""
     images, data_digest = _read(_spread(paths, FIT_MAX_IMAGES))
-    key = hashlib.sha256(f"{data_digest} {config.orientation_sha256} {FIT}".encode()).hexdigest()[:20]
+    budget = replace(FIT, steps=min(FIT_MAX_STEPS, max(FIT.steps, 4 * len(images))))  # more images, more to learn
+    key = hashlib.sha256(f"{data_digest} {config.orientation_sha256} {budget}".encode()).hexdigest()[:20]
     out = cache_dir() / f"site-{key}.pt"
     if out.is_file():
         logger.info("orientation model for these images found in the cache: %s", out)
         return out
     logger.info("fitting an orientation model on %d of the site's own images (self-supervised, no labels; %d steps, "
-                "about a minute; cached in %s)", len(images), FIT.steps, out.parent)
+                "a minute or a few; cached in %s)", len(images), budget.steps, out.parent)
     held_out = images[:max(2, len(images) // 10)]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial")
-    fit_orientation(images, held_out, partial, FIT, trained_on=[f"site images, SHA-256 {data_digest}"],
+    fit_orientation(images, held_out, partial, budget, trained_on=[f"site images, SHA-256 {data_digest}"],
                     init=config.weights_path)
     partial.replace(out)
     return out
