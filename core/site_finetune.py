@@ -188,9 +188,7 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
         for k, test in enumerate(tests):
             step += 1
             rest = [r for j, fold in enumerate(folds) if j != k for r in fold]
-            inner = {"train": [], "val": []}
-            for record in rest:
-                inner["train" if split_of(record.image_id, (0.9, 0.1, 0.0)) == "train" else "val"].append(record)
+            inner = inner_split(rest, config.seed)
             model = load_checkpoint(pretrained).model
             finetune_model(model, pool.dataset(inner["train"], AugmentConfig(), config.seed),
                            pool.dataset(inner["val"], None, config.seed), parse_freeze_spec(spec), quiet, device,
@@ -200,6 +198,20 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
                         spec, k + 1, config.folds, float(np.mean(np.abs(collected[spec][-1].predicted_months
                                                                         - collected[spec][-1].true_months))))
     return summarise_specs(collected, base.model.config.class_step_months, data.label_unit, config.seed)
+
+
+def inner_split(records: list[Record], seed: int) -> dict[str, list[Record]]:
+    """A fold's training images cut into train (90 %) and val (10 %, best epoch) by id hash; when the ids all hash
+    to one side (a site cut from another set's test split by the same hash), 10 % drawn at random (seeded)."""
+    inner: dict[str, list[Record]] = {"train": [], "val": []}
+    for record in records:
+        inner["train" if split_of(record.image_id, (0.9, 0.1, 0.0)) == "train" else "val"].append(record)
+    if records and not (inner["train"] and inner["val"]):
+        order = np.random.default_rng(seed).permutation(len(records))
+        val = set(order[:max(1, len(records) // 10)].tolist())
+        inner = {"train": [r for i, r in enumerate(records) if i not in val],
+                 "val": [r for i, r in enumerate(records) if i in val]}
+    return inner
 
 
 def calibrated_folds(pretrained: list[Predictions]) -> list[Predictions]:

@@ -19,7 +19,9 @@ from core.metrics import Predictions
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
-from core.site_finetune import calibrated_folds
+from core.data.manifest import Record
+from core.data.split import split_of
+from core.site_finetune import calibrated_folds, inner_split
 from sim.phantom.writer import generate_site
 
 PREPROCESS = PreprocessConfig(canonical=False, small_angle=False, output_size=32)
@@ -81,3 +83,15 @@ def test_the_calibrated_row_fits_a_line_on_the_other_folds() -> None:
     shifted = [Predictions(predicted[i::2], true[i::2] + 10.0 * i, male[i::2]) for i in range(2)]
     first, _ = calibrated_folds(shifted)  # fold 0 gets the line of fold 1 (labels 10 months higher)
     assert np.allclose(first.predicted_months, first.true_months + 10.0)
+
+
+def test_a_fold_whose_ids_all_hash_to_validation_still_trains() -> None:
+    """A site cut from another set's test split by the same id hash: every id hashes past the 90 % mark."""
+    ids = [str(i) for i in range(2000) if split_of(str(i)) == "test"][:40]
+    records = [Record(i, Path(f"{i}.png"), 100.0, True) for i in ids]
+    inner = inner_split(records, seed=0)
+    assert len(inner["train"]) == 36 and len(inner["val"]) == 4
+    assert inner == inner_split(records, seed=0)
+    mixed = [Record(str(i), Path(f"{i}.png"), 100.0, True) for i in range(40)]
+    by_hash = inner_split(mixed, seed=0)  # the usual case is unchanged: the hash decides
+    assert all(split_of(r.image_id, (0.9, 0.1, 0.0)) == "train" for r in by_hash["train"]) and by_hash["val"]
