@@ -131,6 +131,8 @@ class Predictor:
             row.update(chronological_age_months=round(facts.age_months, 1),
                        chronological_age=years_months(facts.age_months), chronological_age_source=facts.age_source)
         pending = _Pending(item, facts, row, flags=list(facts.flags))
+        if item.problem:
+            return self._refuse(pending, item.problem)
         try:
             pixels = read_image(item.path)
         except ImageError as exc:

@@ -34,10 +34,14 @@ class PatientFacts:
     age_months: float | None = None
 
 
+MAX_CHRONOLOGICAL_MONTHS = 360.0  # 30 years: a pediatric bone age past this is a wrong tag, not a patient
+
+
 @dataclass(frozen=True)
 class WorkItem:
     path: Path
     given: PatientFacts = PatientFacts()
+    problem: str = ""  # why this input is refused before it is read (a bad worklist row), "" when none
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,9 @@ def collect(inputs: list[Path]) -> list[WorkItem]:
     items: list[WorkItem] = []
     for entry in inputs:
         if entry.is_dir():
-            found = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS)
+            # a link that points nowhere or to itself is kept: it gets a row with its reason, never silence
+            found = sorted(p for p in entry.rglob("*") if p.suffix.lower() in FOLDER_EXTENSIONS
+                           and (p.is_file() or p.is_symlink()))
             if not found:
                 raise DataError(f"{entry}: no images ({', '.join(FOLDER_EXTENSIONS)}) in this folder")
             items.extend(WorkItem(p) for p in found)
@@ -94,24 +100,30 @@ def read_worklist(path: Path) -> list[WorkItem]:
         raise DataError(f"{path}: a worklist needs a 'path' column; columns found: {', '.join(table.columns)}")
     items = []
     for number, row in enumerate(table.to_dict("records"), start=2):
-        where = f"{path} line {number}"
         image = Path(row["path"].strip())
-        age = row.get("chronological_age", "").strip()
+        image = image if image.is_absolute() else path.parent / image
         try:
-            age_months = float(age) * 12.0 if age else None
-        except ValueError:
-            raise DataError(f"{where}: chronological_age {age!r} is not a number of years") from None
-        if age_months is not None and not (math.isfinite(age_months) and age_months >= 0):
-            raise DataError(f"{where}: chronological_age {age!r} is not a non-negative number of years")
-        facts = PatientFacts(
-            patient_id=row.get("patient_id", "").strip() or None,
-            male=parse_sex(row["sex"], where) if row.get("sex", "").strip() else None,
-            birth_date=parse_date(row["birth_date"], where) if row.get("birth_date", "").strip() else None,
-            study_date=parse_date(row["study_date"], where) if row.get("study_date", "").strip() else None,
-            age_months=age_months,
-        )
-        items.append(WorkItem(image if image.is_absolute() else path.parent / image, facts))
+            items.append(WorkItem(image, _row_facts(row, f"line {number}")))
+        except DataError as exc:  # one bad row is that row's refusal; the others go on
+            items.append(WorkItem(image, problem=f"worklist {path.name} {exc}"))
     return items
+
+
+def _row_facts(row: dict[str, str], where: str) -> PatientFacts:
+    age = row.get("chronological_age", "").strip()
+    try:
+        age_months = float(age) * 12.0 if age else None
+    except ValueError:
+        raise DataError(f"{where}: chronological_age {age!r} is not a number of years") from None
+    if age_months is not None and not (math.isfinite(age_months) and age_months >= 0):
+        raise DataError(f"{where}: chronological_age {age!r} is not a non-negative number of years")
+    return PatientFacts(
+        patient_id=row.get("patient_id", "").strip() or None,
+        male=parse_sex(row["sex"], where) if row.get("sex", "").strip() else None,
+        birth_date=parse_date(row["birth_date"], where) if row.get("birth_date", "").strip() else None,
+        study_date=parse_date(row["study_date"], where) if row.get("study_date", "").strip() else None,
+        age_months=age_months,
+    )
 
 
 def _first(*candidates: tuple[object, str]) -> tuple[object, str]:
@@ -137,7 +149,29 @@ def resolve(item: WorkItem, command_line: PatientFacts, tags: PatientTags) -> Re
             flags.append("study date before birth date: chronological age not used")
         else:
             from_dates = (months_between(birth, study), f"birth date ({birth_source}) to study date ({study_source})")
-    age, age_source = _first((command_line.age_months, "command line"), (given.age_months, "worklist"),
-                             from_dates or (None, ""), (tags.age_months, "DICOM PatientAge"))
+    elif birth is not None or study is not None:
+        known, missing = ("birth date", "study date") if birth is not None else ("study date", "birth date")
+        flags.append(f"{known} ({birth_source or study_source}) without a {missing}: no chronological age from dates")
+    stated = [(command_line.age_months, "command line"), (given.age_months, "worklist"),
+              (tags.age_months, "DICOM PatientAge")]
+    candidates = []
+    for months, source in [*stated[:2], from_dates or (None, ""), stated[2]]:
+        if months is not None and not 0 <= months <= MAX_CHRONOLOGICAL_MONTHS:
+            flags.append(f"implausible chronological age {months:g} months ({source}): not used")
+        elif months is not None:
+            candidates.append((months, source))
+    age, age_source = candidates[0] if candidates else (None, "")
+    if from_dates is not None:
+        for months, source in candidates:
+            tolerance = 12.0 if source == "DICOM PatientAge" else 1.0  # a DICOM age counts whole years
+            if source == from_dates[1] or abs(months - from_dates[0]) <= tolerance:
+                continue
+            if source == "command line":  # the user's explicit choice wins, flagged
+                flags.append(f"chronological age {months:g} months (command line) differs from the dates "
+                             f"({from_dates[0]:.1f} months): the command line is used")
+            elif age_source != "command line":
+                flags.append(f"chronological age {months:g} months ({source}) contradicts the dates "
+                             f"({from_dates[0]:.1f} months): chronological age not used")
+                age, age_source = None, ""
     patient_id = given.patient_id or tags.patient_id or item.path.stem
     return Resolved(patient_id, male, sex_source, age, age_source, tuple(flags))
