@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,8 +16,10 @@ from core.checkpoint import build_model, check_output_path, describe, load_check
 from core.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
+from core.errors import ConfigError
 from core.evaluation import evaluate_model
 from core.loss import JointLossConfig, make_loss
+from core.model.heads import DEFAULT_HEAD_INIT, HEAD_INITS, init_age_head
 from core.model.combined import CombinedConfig, MemberSpec, SexSpecificModel
 from core.data.pool import concatenate
 from core.data.views import load_site_views
@@ -44,6 +47,7 @@ class PretrainJob:
     preprocess: PreprocessConfig | None = None
     sex_specific: bool = False
     tta: TTAConfig = TTAConfig()
+    head_init: str = DEFAULT_HEAD_INIT  # `core.model.heads.init_age_head`: the output starts at the ages' prior
 
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:
@@ -53,6 +57,8 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     keeping its own best epoch) and both are saved as one checkpoint that routes each image by its sex.
     """
     check_output_path(job.out)  # before hours of training, not after
+    if job.head_init not in HEAD_INITS:
+        raise ConfigError(f"head init must be one of {HEAD_INITS}, got {job.head_init!r}")
     if job.threads:
         torch.set_num_threads(job.threads)
     seed_everything(job.train.seed)
@@ -97,6 +103,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         **conformal_metadata(model, site.val, device, str(job.data.root), tta=job.tta),  # prediction interval (h12)
         tta=job.tta.to_dict(),
         preprocess=None if preprocess is None else preprocess.to_dict(),
+        head_init=job.head_init,
     )
     save_checkpoint(job.out, model, metadata)
     logger.info("best val MAD %.2f months; saved %s (%.0f s, %.1f s/epoch)", best["best_val_mad_months"], job.out,
@@ -120,6 +127,7 @@ def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAge
                                num_workers=job.train.num_workers, drop_last=len(train) > job.train.batch_size)
     val_loader = make_loader(val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
     loss_fn = make_loss(model, job.loss)
+    init_age_head(model, job.head_init, np.array([record.age_months for record in train.records]))
     logger.info("training %s (%d parameters) on %s: %d train / %d val images, %d px, device %s",
                 job.architecture, sum(p.numel() for p in model.parameters()), job.data.root, len(train), len(val),
                 model.config.image_size, device)

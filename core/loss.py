@@ -49,7 +49,7 @@ from core.errors import ConfigError
 from core.model.heads import AgeHead, AgeOutput, RegressionHead
 
 
-ALPHA_RULES = ("loss", "val", "ramp")
+ALPHA_RULES = ("loss", "val", "ramp", "mad")
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,12 @@ class JointLossConfig:
 
     alpha_start: float = 1.5
     alpha_final: float | None = None  # None: the number of classes, as in the paper
-    alpha_rule: str = "loss"
+    alpha_rule: str = "mad"
     window: int = 50
     tolerance: float = 0.02
     alpha_val_tolerance: float = 0.02
     alpha_ramp_steps: int = 500
+    alpha_mad_margin: float = 0.15
     label_sigma_months: float = 0.0
     mad_unit_months: float = 12.0
     per_sample: bool = False
@@ -72,21 +73,24 @@ class JointLossConfig:
             raise ConfigError(f"alpha rule must be one of {ALPHA_RULES}, got {self.alpha_rule!r}")
         if self.label_sigma_months < 0 or self.alpha_ramp_steps < 1:
             raise ConfigError("label smoothing sigma must be >= 0 and the alpha ramp at least 1 step")
+        if not 0.0 <= self.alpha_mad_margin < 1.0:
+            raise ConfigError(f"the alpha MAD margin must be in [0, 1), got {self.alpha_mad_margin}")
 
 
 class AlphaSchedule:
     """Raises alpha from its start value to its final value (see the module docstring for the rules)."""
 
     def __init__(self, start: float, final: float, window: int, tolerance: float, rule: str = "loss",
-                 val_tolerance: float = 0.02, ramp_steps: int = 500) -> None:
+                 val_tolerance: float = 0.02, ramp_steps: int = 500, mad_margin: float = 0.15) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.start, self.final, self.window, self.tolerance = start, final, window, tolerance
-        self.rule, self.val_tolerance, self.ramp_steps = rule, val_tolerance, ramp_steps
+        self.rule, self.val_tolerance, self.ramp_steps, self.mad_margin = rule, val_tolerance, ramp_steps, mad_margin
         self.raised = False
         self.steps = 0
         self._last_val: float | None = None
         self._recent: deque[float] = deque(maxlen=2 * window)
+        self._mad: deque[tuple[float, float]] = deque(maxlen=window)  # (model MAD, mean predictor's MAD) per batch
 
     @property
     def alpha(self) -> float:
@@ -103,11 +107,20 @@ class AlphaSchedule:
             self.raised = True
         return self.raised
 
-    def observe(self, batch_loss: float) -> bool:
-        """Record one batch loss; return True on the step alpha is raised (the ``loss`` rule)."""
+    def observe(self, batch_loss: float, mad_months: float | None = None,
+                mean_predictor_months: float | None = None) -> bool:
+        """Record one batch (its loss; for the ``mad`` rule also the model's MAD and that of the batch's mean age);
+        return True on the step alpha is raised (the ``loss`` and ``mad`` rules)."""
         self.steps += 1
-        if self.rule != "loss" or self.raised:
+        if self.raised or self.rule not in ("loss", "mad"):
             return False
+        if self.rule == "mad":
+            if mad_months is None or mean_predictor_months is None:
+                raise ValueError("the mad alpha rule needs each batch's MAD and its mean predictor's MAD")
+            self._mad.append((float(mad_months), float(mean_predictor_months)))
+            model, mean = (sum(values) for values in zip(*self._mad))
+            self.raised = len(self._mad) == self.window and model <= (1.0 - self.mad_margin) * mean
+            return self.raised
         self._recent.append(float(batch_loss))
         if len(self._recent) < 2 * self.window:
             return False
@@ -120,13 +133,15 @@ class AlphaSchedule:
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"raised": self.raised, "recent": list(self._recent), "steps": self.steps, "last_val": self._last_val}
+        return {"raised": self.raised, "recent": list(self._recent), "steps": self.steps, "last_val": self._last_val,
+                "mad": [list(pair) for pair in self._mad]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.raised = bool(state.get("raised", False))
         self._recent = deque(state.get("recent", []), maxlen=2 * self.window)
         self.steps = int(state.get("steps", 0))
         self._last_val = state.get("last_val")
+        self._mad = deque((tuple(pair) for pair in state.get("mad", [])), maxlen=self.window)
 
 
 def smoothed_targets(age_months: torch.Tensor, num_classes: int, class_step_months: float,
@@ -168,7 +183,7 @@ class JointLoss(nn.Module):
         final = self.config.alpha_final if self.config.alpha_final is not None else float(num_classes)
         self.schedule = AlphaSchedule(self.config.alpha_start, final, self.config.window, self.config.tolerance,
                                       self.config.alpha_rule, self.config.alpha_val_tolerance,
-                                      self.config.alpha_ramp_steps)
+                                      self.config.alpha_ramp_steps, self.config.alpha_mad_margin)
         self.num_classes = num_classes
         self.class_step_months = class_step_months
 
@@ -192,7 +207,8 @@ class JointLoss(nn.Module):
             soft = smoothed_targets(age_months, self.num_classes, self.class_step_months, self.config.label_sigma_months)
         age_term = cross_entropy(output.age_logits, self.age_classes(age_months), soft)
         total = mad_term + age_term
-        terms = {"alpha": alpha, "mad_term": float(mad_term.detach()), "age_ce": float(age_term.detach())}
+        terms = {"alpha": alpha, "mad_term": float(mad_term.detach()), "age_ce": float(age_term.detach()),
+                 "mean_predictor_mad": float(torch.mean(torch.abs(age_months - torch.mean(age_months.float()))))}
         if output.sex_logits is not None:
             sex_term = cross_entropy(output.sex_logits, male.long())
             total = total + sex_term
@@ -206,7 +222,7 @@ class JointLoss(nn.Module):
 
     def after_step(self, parts: LossParts) -> bool:
         """Feed the schedule with a training batch loss; True when alpha was just raised."""
-        return self.schedule.observe(float(parts.total.detach()))
+        return self.schedule.observe(float(parts.total.detach()), parts.mad_months, parts.terms["mean_predictor_mad"])
 
     def after_epoch(self, val_mad: float) -> bool:
         """Feed the schedule with an epoch's val MAD; True when alpha was just raised."""

@@ -11,7 +11,7 @@ from core.cli import add_data_arguments, add_shared_options, data_config_from_ar
 from core.data import AugmentConfig
 from core.errors import ConfigError
 from core.loss import ALPHA_RULES, JointLossConfig
-from core.model.heads import HEAD_NAMES
+from core.model.heads import HEAD_INITS, HEAD_NAMES
 from core.preprocess import REGION_NAMES, PreprocessConfig
 from core.schedule import LR_SCHEDULES
 from core.training import TrainConfig
@@ -36,12 +36,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--depth", type=int, default=18, help="ResNet depth for --arch resnet (18, 34, 50)")
     train.add_argument("--norm", choices=("group", "batch"), default="group")
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=TrainConfig.lr,
+                       help="AdamW learning rate (3e-4; the paper's 1e-3 stalls at the mean age: docs/benchmarks.md)")
     train.add_argument("--alpha-start", type=float, default=JointLossConfig.alpha_start,
                        help="joint loss: weight of the MAD term until the batch loss is stable")
     train.add_argument("--alpha-final", type=float, default=None,
                        help="joint loss: weight of the MAD term after that (default: 77, the paper's)")
     add_recipe_arguments(train)
+    train.add_argument("--head-init", choices=HEAD_INITS, default=PretrainJob.head_init,
+                       help="prior: start the output at the training ages' distribution (a class head's bias at the log "
+                            "of the class frequencies, a regression head at the mean age); uniform: as built")
     add_shared_options(train, "seed", "device", "threads")
     train.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     train.add_argument("--no-cbam", action="store_true", help="ablation: remove the CBAM modules")
@@ -63,7 +67,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The training recipe (docs/benchmarks.md, "Training recipe"); defaults from the typed configs."""
     loss, train, tta = JointLossConfig(), TrainConfig(), TTAConfig()
     parser.add_argument("--alpha-rule", choices=ALPHA_RULES, default=loss.alpha_rule,
-                        help="when alpha rises: loss (batch loss stable), val (val MAD stable), ramp (linear)")
+                        help="when alpha rises: mad (the model's MAD over the last batches beats the batches' mean "
+                             "age by --alpha-mad-margin), loss (batch loss stable), val (val MAD stable), ramp (linear)")
+    parser.add_argument("--alpha-mad-margin", type=float, default=loss.alpha_mad_margin,
+                        help="--alpha-rule mad: raise once the training MAD is this fraction below the mean predictor's")
     parser.add_argument("--alpha-val-tolerance", type=float, default=loss.alpha_val_tolerance,
                         help="--alpha-rule val: raise once an epoch improves the val MAD by at most this fraction")
     parser.add_argument("--alpha-ramp-steps", type=int, default=loss.alpha_ramp_steps,
@@ -122,7 +129,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         sex_specific=args.sex_specific,
         loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final, alpha_rule=args.alpha_rule,
                              alpha_val_tolerance=args.alpha_val_tolerance, alpha_ramp_steps=args.alpha_ramp_steps,
-                             label_sigma_months=args.label_sigma),
+                             label_sigma_months=args.label_sigma, alpha_mad_margin=args.alpha_mad_margin),
+        head_init=args.head_init,
         tta=TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
     )
     pretrain(job)

@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from core.data import SiteDataConfig
+from core.loss import JointLossConfig
+from core.model.heads import DEFAULT_HEAD_INIT
+from core.training import TrainConfig
 from core.errors import ConfigError
 from core.model.freeze import FreezeSpec
 from core.round_settings import RoundSettings
 from strategies import STRATEGY_NAMES
 from strategies.options import strategy_options
+
+
+def pretrain_recipe() -> dict[str, Any]:
+    """The pretraining recipe's defaults (loss, alpha rule, head start): a new recipe invalidates cached models."""
+    return {"loss": asdict(JointLossConfig()), "head_init": DEFAULT_HEAD_INIT}
+
 
 ROUND = RoundSettings()  # the federation's round defaults: the simulation's local rounds use the same
 FREEZE_SPECS = ("1", "1-2", "1-3", "1-4", "none")
@@ -80,7 +89,7 @@ class SimConfig:
     image_size: int = 96
     width: float = 0.5
     pretrain_epochs: int = 30
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = TrainConfig.lr
     rounds: int = 4
     local_epochs: int = ROUND.local_epochs
     lr: float = ROUND.lr
@@ -138,7 +147,7 @@ class SimConfig:
         source = {"dir": str(self.source_dir)} if self.source_dir is not None else asdict(self.source)
         relevant = {"source": source, "image_size": self.image_size, "width": self.width,
                     "epochs": self.pretrain_epochs, "lr": self.pretrain_lr, "batch_size": self.batch_size,
-                    "seed": self.seed}
+                    "seed": self.seed, "recipe": pretrain_recipe()}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -125,6 +126,41 @@ class RegressionHead(AgeHead):
         scaled = raw.float().reshape(-1)
         return AgeOutput(expected_months=(scaled + 1.0) * 0.5 * self.max_months, sex_logits=sex_logits,
                          scaled=scaled)
+
+
+HEAD_INITS = ("uniform", "prior")
+DEFAULT_HEAD_INIT = "prior"  # what pretraining uses (docs/benchmarks.md, "Training recipe")
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The model's last linear layer, whose outputs its age head reads (block 6 of TJ-Net, `head` of the baseline)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == model.age_head.out_features]
+    if not layers:
+        raise ValueError("the model has no linear layer feeding its age head")
+    return layers[-1]
+
+
+@torch.no_grad()
+def init_age_head(model: nn.Module, how: str, train_ages_months: np.ndarray) -> None:
+    """Start the model's output at the training ages' prior (`how` = "prior") or leave it as built ("uniform").
+
+    "prior" sets the bias of the last linear layer so that, before any training, a class head's softmax is the
+    training split's class frequencies (bias = log of the frequencies, one pseudo-count per class so that no
+    class starts at -inf) and a regression head outputs the training split's mean age. The weights stay as
+    built, so the images still move the logits around that start.
+    """
+    if how not in HEAD_INITS:
+        raise ConfigError(f"head init must be one of {HEAD_INITS}, got {how!r}")
+    ages = np.asarray(train_ages_months, dtype=np.float64)
+    if how == "uniform" or ages.size == 0:
+        return
+    head, layer = model.age_head, output_layer(model)
+    if isinstance(head, RegressionHead):
+        layer.bias.fill_(float(head.scale(torch.tensor(float(ages.mean())))))
+        return
+    classes = np.clip(np.rint(ages / head.class_step_months), 0, head.num_classes - 1).astype(np.int64)
+    counts = np.bincount(classes, minlength=head.num_classes) + 1.0
+    layer.bias.copy_(torch.as_tensor(np.log(counts / counts.sum()), dtype=layer.bias.dtype))
 
 
 HEADS: dict[str, type[AgeHead]] = {"paper": ClassHead, "months": ClassHead, "regression": RegressionHead}

@@ -1,4 +1,4 @@
-"""The recipe's loss options: when alpha rises (three rules) and Gaussian label smoothing, checked by hand."""
+"""The recipe's loss options: when alpha rises (four rules) and Gaussian label smoothing, checked by hand."""
 
 from __future__ import annotations
 
@@ -83,7 +83,31 @@ def test_the_joint_loss_uses_the_ramped_alpha() -> None:
     assert first.terms["mad_term"] == pytest.approx(1.5) and second.terms["mad_term"] == pytest.approx(39.25)
 
 
-@pytest.mark.parametrize("changes", [{"alpha_rule": "epoch"}, {"label_sigma_months": -1.0}, {"alpha_ramp_steps": 0}])
+@pytest.mark.parametrize("changes", [{"alpha_rule": "epoch"}, {"label_sigma_months": -1.0}, {"alpha_ramp_steps": 0},
+                                     {"alpha_mad_margin": 1.0}, {"alpha_mad_margin": -0.1}])
 def test_a_bad_loss_setting_is_a_config_error(changes) -> None:
     with pytest.raises(ConfigError):
         JointLossConfig(**changes)
+
+
+def test_the_mad_rule_raises_alpha_once_the_model_beats_the_mean_predictor_by_the_margin() -> None:
+    schedule = AlphaSchedule(1.5, 77.0, window=2, tolerance=0.02, rule="mad", mad_margin=0.15)
+    # a flat batch loss (which raises alpha under the loss rule) at the mean predictor's MAD: alpha stays down
+    assert [schedule.observe(5.0, 34.0, 34.0) for _ in range(10)] == [False] * 10 and schedule.alpha == 1.5
+    # window of 2: (34 + 28) / (34 + 34) = 0.91, above 0.85; (28 + 29) / (34 + 34) = 0.84: raised
+    assert schedule.observe(5.0, 28.0, 34.0) is False
+    assert schedule.observe(5.0, 29.0, 34.0) is True and schedule.alpha == 77.0
+    assert schedule.observe(5.0, 40.0, 34.0) is False and schedule.alpha == 77.0
+    restored = AlphaSchedule(1.5, 77.0, window=2, tolerance=0.02, rule="mad", mad_margin=0.15)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.raised and restored.alpha == 77.0
+
+
+def test_the_joint_loss_feeds_the_mad_rule_its_batch_mad_and_the_batch_mean_predictor() -> None:
+    loss = JointLoss(77, 3.0, JointLossConfig(alpha_rule="mad", window=1, alpha_mad_margin=0.15))
+    ages, male = torch.tensor([24.0, 120.0]), torch.tensor([0.0, 1.0])
+    at_mean = loss(AgeOutput(expected_months=torch.tensor([72.0, 72.0]), age_logits=torch.zeros(2, 77)), ages, male)
+    assert at_mean.terms["mean_predictor_mad"] == pytest.approx(48.0)  # |24 - 72| and |120 - 72|
+    assert loss.after_step(at_mean) is False and loss.schedule.alpha == 1.5
+    close = loss(AgeOutput(expected_months=torch.tensor([30.0, 110.0]), age_logits=torch.zeros(2, 77)), ages, male)
+    assert loss.after_step(close) is True and loss.schedule.alpha == 77.0  # MAD 8 <= 0.85 * 48

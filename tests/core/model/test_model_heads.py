@@ -76,3 +76,27 @@ def test_configs_written_before_heads_existed_read_as_the_old_models():
     assert TJNetConfig.from_dict({"num_classes": 77, "class_step_months": 3.0}).head == "paper"
     old = ResNetConfig.from_dict({"depth": 18, "max_months": 228.0})
     assert (old.head, old.num_classes, old.class_step_months) == ("regression", 77, 3.0)
+
+
+def test_the_prior_start_sets_the_output_bias_to_the_training_class_frequencies():
+    from core.model.heads import init_age_head, output_layer
+
+    model = build_model("tjnet", SMALL)
+    ages = [0.0, 1.0, 3.0, 3.0, 3.0, 228.0]  # classes 0, 0, 1, 1, 1, 76 of 3 months
+    init_age_head(model, "prior", ages)
+    bias = output_layer(model).bias
+    assert output_layer(model) is model.block6.head[-1]
+    # counts plus one pseudo-count per class: 3, 4, 1 x 74, 2 over 83
+    expected = [math.log(3 / 83), math.log(4 / 83)] + [math.log(1 / 83)] * 74 + [math.log(2 / 83)]
+    assert bias.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_prior_start_of_a_regression_head_is_the_mean_age_and_uniform_changes_nothing():
+    from core.model.heads import init_age_head, output_layer
+
+    model = build_model("resnet", {**SMALL, "depth": 18})
+    init_age_head(model, "prior", [60.0, 120.0])
+    assert output_layer(model).bias.item() == pytest.approx(90.0 / 228.0 * 2 - 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_age_head(model, "uniform", [60.0, 120.0])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
