@@ -12,14 +12,22 @@ Choices the paper leaves open, made explicit here:
   the sums run over the classes present in the batch, each weighted by 1 - |C_c| / |C_t| (the
   batch share of the class), which levels the influence of frequent and rare classes.
 * alpha starts at 1.5 and is raised to the number of classes once the loss is stable, by
-  `AlphaSchedule`, under one of three rules (`alpha_rule`):
-  - ``loss`` (the default): the batch loss is stable when the mean of the last `window` batch losses
-    is within `tolerance` (relative) of the mean of the `window` before it;
+  `AlphaSchedule`, under one of four rules (`alpha_rule`):
+  - ``mad`` (the default): once the model's MAD, summed over the last `window` batches, is at most
+    1 - `alpha_mad_margin` (0.85) times the MAD of predicting each of those batches' own mean age
+    (`terms["mean_predictor_mad"]`). The paper raises alpha "once the loss is stable"; the batch loss
+    of a model that gives every image the same age is stable too, and on rsna100 (96 px, lr 1e-3)
+    the ``loss`` rule raised alpha at step ~104 of the first epoch while the model predicted the
+    per-sex median age (docs/benchmarks.md, "Training recipe"). Alpha was not what held training
+    there (the plateau is the same with alpha kept at 1.5), but raising it then is wrong by the
+    paper's own intent: this rule waits until the model has learned something from the images;
+  - ``loss`` (the default until issue 21): the batch loss is stable when the mean of the last
+    `window` batch losses is within `tolerance` (relative) of the mean of the `window` before it;
   - ``val``: at the end of the first epoch whose val MAD improved on the previous epoch's by no more
     than `alpha_val_tolerance` (relative), i.e. the val MAD, not the batch loss, has levelled off;
   - ``ramp``: alpha rises linearly from its start to its final value over `alpha_ramp_steps` steps
     (at step k, counted from 0 before the first update: start + (final - start) * min(k / n, 1)).
-  Under ``loss`` and ``val`` the switch happens once.
+  Under ``mad``, ``loss`` and ``val`` the switch happens once.
 * `label_sigma_months` > 0 smooths the class targets of the age cross-entropy over neighbouring
   classes: the target of an image of age a is q_k proportional to exp(-(c_k - a)^2 / (2 sigma^2))
   over the class centres c_k, instead of a one-hot on the nearest class (`smoothed_targets`). The

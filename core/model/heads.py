@@ -11,6 +11,14 @@ see the same blocks whatever the head.
 | `months`     | 240     | expected value over classes of 1 month (0-239)   | the joint loss on the 1-month grid  |
 | `regression` | 1       | y in [-1, 1] mapped linearly onto 0-228 months   | L1 on the age scaled to [-1, 1]     |
 
+How the output starts (`init_age_head`, `server pretrain --head-init`): ``prior`` (the default of
+pretraining) sets the bias of the last linear layer so that an untrained class head's softmax is the training
+ages' class frequencies (a regression head: their mean age), instead of the uniform softmax over 77 classes
+(expected age 114 months, and a cross-entropy that first has to learn the age distribution). It is the
+standard start for a classifier over unbalanced classes; on rsna100 it did not by itself end the mean-age
+plateau (docs/benchmarks.md, "Training recipe": the learning rate did), but it costs nothing and starts the
+model at the mean predictor rather than 11-13 months from it.
+
 The regression head keeps the paper's grid (77 classes of 3 months) only to define its age range
 (0 to 228 months) and the class accuracy reported by `core.metrics`.
 """
