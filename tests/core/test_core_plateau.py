@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.central import PretrainJob, make_loss
+from core.central import PretrainJob
+from core.loss import make_loss
 from core.data import SiteDataConfig, load_site, make_loader
 from core.model.config import TJNetConfig
 from core.model.heads import init_age_head
