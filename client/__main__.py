@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "client.calibrate_command",
     "client.accept_command",
     "client.supernode_command",
+    "client.export_command",
     "client.finetune_command",
     "client.preprocess_command",
     "client.train_orientation_command",

@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from client.audit import app_identity, append_audit, update_digest
 from client.config import SiteConfig
 from client.site import SITE_ERRORS, SiteSession
+from client.site_interval import interval_counts
 
 logger = logging.getLogger("ossifl.client")
 app = ClientApp()
@@ -33,6 +34,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's test split."""
     return _reply(msg, context, "evaluate", lambda session: session.evaluate())
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """After the last round: counts of the final model's scores for the federated prediction interval."""
+    return _reply(msg, context, "query", interval_counts)
 
 
 def _reply(msg: Message, context: Context, kind: str, work: Callable[[SiteSession], tuple]) -> Message:

@@ -107,4 +107,5 @@ def _dp_from(values: Mapping[str, Any]) -> DPConfig:
         enabled=noise is not None or target is not None, noise_multiplier=noise, target_epsilon=target,
         max_epsilon=number("dp-max-epsilon"), max_grad_norm=DPConfig.max_grad_norm if clip is None else clip,
         delta=number("dp-delta"), accountant=str(values.get("dp-accountant", "rdp")), seed=number("dp-seed", int),
+        interval_noise=number("dp-interval-noise") or DPConfig.interval_noise,
     )

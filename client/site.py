@@ -62,6 +62,7 @@ class SiteSession:
         self.site, self.state, self.run_id = site, state, run_id
         self.settings = RoundSettings.from_config(server_config)
         self.received_keys = list(arrays)
+        self.federation_id = str(server_config.get("federation-id", ""))  # kept by the server across a resume
         checkpoint, digest = PRETRAINED.load(site.pretrained)
         expected = self.settings.pretrained_sha256
         if expected and digest != expected:
@@ -75,10 +76,14 @@ class SiteSession:
         self.device = resolve_device(site.device)
         self.round = int(server_config.get("server-round", 0))
 
-    def _data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
+    def load_data(self, augment: bool, splits: tuple[str, ...]) -> SiteData:
         return DECODED.load(self.site.data, self.inputs.image_size, AugmentConfig() if augment else None,
                             seed=self.settings.seed, splits=splits, disk_dir=self.site.decode_cache,
                             preprocess=self.inputs.preprocess)
+
+    @property
+    def numeric_site_id(self) -> int:
+        return _numeric_id(self.site.site_id)
 
     def train(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train the blocks whose arrays arrived (minus the site's own freeze); return those blocks' arrays."""
@@ -86,7 +91,7 @@ class SiteSession:
         if self.settings.local_layers == "head" and HEAD_BLOCK not in {*self.settings.freeze, *self.site.freeze}:
             frozen = tuple(b for b in frozen if b != HEAD_BLOCK)  # FedRep: the head never travels, yet it trains
         settings = replace(self.settings, freeze=frozen)
-        data = self._data(augment=True, splits=("train", "val"))
+        data = self.load_data(augment=True, splits=("train", "val"))
         if len(data.train) == 0:
             raise DataError(f"{self.site.data.root}: the training split has no usable images")
         if settings.local_layers == "head":
@@ -134,7 +139,7 @@ class SiteSession:
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Test-split metrics; an age group with fewer than `min_group_images` images is reported as n = 0."""
-        data = self._data(augment=False, splits=("test",))
+        data = self.load_data(augment=False, splits=("test",))
         if len(data.test) == 0:
             raise DataError(f"{self.site.data.root}: the test split has no usable images")
         metrics = evaluate_model(self.model, data.test, self.device, self.site.data.label_unit)
@@ -157,7 +162,9 @@ class SiteSession:
         if LOCAL_LAYERS_KEY in self.state.array_records:
             return self.state.array_records[LOCAL_LAYERS_KEY].to_torch_state_dict()
         saved = load_local_layers(self.site.state_dir) if self.settings.local_layers != "none" else None
-        if saved and (saved.run_id, saved.pretrained_sha256) == (self.run_id, self.pretrained_sha256):
+        same_run = saved is not None and (saved.run_id == self.run_id or (
+            bool(self.federation_id) and saved.federation_id == self.federation_id))
+        if saved and same_run and saved.pretrained_sha256 == self.pretrained_sha256:
             return saved.layers
         return None
 
@@ -167,7 +174,8 @@ class SiteSession:
             state = self.model.state_dict()
             kept = {k: state[k] for k in local}
             self.state.array_records[LOCAL_LAYERS_KEY] = ArrayRecord(kept)
-            save_local_layers(self.site.state_dir, LocalLayers(kept, self.run_id, self.round, self.pretrained_sha256))
+            save_local_layers(self.site.state_dir, LocalLayers(kept, self.run_id, self.round, self.pretrained_sha256,
+                                                               self.federation_id))
 
 
 def _numeric_id(site_id: str) -> int:

@@ -3,7 +3,8 @@
 A site running with `local-layers = "norm"` keeps those layers in its node state between the messages
 of a run; it also writes them to `<state-dir>/local_layers.pt` after every round it trains, so that
 
-- a SuperNode restarted in the middle of a run picks them up again (same run id, same pretrained model);
+- a SuperNode restarted in the middle of a run picks them up again (same run id, same pretrained model), and so
+  does the next run of a federation the server resumed (same federation id, same pretrained model);
 - after the run, the site's own model is the federated model with these layers loaded on top
   (`python -m sim` evaluates FedBN that way).
 
@@ -34,12 +35,14 @@ class LocalLayers:
         run_id: the Flower run that trained them.
         round: the last server round the site trained in.
         pretrained_sha256: SHA-256 of the pretrained model the run started from.
+        federation_id: the federation the run belongs to (the server keeps it across a resume; "" before).
     """
 
     layers: dict[str, torch.Tensor]
     run_id: int
     round: int
     pretrained_sha256: str
+    federation_id: str = ""
 
 
 def save_local_layers(state_dir: Path, kept: LocalLayers) -> Path:
@@ -48,7 +51,8 @@ def save_local_layers(state_dir: Path, kept: LocalLayers) -> Path:
     path = state_dir / LOCAL_LAYERS_FILE
     partial = path.with_suffix(".pt.partial")
     torch.save({"layers": {k: v.detach().cpu().clone() for k, v in kept.layers.items()}, "run_id": kept.run_id,
-                "round": kept.round, "pretrained_sha256": kept.pretrained_sha256}, partial)
+                "round": kept.round, "pretrained_sha256": kept.pretrained_sha256,
+                "federation_id": kept.federation_id}, partial)
     os.replace(partial, path)
     return path
 
@@ -61,7 +65,7 @@ def load_local_layers(state_dir: Path) -> LocalLayers | None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return LocalLayers(dict(saved["layers"]), int(saved["run_id"]), int(saved["round"]),
-                           str(saved["pretrained_sha256"]))
+                           str(saved["pretrained_sha256"]), str(saved.get("federation_id", "")))
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{path} is not a file of kept layers ({exc.__class__.__name__}); "
                               "move it away to start the site's local layers afresh") from None

@@ -16,7 +16,7 @@ from strategies.options import OPTIONS, effective_options, strategy_options
 DERIVED_ROUND_KEYS = ("pretrained", "pretrained-sha256", "central-dp", "proximal-mu")
 RUN_ROUND_KEYS = tuple(key for key in ROUND_KEYS.values() if key not in DERIVED_ROUND_KEYS)
 # Settings a resume may change: they do not change the model of the rounds already done.
-FREE_ON_RESUME = ("resume", "num-rounds", "timeout", "fraction-evaluate", "wandb", "device", "central-data",
+FREE_ON_RESUME = ("resume", "interval", "num-rounds", "timeout", "fraction-evaluate", "wandb", "device", "central-data",
                   "central-label-unit", "out-dir")
 
 
@@ -45,6 +45,8 @@ class FederationConfig:
         central_dp_clipping_norm: L2 bound of each site's update under central DP.
         central_dp_max_epsilon: stop before a round would push the central epsilon past this (0 = no limit).
         central_dp_delta: delta of the central (epsilon, delta) guarantee; keep it well below 1/min-nodes.
+        interval: after the last round, fit the final model's 90 % prediction interval across the sites from
+            their score counts (`server.interval`); false: the final model has none.
     """
 
     pretrained: Path
@@ -64,6 +66,7 @@ class FederationConfig:
     central_dp_clipping_norm: float = 1.0
     central_dp_max_epsilon: float = 0.0
     central_dp_delta: float = 1e-5
+    interval: bool = True
 
     def __post_init__(self) -> None:
         self.aggregator_options()
@@ -149,7 +152,7 @@ class FederationConfig:
                     values[name] = kind(values[name])
                 except (TypeError, ValueError):
                     raise ConfigError(f"{name.replace('_', '-')} = {values[name]!r} is not a number") from None
-        for name in ("resume", "wandb"):
+        for name in ("resume", "wandb", "interval"):
             if name in values:
                 values[name] = str(values[name]).lower() in ("1", "true", "yes")
         strategy = str(values.get("strategy", cls.strategy))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -24,6 +25,7 @@ from core.preprocess import PreprocessConfig
 from core.training import resolve_device
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
+from server.interval import federated_interval
 from server.outcome import FederationOutcome
 from server.site_privacy import SitePrivacyRecord
 from server.tracking import MetricsTracker
@@ -49,6 +51,7 @@ class Federation:
         self.latest = config.out_dir / LATEST
         self.start_round = 0
         self.site_privacy = SitePrivacyRecord()
+        self.federation_id = uuid.uuid4().hex  # sent to the sites; a resume keeps it, so they keep their own layers
         strategy_state, accountant_state = self._resume() if config.resume and self.latest.exists() else (None, None)
         self.tracker = MetricsTracker(config.out_dir, config.wandb,
                                       run_name=f"{config.strategy}-freeze{config.freeze}", config=config.describe())
@@ -80,6 +83,7 @@ class Federation:
         self.model.load_state_dict(resumed.model.state_dict())
         self.start_round = int(resumed.metadata["round"])
         self.site_privacy = SitePrivacyRecord(resumed.metadata.get("site_privacy"))
+        self.federation_id = str(resumed.metadata.get("federation_id") or self.federation_id)
         accountant_state = resumed.metadata.get("central_dp_state")
         if self.config.central_dp and accountant_state is None:
             raise ConfigError(f"cannot resume under central DP: {self.latest} has no accountant state "
@@ -117,12 +121,13 @@ class Federation:
         save_checkpoint(self.latest, self.model, describe(
             self.model, round=real_round, strategy=self.config.strategy, strategy_state=self.strategy.state_dict(),
             seed=self.config.settings.seed, run_config=self.applied, preprocess=self.preprocess,
-            site_privacy=self.site_privacy.state_dict(), **dp_meta))
+            site_privacy=self.site_privacy.state_dict(), federation_id=self.federation_id, **dp_meta))
 
     def run(self, grid: Grid) -> FederationOutcome:
         """Run the remaining rounds and save the final model."""
         sha256 = file_sha256(self.config.pretrained)
-        site_config = ConfigRecord(self.config.message_settings(sha256).to_config())
+        site_config = ConfigRecord({**self.config.message_settings(sha256).to_config(),
+                                    "federation-id": self.federation_id})
         initial = ArrayRecord({k: self.model.state_dict()[k] for k in self.keys})
         remaining = self.config.num_rounds - self.start_round
         try:
@@ -137,7 +142,12 @@ class Federation:
             return self._fail(str(exc))
         finally:
             self.tracker.close()
-        return self._finish()
+        interval = {}
+        if self.config.interval and self.rounds_done > 0:
+            site_config["server-round"] = self.rounds_done
+            shared = ArrayRecord({k: self.model.state_dict()[k] for k in self.keys})
+            interval = federated_interval(grid, shared, site_config, self.config.timeout)
+        return self._finish(interval)
 
     def _fail(self, reason: str) -> FederationOutcome:
         """The run stops: no final model (the last merged round, if any, stays in federated_latest.pt)."""
@@ -148,15 +158,17 @@ class Federation:
         return FederationOutcome(None, self.rounds_done, self.keys, 0, self.applied, rounds,
                                  failure=failure)
 
-    def _finish(self) -> FederationOutcome:
+    def _finish(self, interval: dict[str, Any]) -> FederationOutcome:
         config = self.config
         final = config.out_dir / FINAL
         epsilon = None if self.private is None else self.private.epsilon()
         dp_meta = {} if epsilon is None else {"central_epsilon": epsilon, "central_delta": config.central_dp_delta}
         save_checkpoint(final, self.model, describe(self.model, round=self.rounds_done, strategy=config.strategy,
                                                     seed=config.settings.seed, pretrained=str(config.pretrained),
+                                                    pretrained_sha256=file_sha256(config.pretrained),
+                                                    federation_id=self.federation_id,
                                                     run_config=self.applied, preprocess=self.preprocess,
-                                                    **dp_meta))
+                                                    **dp_meta, **interval))
         shared = set(self.keys)
         nbytes = sum(v.numel() * v.element_size() for k, v in self.model.state_dict().items() if k in shared)
         logger.info("federation done: %d rounds, %d arrays (%.1f kB) per site and round, final model %s%s",

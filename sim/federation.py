@@ -91,6 +91,7 @@ def make_server_app(configs: Sequence[FederationConfig], outcomes: list[Federati
 def make_client_app(sites_by_run: Sequence[Sequence[dict[str, Any]]]) -> ClientApp:
     """OssiFL's ClientApp with each simulated node given its site's node config and a state per run."""
     from client.app import evaluate as client_evaluate
+    from client.app import query as client_query
     from client.app import train as client_train
 
     app = ClientApp()
@@ -112,6 +113,10 @@ def make_client_app(sites_by_run: Sequence[Sequence[dict[str, Any]]]) -> ClientA
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return as_site(client_evaluate, msg, context)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return as_site(client_query, msg, context)
 
     return app
 

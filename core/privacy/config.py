@@ -27,6 +27,8 @@ class DPConfig:
         accountant: "rdp" (Renyi DP, the default) or "prv" (privacy random variables, tighter).
         seed: the site's SECRET seed of Poisson sampling and noise, for reproducible experiments;
             None (production) draws fresh entropy each round. Whoever knows it can remove the noise.
+        interval_noise: standard deviation of the Gaussian noise on every score count the site releases for a
+            federated prediction interval (`core.federated_conformal`), accounted in the ledger.
     """
 
     enabled: bool = False
@@ -37,11 +39,13 @@ class DPConfig:
     delta: float | None = None
     accountant: str = "rdp"
     seed: int | None = None
+    interval_noise: float = 5.0
 
     def __post_init__(self) -> None:
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"dp accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         _check_positive("max-grad-norm", self.max_grad_norm)
+        _check_positive("interval-noise", self.interval_noise)
         for name, value in (("noise-multiplier", self.noise_multiplier), ("target-epsilon", self.target_epsilon),
                             ("max-epsilon", self.max_epsilon)):
             if value is not None:

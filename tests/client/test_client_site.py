@@ -153,3 +153,20 @@ def test_fedrep_trains_the_kept_head_first_then_the_shared_blocks_and_returns_on
     # the next round starts from the site's own head, not the pretrained one
     again = SiteSession(config, sent, {**server, "server-round": 2}, state, run_id=3).model.state_dict()
     assert all(torch.equal(again[k], kept.layers[k]) for k in groups.local)
+
+
+def test_fedbn_layers_survive_a_server_side_resume_of_the_same_federation_only(site, tmp_path) -> None:
+    config, pretrained = site
+    config = SiteConfig(**{**config.__dict__, "state_dir": tmp_path / "state"})
+    before = _state(pretrained)
+    groups = parameter_groups(load_checkpoint(pretrained).model, (1, 2, 3), "norm")
+    sent = {k: before[k] for k in groups.shared}
+    server = {"batch-size": 8, "freeze": "1-3", "local-layers": "norm", "server-round": 1, "federation-id": "f1"}
+    SiteSession(config, sent, server, RecordDict(), run_id=7).train()
+    kept = load_local_layers(config.state_dir)
+    assert kept.federation_id == "f1"
+    # the server resumed the federation: a new Flower run, the same federation id
+    resumed = SiteSession(config, sent, {**server, "server-round": 2}, RecordDict(), run_id=9).model.state_dict()
+    other = SiteSession(config, sent, {**server, "federation-id": "f2"}, RecordDict(), run_id=9).model.state_dict()
+    assert all(torch.equal(resumed[k], kept.layers[k]) for k in groups.local)
+    assert all(torch.equal(other[k], before[k]) for k in groups.local)

@@ -118,8 +118,9 @@ def test_dp_sites_report_a_growing_cumulative_epsilon_from_their_ledgers(federat
         by_site.setdefault(r["site"], []).append(float(r["value"]))
     assert set(by_site) == {"0", "1"}
     assert all(len(v) == 2 and 0 < v[0] < v[1] for v in by_site.values())
-    for state in (root / "private" / "state").iterdir():
-        assert len((state / "privacy_ledger.jsonl").read_text().splitlines()) == 2
+    for state in (root / "private" / "state").iterdir():  # two rounds, then the interval's score counts
+        entries = [json.loads(line) for line in (state / "privacy_ledger.jsonl").read_text().splitlines()]
+        assert len(entries) == 3 and entries[-1]["release"] == "interval score counts"
     train = [r for r in _rows(root / "private" / "metrics.csv") if r["phase"] == "train"]
     withheld = [float(r["value"]) for r in train if r["metric"] in ("train-loss", "train-mad-months")]
     assert withheld and set(withheld) == {0.0}  # the noiseless training loss stays at the site
@@ -200,3 +201,19 @@ def test_a_resume_under_a_different_run_config_is_refused_with_the_difference_na
                              strategy="fedavgm", strategy_options={"server-momentum": 0.5}, min_nodes=2, resume=True)
     with pytest.raises(ResumeMismatch, match=r"server-momentum: 0.9 -> 0.5"):
         Federation(other)
+
+
+def test_a_resumed_federation_keeps_its_id_so_the_sites_keep_their_own_layers(federation, tmp_path):
+    root, pretrained, _ = federation
+    latest = load_checkpoint(root / "crashed" / "federated_latest.pt").metadata
+    final = load_checkpoint(root / "crashed" / "federated_final.pt").metadata
+    straight = load_checkpoint(root / "straight" / "federated_final.pt").metadata
+    assert len(latest["federation_id"]) == 32 and final["federation_id"] == latest["federation_id"]
+    assert straight["federation_id"] != latest["federation_id"]
+    (tmp_path / "federated_latest.pt").write_bytes((root / "crashed" / "federated_latest.pt").read_bytes())
+    settings = RoundSettings(num_rounds=3, freeze=(1, 2, 3), batch_size=8)
+    config = FederationConfig(pretrained=pretrained, settings=settings, out_dir=tmp_path, strategy="fedavgm",
+                              min_nodes=2, resume=True, device="cpu")
+    assert Federation(config).federation_id == latest["federation_id"]
+    fresh = replace(config, resume=False, out_dir=tmp_path / "new")
+    assert Federation(fresh).federation_id != latest["federation_id"]
