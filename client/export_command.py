@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from client.acceptance import read_site_config
+from core.cli import add_shared_options
 from client.config import SiteConfig, SiteConfigError
 from core.checkpoint import CheckpointError, describe, file_sha256, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
@@ -32,7 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--site-config", type=Path, required=True,
                         help="the site's node config (site.toml): its data and state folder")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_shared_options(parser, "json")
     parser.set_defaults(handler=run_export)
 
 

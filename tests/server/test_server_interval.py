@@ -45,7 +45,7 @@ def test_pooled_counts_give_the_interval_of_the_pooled_scores_and_per_site_figur
 
 def test_a_private_release_is_accounted_in_the_ledger_and_refused_past_the_budget(tmp_path: Path) -> None:
     ledger = tmp_path / "privacy_ledger.jsonl"
-    dp = DPConfig(enabled=True, noise_multiplier=1.0, delta=1e-5)
+    dp = DPConfig(enabled=True, noise_multiplier=1.0, delta=1e-5, max_epsilon=100.0)
     epsilon, delta = account_release(ledger, dp, 5.0, 100)
     entries = PrivacyLedger(ledger).entries()
     assert len(entries) == 1 and entries[0].mechanism == (noise_multiplier(5.0), 1.0, 1)
@@ -67,7 +67,8 @@ def federated(tmp_path_factory: pytest.TempPathFactory, tiny_federation) -> tupl
     settings = RoundSettings(num_rounds=1, freeze=(1, 2, 3, 4), batch_size=8)
     runs = [SimulatedRun(FederationConfig(pretrained=tiny.pretrained, settings=settings, out_dir=root / name,
                                           min_nodes=2, device="cpu"), tiny.nodes(root / name / "state", **extra))
-            for name, extra in (("plain", {}), ("private", {"dp-noise-multiplier": 1.0, "dp-seed": 3}))]
+            for name, extra in (("plain", {}),
+                                ("private", {"dp-noise-multiplier": 1.0, "dp-seed": 3, "dp-max-epsilon": 100.0}))]
     run_federations(runs)
     return root, tiny.sites
 
