@@ -35,20 +35,23 @@ def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
     """The metrics of the reply: the four count vectors (head ones empty without a sex head), the noise added,
     epsilon after the release (0 for a site without DP) and the site id."""
     site, model, device = session.site, session.model, session.device
-    data = session.load_data(augment=False, splits=("val", "test"))
+    # the splits as training and evaluation decoded them (their cached files: nothing is decoded a third time);
+    # augmentation applies to the training split only
+    val = session.load_data(augment=True, splits=("train", "val")).val
+    test = session.load_data(augment=False, splits=("test",)).test
     head = has_sex_head(model)
     counts = {}
-    for split, dataset in (("calibration", data.val), ("test", data.test)):
+    for split, dataset in (("calibration", val), ("test", test)):
         counts[f"{split}-given"] = _counts(model, dataset, device, False)
         counts[f"{split}-head"] = _counts(model, dataset, device, True) if head else None
     sigma, epsilon = 0.0, 0.0
     if site.dp.enabled:
         sigma = site.dp.interval_noise
-        epsilon, _ = account_release(site.state_dir / LEDGER_FILENAME, site.dp, sigma, len(data.val) + len(data.test))
+        epsilon, _ = account_release(site.state_dir / LEDGER_FILENAME, site.dp, sigma, len(val) + len(test))
         rng = np.random.default_rng(None if site.dp.seed is None else [site.dp.seed, 25])
         counts = {k: None if v is None else add_noise(v, sigma, rng) for k, v in counts.items()}
     logger.info("site %s: interval score counts of %d calibration and %d test images%s", site.site_id,
-                len(data.val), len(data.test), f", noise sigma {sigma:g}, epsilon {epsilon:.3f}" if sigma else "")
+                len(val), len(test), f", noise sigma {sigma:g}, epsilon {epsilon:.3f}" if sigma else "")
     metrics: dict[str, Any] = {key: [] if counts[key] is None else [float(c) for c in counts[key]]
                                for key in COUNT_KEYS}
     metrics.update({"noise-sigma": float(sigma), "epsilon": float(epsilon), "site-id": session.numeric_site_id})
