@@ -33,7 +33,8 @@ def _counts(model: torch.nn.Module, dataset: BoneAgeDataset, device: torch.devic
 
 def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The metrics of the reply: the four count vectors (head ones empty without a sex head), the noise added,
-    epsilon after the release (0 for a site without DP) and the site id."""
+    epsilon after the release and its delta (0 for a site without DP; the audit log keeps them, so the ledger is
+    checked against them later) and the site id."""
     site, model, device = session.site, session.model, session.device
     # the splits as training and evaluation decoded them (their cached files: nothing is decoded a third time);
     # augmentation applies to the training split only
@@ -44,15 +45,16 @@ def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
     for split, dataset in (("calibration", val), ("test", test)):
         counts[f"{split}-given"] = _counts(model, dataset, device, False)
         counts[f"{split}-head"] = _counts(model, dataset, device, True) if head else None
-    sigma, epsilon = 0.0, 0.0
+    sigma, epsilon, delta = 0.0, 0.0, 0.0
     if site.dp.enabled:
         sigma = site.dp.interval_noise
-        epsilon, _ = account_release(site.state_dir / LEDGER_FILENAME, site.dp, sigma, len(val) + len(test))
+        epsilon, delta = account_release(site.state_dir / LEDGER_FILENAME, site.dp, sigma, len(val) + len(test))
         rng = np.random.default_rng(None if site.dp.seed is None else [site.dp.seed, 25])
         counts = {k: None if v is None else add_noise(v, sigma, rng) for k, v in counts.items()}
     logger.info("site %s: interval score counts of %d calibration and %d test images%s", site.site_id,
                 len(val), len(test), f", noise sigma {sigma:g}, epsilon {epsilon:.3f}" if sigma else "")
     metrics: dict[str, Any] = {key: [] if counts[key] is None else [float(c) for c in counts[key]]
                                for key in COUNT_KEYS}
-    metrics.update({"noise-sigma": float(sigma), "epsilon": float(epsilon), "site-id": session.numeric_site_id})
+    metrics.update({"noise-sigma": float(sigma), "epsilon": float(epsilon), "delta": float(delta),
+                    "site-id": session.numeric_site_id})
     return {}, metrics

@@ -121,4 +121,4 @@ def test_private_sites_release_noisy_counts_accounted_in_their_ledgers(federated
         assert released["noise-sigma"] == 5.0 and not all(float(c).is_integer() for c in released["test-given"])
         entries = PrivacyLedger(state / "privacy_ledger.jsonl").entries()
         assert entries[-1].context["release"] == "interval score counts" and entries[-1].sample_rate == 1.0
-        assert released["epsilon"] > 0
+        assert released["epsilon"] > 0 and 0 < released["delta"] < 1
