@@ -22,7 +22,7 @@ from sim.experiment import (Evaluation, device_of, epsilon_by_site, evaluate_eve
 from sim.federation import SimulatedRun, run_federations
 from sim.report import write_report
 from sim.sites import PreparedSite, prepare_sites, pretrained_model
-from sim.sizes import sized_sites
+from sim.sizes import sized_sites, training_count
 from strategies.options import OPTIONS, format_options
 
 logger = logging.getLogger("ossifl.sim")
@@ -101,8 +101,9 @@ def plan(config: SimConfig, sites: list[PreparedSite], pretrained: Path, tests: 
         logger.info("site size %d: each site's training split cut to %d images (test split unchanged)", size, size)
         config = replace(config, out_dir=config.out_dir / f"size-{size}")
     repetitions = [seeded(config, seed) for seed in config.seed_list()]
+    whole = {site.name: training_count(site) for site in sites} if size is None else {}
     at_size = {r.seed: sized_sites(sites, size, r.seed, config.out_dir.parent / "sites") if size is not None
-               else (sites, {}) for r in repetitions}
+               else (sites, whole) for r in repetitions}
     rows: list[Evaluation] = []
     cross: list[Evaluation] = []
     logger.info("[3/%d] baselines for %d seed(s): pretrained, calibrated, each site alone per freeze spec, pooled",

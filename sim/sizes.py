@@ -43,6 +43,11 @@ def training_order(site: PreparedSite, seed: int, site_index: int) -> list[str]:
     return [ids[k] for k in rng.permutation(len(ids))]
 
 
+def training_count(site: PreparedSite) -> int:
+    """Usable images in the site's training split."""
+    return sum(split_of(r.image_id) == "train" for r in load_manifest(site.data).records)
+
+
 def subsample_site(site: PreparedSite, size: int, seed: int, site_index: int, folder: Path) -> tuple[PreparedSite, int]:
     """The site with its training split cut to `size` images (all when it has fewer); and how many it kept."""
     order = training_order(site, seed, site_index)

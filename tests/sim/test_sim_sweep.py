@@ -156,3 +156,9 @@ def test_sim_sites_imports_first_without_a_cycle_through_the_site_sizes() -> Non
         for name in [m for m in sys.modules if m == "sim" or m.startswith("sim.")]:
             del sys.modules[name]
         sys.modules.update(before)
+
+
+def test_a_site_kept_whole_reports_its_training_images(site) -> None:
+    from sim.sizes import training_count
+
+    assert training_count(site) == len(load_site(site.data, 32, None, seed=0).train) > 0
