@@ -9,6 +9,9 @@ head). The rule, on paired differences over the same test images (95 % intervals
    the lowest MAD is the best; the verdict is the cheapest qualifying option that the best does not beat
    significantly (a costlier option must earn its cost).
 3. When none qualifies, the verdict is the local choice, with the best federated option's difference beside it.
+
+Where the pretrained model as it is beats calibration significantly and nothing beats it, the line says to use the
+pretrained model as it is rather than name calibration.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def site_verdict(comparison: Comparison, site: str, strategy: str, freeze: str) 
     base_word, base = ("stay alone", alone) if _wins(comparison, site, alone, calibrate) else ("calibrate only",
                                                                                               calibrate)
     local_reason = _diff(comparison, site, alone, calibrate)
+    pretrained = ("pretrained", "all")
+    if base_word == "calibrate only" and comparison.has(site, pretrained) and _wins(comparison, site, pretrained,
+                                                                                    calibrate):
+        base_word, base = "use the pretrained model as it is", pretrained  # calibrating would make it worse
+        local_reason += "; " + _diff(comparison, site, pretrained, calibrate)
     federated = [(w, k) for w, k in options if w not in LOCAL]
     qualified = [(w, k) for w, k in federated if _wins(comparison, site, k, base)]
     if not qualified:

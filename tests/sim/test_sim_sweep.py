@@ -35,7 +35,7 @@ def _row(site: str, strategy: str, freeze: str, error: float, size: int | None =
 
 
 def _options(site: str, errors: dict[str, float], size: int | None = None) -> list[Evaluation]:
-    keys = {"calibrated": ("calibrated", "all"), "alone": ("site-alone", "1-3"), "fed": ("fedavg", "1-3"),
+    keys = {"pretrained": ("pretrained", "all"), "calibrated": ("calibrated", "all"), "alone": ("site-alone", "1-3"), "fed": ("fedavg", "1-3"),
             "local": ("fedavg+local", "1-3"), "calib": ("fedavg+calib", "1-3"), "fedrep": ("fedavg+fedrep", "1-3")}
     return [_row(site, *keys[name], error, size) for name, error in errors.items()]
 
@@ -111,6 +111,7 @@ def test_results_carry_the_site_size_and_the_crossover_is_named_with_its_interva
     ({"calibrated": 10, "alone": 10.05, "fed": 12, "local": 10.1, "calib": 9.95}, "**calibrate only**: no federated"),
     ({"calibrated": 20, "alone": 15, "fed": 10.05, "local": 10.0, "calib": 12}, "**federate** (fedavg (freeze 1-3)"),
     ({"calibrated": 20, "alone": 15, "fed": 12, "local": 11, "fedrep": 6}, "**personalise** (fedavg+fedrep"),
+    ({"pretrained": 8, "calibrated": 12, "alone": 12.05, "fed": 11.9}, "**use the pretrained model as it is**"),
 ])
 def test_the_verdict_names_only_what_the_paired_differences_support(errors, expected) -> None:
     comparison = by_size(_options("a", errors))[None]
