@@ -30,3 +30,16 @@ def test_missing_keys_take_the_defaults_and_other_keys_are_ignored() -> None:
 def test_bad_values_are_one_line_config_errors(config: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RoundSettings.from_config(config)
+
+
+@pytest.mark.parametrize("raw, blocks", [([1, 2, 3], (1, 2, 3)), ((4, 2), (2, 4)), ([], ()), ("1,2,3", (1, 2, 3)),
+                                         ([2.0], (2,))])
+def test_freeze_may_be_a_spec_or_a_list_of_blocks(raw, blocks) -> None:
+    settings = RoundSettings.from_config({"freeze": raw})
+    assert settings.freeze == blocks and RoundSettings.from_config(settings.to_config()) == settings
+
+
+@pytest.mark.parametrize("raw", [["x"], [7], [1.5]])
+def test_a_bad_list_of_blocks_is_a_one_line_error(raw) -> None:
+    with pytest.raises(ConfigError, match="freeze"):
+        RoundSettings.from_config({"freeze": raw})
