@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import tomli
 from pathlib import Path
 
@@ -62,3 +64,18 @@ def test_the_run_config_and_the_docs_carry_the_code_defaults() -> None:
     for key, spec in OPTIONS.items():
         assert float(run_config[key]) == spec.default, key
     assert option_table() in (ROOT / "docs" / "strategies.md").read_text()
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("server-momentum", "is not KEY=VALUE"), ("=0.9", "is not KEY=VALUE"), (" =0.9", "is not KEY=VALUE"),
+    ("momentum=0.9", "unknown strategy option 'momentum'; options are proximal-mu, server-learning-rate"),
+    ("server-momentum=fast", "'fast' is not a number"), ("server-momentum=0.9=1", "'0.9=1' is not a number"),
+])
+def test_a_bad_strategy_option_assignment_is_named_in_one_line(assignment, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_option_assignments([assignment])
+
+
+def test_the_option_table_has_its_header_and_one_row_per_option() -> None:
+    lines = option_table().splitlines()
+    assert lines[:2] == ["| key | strategy | default | meaning |", "|---|---|---|---|"] and len(lines) == 2 + len(OPTIONS)

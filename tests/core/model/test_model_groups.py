@@ -71,3 +71,9 @@ def test_freezing_blocks_of_a_model_without_them_is_one_line_and_none_trains_eve
         set_trainable(resnet, (1, 2, 3))
     set_trainable(resnet, ())
     assert all(p.requires_grad for p in resnet.parameters()) and resnet.frozen_blocks == ()
+
+
+def test_a_site_sent_nothing_of_the_last_blocks_freezes_them(model: TJNet) -> None:
+    early = [k for k in model.state_dict() if block_of_key(k) <= 4]
+    assert blocks_not_received(early) == (5, 6)
+    assert blocks_not_received([k for k in model.state_dict() if block_of_key(k) == 6]) == (1, 2, 3, 4, 5)
