@@ -7,6 +7,7 @@ DICOM window centre/width is ignored: the full stored range (BitsStored) is used
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,11 @@ def _read_dicom(path: Path) -> np.ndarray:
     ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds:
         raise ImageError(path, EMPTY, "no PixelData element")
+    declared = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
+    if declared * int(ds.get("SamplesPerPixel", 1) or 1) > (Image.MAX_IMAGE_PIXELS or math.inf):
+        # checked before decoding: 1.5 MB of compressed DICOM can claim 20000 x 20000 pixels (4.7 GB as float64)
+        raise ImageError(path, UNREADABLE, f"{ds.get('Rows')} x {ds.get('Columns')} pixels declared, more than the "
+                                           f"{Image.MAX_IMAGE_PIXELS:,} any radiograph needs; not decoded")
     pixels = ds.pixel_array.astype(np.float64)
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples > 1:  # colour DICOM (rare for radiographs): average the channels

@@ -72,3 +72,16 @@ def test_constant_image_is_rejected(site: SiteBuilder, fmt: str) -> None:
     with pytest.raises(ImageError) as info:
         read_image(site.image("flat", fmt, np.full((20, 20), 0.3)))
     assert info.value.reason == CONSTANT
+
+
+def test_a_dicom_declaring_a_huge_image_is_refused_before_decoding(tmp_path) -> None:
+    """The issue's 1.5 MB compressed 20000 x 20000 DICOM decompressed to 4.7 GB; the header is checked first."""
+    import pydicom
+
+    path = write_dicom(tmp_path / "huge.dcm", np.full((40, 30), 0.5), "MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageError, match="20000 x 20000 pixels declared, more than the") as info:
+        read_image(path)
+    assert info.value.reason == "unreadable image"
