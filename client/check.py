@@ -22,6 +22,7 @@ from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip
 from core.data.dataset import BoneAgeDataset, refusal_detail, refusal_reason
 from core.data.manifest import AGE_OUT_OF_RANGE, Record, summarize
 from core.data.split import split_records
+from core.errors import ConfigError
 from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
@@ -53,6 +54,11 @@ class TimingSettings:
     pretrained: Path | None = None
     preprocess: str = "default"
     contact_sheet: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.local_epochs < 1 or self.steps < 1:
+            raise ConfigError(f"--batch-size, --local-epochs and --steps must be at least 1, got {self.batch_size}, "
+                              f"{self.local_epochs} and {self.steps}")
 
 
 @dataclass

@@ -120,6 +120,10 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
                          preprocess=inputs.preprocess)
     if len(site.train) == 0:
         raise DataError(f"{data.root}: no usable training images")
+    empty = [name for name, split in (("validation", site.val), ("test", site.test)) if len(split) == 0]
+    if empty:  # no model selection, no measured effect: a checkpoint written anyway would report 'nan' as a result
+        raise DataError(f"{data.root}: no {' or '.join(empty)} images among the usable ones; fine-tuning needs "
+                        f"all three splits (python -m client check shows them; add images)")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
     freeze = parse_freeze_spec(config.freeze)
     history = finetune_model(model, site.train, site.val, freeze, config, device, feature_cache_of(config))

@@ -149,3 +149,10 @@ def test_the_contact_sheet_is_never_written_into_the_site_folder(site: Path, cap
     out = capsys.readouterr().out
     assert code == 0 and "not written: the path is inside the site folder" in out
     assert folder_digest(site) == before
+
+
+def test_a_zero_batch_size_is_one_line(site: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["check", "--data", str(site), *FAST[:-6], "--batch-size", "0", "--contact-sheet",
+                 str(site.parent / "sheet.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --batch-size, --local-epochs and --steps must be at least 1")

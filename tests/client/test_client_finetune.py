@@ -63,6 +63,16 @@ def test_bad_input_is_one_line(site: tuple[Path, Path], tmp_path: Path, capsys) 
     assert "freeze spec" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "x.pt"), "--freeze", " "]) == 2  # not 'train every block'
     assert "--freeze is empty" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    tiny = tmp_path / "tiny"  # a 3-row site: fine-tuned and 'test MAD nan' reported as a result before
+    (tiny / "images").mkdir(parents=True)
+    header, *rows = (folder / "labels.csv").read_text().splitlines()
+    (tiny / "labels.csv").write_text("\n".join([header, *rows[:3]]) + "\n")
+    for row in rows[:3]:
+        name = row.split(",")[0]
+        for image in (folder / "images").glob(f"{name}.*"):
+            (tiny / "images" / image.name).write_bytes(image.read_bytes())
+    assert main(["finetune", "--pretrained", str(pretrained), "--data", str(tiny), "--out", str(tmp_path / "t.pt")]) == 2
+    assert "fine-tuning needs all three splits" in capsys.readouterr().err and not (tmp_path / "t.pt").exists()
     assert main(["finetune", "--pretrained", str(tmp_path / "none.pt"), "--data", str(folder),
                  "--out", str(tmp_path / "y.pt")]) == 2
     assert "not found" in capsys.readouterr().err
