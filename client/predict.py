@@ -28,6 +28,7 @@ from client.worklist import PatientFacts, Resolved, WorkItem, resolve
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from core.conformal import ConformalInterval, has_sex_head, interval_bounds, max_months
 from core.data import ImageError, read_image
+from core.data.images import exif_flag
 from core.data.dataset import fit_to_square
 from core.data.patient import read_patient_tags
 from core.explain import heat_map, overlay, png_bytes
@@ -133,6 +134,8 @@ class Predictor:
         pending = _Pending(item, facts, row, flags=list(facts.flags))
         if item.problem:
             return self._refuse(pending, item.problem)
+        turned = exif_flag(item.path)
+        pending.flags.extend([turned] if turned else [])
         try:
             pixels = read_image(item.path)
         except ImageError as exc:

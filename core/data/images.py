@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.errors import InvalidDicomError
 
 from core.data.config import DataError
@@ -84,11 +84,31 @@ def _is_dicom(path: Path) -> bool:
         return f.read(132)[128:132] == b"DICM"
 
 
+EXIF_ORIENTATION_TAG = 0x0112  # 1 = as stored; 2-8 = mirrored and/or turned by the camera or the export
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation of a JPEG or PNG (1 when it has none, is not an image or cannot be read)."""
+    try:
+        with Image.open(path) as img:
+            return int(img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except _DECODE_ERRORS:
+        return 1
+
+
+def exif_flag(path: Path) -> str:
+    """The flag a reading carries when `read_image` turned the image as its EXIF orientation says ("" if not)."""
+    orientation = exif_orientation(path)
+    return "" if orientation in (1, 0) or orientation > 8 else (
+        f"EXIF orientation {orientation} applied: the image was turned/mirrored as its header says before reading")
+
+
 def _read_pil(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         img.load()
         if img.width == 0 or img.height == 0:
             raise ImageError(path, EMPTY, f"size {img.width}x{img.height}")
+        img = ImageOps.exif_transpose(img)  # what a viewer shows: the camera's turn undone
         if img.mode not in _PIL_FULL_SCALE:
             img = img.convert("L")
         full_scale = _PIL_FULL_SCALE[img.mode]

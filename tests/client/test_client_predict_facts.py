@@ -72,3 +72,21 @@ def test_one_bad_worklist_row_is_refused_and_the_others_go_on(tmp_path: Path, mo
     assert [r["status"] for r in rows] == ["ok", "refused", "refused"]
     assert "worklist w.csv line 3" in rows[1]["reason"] and "not a date" in rows[1]["reason"]
     assert "line 4" in rows[2]["reason"] and "sex" in rows[2]["reason"]
+
+
+def test_an_exif_turned_jpeg_is_read_upright_and_flagged(tmp_path: Path, model: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from core.data import read_image
+
+    upright = (radiograph(4) * 255).astype(np.uint8)  # 80 x 64, taller than wide
+    stored = np.ascontiguousarray(np.rot90(upright, k=-1))  # stored a quarter turn clockwise; orientation 8 undoes it
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    seen = read_image(tmp_path / "turned.jpg")
+    assert seen.shape == upright.shape  # honoured: the model sees the hand upright, not turned 90 degrees
+    assert np.abs(seen - upright / 255.0).mean() < 0.03
+    _, (row,) = _rows(capsys, model, "--sex", "F", tmp_path / "turned.jpg")
+    assert row["status"] == "ok" and "EXIF orientation 8 applied" in row["quality_flags"]
