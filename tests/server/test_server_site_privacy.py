@@ -62,3 +62,29 @@ def test_the_strategy_leaves_a_refused_private_update_out_of_the_average() -> No
     assert by_site["1"].status == "rejected" and "reset or edited" in by_site["1"].reason
     assert by_site["2"].status == "ok"
     assert set(GLOBAL) >= set(arrays.keys())
+
+
+def test_the_federation_keeps_the_record_in_its_checkpoint_and_a_resume_restores_it(tmp_path) -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from core.checkpoint import describe, save_checkpoint
+    from core.model.config import TJNetConfig
+    from core.model.tjnet import TJNet
+    from server.config import FederationConfig
+    from server.federation import Federation
+
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    config = FederationConfig(pretrained=save_checkpoint(tmp_path / "pre.pt", model, describe(model)),
+                              out_dir=tmp_path / "run", device="cpu")
+    first = Federation(config)
+    first.site_privacy.check("3", 1, {**PRIVATE, "epsilon": 3.0})
+    first._checkpoint(1)
+    first.tracker.close()
+    resumed = Federation(replace(config, resume=True))
+    resumed.tracker.close()
+    assert resumed.start_round == 1
+    assert "below the 3 the server recorded in round 1" in resumed.strategy.reply_check("3", 2, {**PRIVATE,
+                                                                                                "epsilon": 1.0})
