@@ -43,3 +43,23 @@ def test_freeze_may_be_a_spec_or_a_list_of_blocks(raw, blocks) -> None:
 def test_a_bad_list_of_blocks_is_a_one_line_error(raw) -> None:
     with pytest.raises(ConfigError, match="freeze"):
         RoundSettings.from_config({"freeze": raw})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"batch_size": 0}, "num-rounds, local-epochs and batch-size must be at least 1"),
+    ({"local_epochs": 0}, "must be at least 1"), ({"num_rounds": 0}, "must be at least 1"),
+    ({"weight_decay": -1e-4}, "weight-decay and proximal-mu must be >= 0"),
+    ({"proximal_mu": -0.1}, "weight-decay and proximal-mu must be >= 0"),
+    ({"local_layers": "all"}, "local-layers must be one of none, norm.*, got 'all'"),
+    ({"freeze": (0, 1)}, "blocks run from 1 to 6"), ({"freeze": (7,)}, "blocks run from 1 to 6"),
+    ({"freeze": (1, 2, 3, 4, 5, 6)}, "every block is frozen: nothing to train"),
+])
+def test_the_record_refuses_what_cannot_train_with_the_reason(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RoundSettings(**values)
+
+
+def test_the_smallest_valid_values_are_accepted() -> None:
+    settings = RoundSettings(batch_size=1, local_epochs=1, num_rounds=1, weight_decay=0.0, proximal_mu=0.0,
+                             freeze=(1, 2, 3, 4, 5), local_layers="norm")
+    assert settings.freeze_spec == "1-5" and RoundSettings(freeze=(6,)).freeze == (6,)
