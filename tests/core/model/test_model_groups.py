@@ -77,3 +77,22 @@ def test_a_site_sent_nothing_of_the_last_blocks_freezes_them(model: TJNet) -> No
     early = [k for k in model.state_dict() if block_of_key(k) <= 4]
     assert blocks_not_received(early) == (5, 6)
     assert blocks_not_received([k for k in model.state_dict() if block_of_key(k) == 6]) == (1, 2, 3, 4, 5)
+
+
+def test_running_statistics_layers_are_the_batch_norms_only() -> None:
+    from core.model.groups import running_stat_layers
+
+    batch = TJNet(TJNetConfig(image_size=32, width=0.25, norm="batch"))
+    found = running_stat_layers(batch)
+    assert found and all(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for _, m in found)
+    assert running_stat_layers(TJNet(TJNetConfig(image_size=32, width=0.25))) == []  # GroupNorm keeps none
+
+
+def test_head_mode_keeps_exactly_the_head_block_at_the_site(model: TJNet) -> None:
+    from core.model.groups import HEAD_BLOCK, parameter_groups
+
+    groups = parameter_groups(model, (1, 2, 3), "head")
+    assert groups.local and {block_of_key(k) for k in groups.local} == {HEAD_BLOCK}
+    assert not {block_of_key(k) for k in groups.shared} & {HEAD_BLOCK, 1, 2, 3}
+    with pytest.raises(KeyError, match="does not belong to a TJ-Net block"):
+        block_of_key("fc.weight")
