@@ -19,8 +19,8 @@ from core.checkpoint import CheckpointError, describe, file_sha256, load_checkpo
 from core.conformal import conformal_metadata
 from core.data import load_site
 from core.finetune import load_arrays
+from core.inputs import InputSettings
 from core.local_layers import load_local_layers
-from core.preprocess import preprocess_config_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def export_site_model(model_path: Path, site: SiteConfig, out: Path) -> dict:
         **federated.metadata.get("provenance", {}), "personalised_for_site": site.site_id,
         "federated_model": Path(model_path).name, "federated_model_sha256": file_sha256(model_path),
         "local_layers": f"{len(kept.layers)} arrays kept by the site (run {kept.run_id}, round {kept.round})"})
-    preprocess = preprocess_config_of(federated.metadata)
-    val = load_site(site.data, model.config.image_size, None, seed=0, splits=("val",), preprocess=preprocess).val
+    inputs = InputSettings.of(federated)
+    val = load_site(site.data, inputs.image_size, None, seed=0, splits=("val",), preprocess=inputs.preprocess).val
     metadata.update(conformal_metadata(model, val, torch.device("cpu"), str(site.data.root)))
     save_checkpoint(out, model, metadata)
     return metadata
