@@ -44,20 +44,6 @@ def first_images(dataset: BoneAgeDataset, count: int) -> BoneAgeDataset:
     return BoneAgeDataset([], dataset.image_size, None, dataset.seed, decoded=decoded)
 
 
-@torch.no_grad()
-def centre_fusion(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
-    pooled: list[torch.Tensor] = []
-    handle = model.block5.register_forward_pre_hook(lambda module, inputs: pooled.append(inputs[0]))
-    model.eval()
-    model(batch["image"], batch["male"])
-    handle.remove()
-    mean, sd = pooled[0].mean(0), pooled[0].std(0).clamp_min(1e-3)
-    linear = model.block5.fuse[1]
-    linear.bias -= linear.weight @ (mean / sd)
-    linear.weight /= sd
-    model.train()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_plateau", description=__doc__)
     add_data_arguments(parser)
@@ -73,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha-final", type=float, default=None, help="1.5: alpha never rises")
     parser.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0])
     parser.add_argument("--norm", choices=("group", "batch"), default="group")
-    parser.add_argument("--centre-fusion", action="store_true",
-                        help="fold the mean and sd of the pooled features over training images into block 5's linear layer")
     parser.add_argument("--equalise", action="store_true", help="histogram-equalise every stored image first")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -88,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
             dataset.images[:] = np.stack([cv2.equalizeHist(image) for image in dataset.images])
     train_ages = np.array([r.age_months for r in site.train.records], dtype=np.float32)
     init_age_head(model, args.head_init, train_ages)
-    if args.centre_fusion:
-        centre_fusion(model, next(iter(make_loader(site.train, 256, shuffle=True, seed=args.seed))))
     config = TrainConfig(epochs=args.epochs, lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed)
     loss_config = replace(JointLossConfig(), alpha_rule=args.alpha_rule, alpha_final=args.alpha_final)
     loss_fn = make_loss(model, loss_config)
