@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.data.config import DataError
-from core.preprocess.orientation import network_input
+from core.preprocess.orientation import float_state, half_state, network_input
 from core.preprocess.pose import Pose
 
 KEYPOINTS = ("wrist", "radius", "ulna", "mcp3")  # the carpal region, distal radius and ulna, third finger's MCP
@@ -72,7 +72,7 @@ def save_localiser(path: Path, net: LocaliserNet, metadata: dict[str, Any]) -> P
     """Write the weights (float16) with the network's settings and how it was trained."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    state = half_state(net)
     torch.save({"state_dict": state, "size": net.size, "width": net.width, "keypoints": list(KEYPOINTS),
                 "metadata": metadata}, path)
     return path
@@ -93,8 +93,7 @@ class Localiser:
             if tuple(payload["keypoints"]) != KEYPOINTS:
                 raise ValueError(f"key points {payload['keypoints']}, expected {list(KEYPOINTS)}")
             net = LocaliserNet(int(payload["size"]), int(payload["width"]))
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                 for k, v in payload["state_dict"].items()})
+            net.load_state_dict(float_state(payload["state_dict"]))
         except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise DataError(f"cannot read the localiser {path}: {type(exc).__name__}: {exc}".splitlines()[0]
                             ) from None

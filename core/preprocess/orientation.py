@@ -76,11 +76,21 @@ def poses_from_outputs(outputs: dict[str, torch.Tensor]) -> list[tuple[Pose, flo
             for i in range(len(confidence))]
 
 
+def half_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The network's state with its floating-point tensors as float16 (small preprocessing models ship this way)."""
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+
+
+def float_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state written by `half_state`, back to float32 for inference."""
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
 def save_orientation(path: Path, net: OrientationNet, metadata: dict[str, Any]) -> Path:
     """Write the weights (as float16, a few hundred kB) and how they were trained."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    state = half_state(net)
     torch.save({"state_dict": state, "size": net.size, "width": net.width, "metadata": metadata}, path)
     return path
 
@@ -98,8 +108,7 @@ class OrientationModel:
         try:
             payload = torch.load(Path(path), map_location="cpu", weights_only=True)
             net = OrientationNet(int(payload["size"]), int(payload["width"]))
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                 for k, v in payload["state_dict"].items()})
+            net.load_state_dict(float_state(payload["state_dict"]))
         except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise DataError(f"cannot read the orientation model {path}: {type(exc).__name__}: {exc}".splitlines()[0]
                             ) from None
