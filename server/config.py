@@ -1,14 +1,21 @@
-"""The run configuration of a federation, built once from Flower's run config."""
+"""The run configuration of a federation, built once from Flower's run config.
+
+Each server setting is declared once in `FEDERATION_SCHEMA` (run-config key, type, default, help): the record's
+defaults, the reading of `[tool.flwr.app.config]` / `--run-config` and the checkpoint's record (`describe`) all
+come from it; `tests/server/test_server_config.py` checks `pyproject.toml` against it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.data.config import LABEL_UNITS
 from core.errors import ConfigError
 from core.round_settings import KEYS as ROUND_KEYS
 from core.round_settings import RoundSettings
+from core.schema import Schema, Setting, to_bool, to_int
 from strategies.options import OPTIONS, effective_options, strategy_options
 
 # Round-settings keys not read as such from the run config: the server derives the first three, and
@@ -18,6 +25,42 @@ RUN_ROUND_KEYS = tuple(key for key in ROUND_KEYS.values() if key not in DERIVED_
 # Settings a resume may change: they do not change the model of the rounds already done.
 FREE_ON_RESUME = ("resume", "interval", "num-rounds", "timeout", "fraction-evaluate", "wandb", "device", "central-data",
                   "central-label-unit", "out-dir")
+
+
+def _path(raw: Any) -> Path:
+    return Path(str(raw))
+
+
+def _optional_path(raw: Any) -> Path | None:
+    """A folder, or None for "" (the run config's way of leaving it out)."""
+    return None if raw is None or str(raw) == "" else Path(str(raw))
+
+
+FEDERATION_SCHEMA = Schema(
+    Setting("pretrained", _path, None, "checkpoint of the pretrained model the federation starts from", "pretrained"),
+    Setting("out_dir", _path, Path("runs/federation"), "where the merged model, its checkpoints and metrics go",
+            "out-dir"),
+    Setting("strategy", str, "fedavg", "fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg", "strategy"),
+    Setting("min_nodes", to_int, 2, "sites to wait for and to sample each round", "min-nodes"),
+    Setting("resume", to_bool, False, "continue from the last per-round checkpoint in out-dir", "resume"),
+    Setting("central_data", _optional_path, None, "site folder evaluated on the server each round", "central-data"),
+    Setting("central_label_unit", str, "months", "unit of central-data's age column", "central-label-unit",
+            choices=tuple(LABEL_UNITS)),
+    Setting("wandb", to_bool, False, "also log to Weights & Biases", "wandb"),
+    Setting("timeout", float, 3600.0, "seconds to wait for the sites' replies", "timeout"),
+    Setting("fraction_evaluate", float, 1.0, "share of the sites that evaluate the merged model each round",
+            "fraction-evaluate"),
+    Setting("device", str, "auto", "where the server evaluates central-data", "device"),
+    Setting("central_dp_noise_multiplier", float, 0.0, "client-level DP noise on the server (0 = off)",
+            "central-dp-noise-multiplier"),
+    Setting("central_dp_clipping_norm", float, 1.0, "L2 bound of each site's update under central DP",
+            "central-dp-clipping-norm"),
+    Setting("central_dp_max_epsilon", float, 0.0, "stop before the central epsilon passes this (0 = no limit)",
+            "central-dp-max-epsilon"),
+    Setting("central_dp_delta", float, 1e-5, "delta of the central (epsilon, delta) guarantee", "central-dp-delta"),
+    Setting("interval", to_bool, True, "fit the final model's 90 % prediction interval across the sites", "interval"),
+)
+_D = FEDERATION_SCHEMA.default
 
 
 @dataclass(frozen=True)
@@ -51,22 +94,22 @@ class FederationConfig:
 
     pretrained: Path
     settings: RoundSettings = RoundSettings()
-    out_dir: Path = Path("runs/federation")
-    strategy: str = "fedavg"
+    out_dir: Path = _D("out_dir")
+    strategy: str = _D("strategy")
     strategy_options: dict[str, float] = field(default_factory=dict)
-    min_nodes: int = 2
-    resume: bool = False
-    central_data: Path | None = None
-    central_label_unit: str = "months"
-    wandb: bool = False
-    timeout: float = 3600.0
-    fraction_evaluate: float = 1.0
-    device: str = "auto"
-    central_dp_noise_multiplier: float = 0.0
-    central_dp_clipping_norm: float = 1.0
-    central_dp_max_epsilon: float = 0.0
-    central_dp_delta: float = 1e-5
-    interval: bool = True
+    min_nodes: int = _D("min_nodes")
+    resume: bool = _D("resume")
+    central_data: Path | None = _D("central_data")
+    central_label_unit: str = _D("central_label_unit")
+    wandb: bool = _D("wandb")
+    timeout: float = _D("timeout")
+    fraction_evaluate: float = _D("fraction_evaluate")
+    device: str = _D("device")
+    central_dp_noise_multiplier: float = _D("central_dp_noise_multiplier")
+    central_dp_clipping_norm: float = _D("central_dp_clipping_norm")
+    central_dp_max_epsilon: float = _D("central_dp_max_epsilon")
+    central_dp_delta: float = _D("central_dp_delta")
+    interval: bool = _D("interval")
 
     def __post_init__(self) -> None:
         self.aggregator_options()
@@ -107,8 +150,7 @@ class FederationConfig:
 
         The strategy options are the aggregator's effective values, defaults included.
         """
-        values = {k.replace("_", "-"): str(v) for k, v in asdict(self).items()
-                  if k not in ("settings", "strategy_options")}
+        values = {key: str(getattr(self, name)) for name, key in FEDERATION_SCHEMA.keys("run").items()}
         values.update({k: str(v) for k, v in self.settings.to_config().items() if k in RUN_ROUND_KEYS})
         values.update({k: str(v) for k, v in effective_options(self.strategy, self.strategy_options).items()})
         return values
@@ -124,38 +166,14 @@ class FederationConfig:
         """Read kebab-case keys (`num-rounds`, `local-epochs`, `server-momentum`...); unknown keys are refused."""
         if not str(run_config.get("pretrained", "")):
             raise ConfigError("run config has no 'pretrained' checkpoint: pass --run-config \"pretrained='PATH'\"")
-        own = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        round_values: dict[str, Any] = {}
-        options: dict[str, Any] = {}
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if key in RUN_ROUND_KEYS:
-                round_values[key] = value
-            elif key in OPTIONS:
-                options[key] = value
-            elif name in own and name not in ("settings", "strategy_options"):
-                values[name] = value
-            else:
-                raise ConfigError(f"unknown run config key {key!r}")
-        for name in ("pretrained", "out_dir", "central_data"):
-            if values.get(name) not in (None, ""):
-                values[name] = Path(str(values[name]))
-            elif name == "central_data":
-                values[name] = None
-        for name, kind in (("min_nodes", int), ("timeout", float), ("fraction_evaluate", float),
-                           ("central_dp_noise_multiplier", float),
-                           ("central_dp_clipping_norm", float), ("central_dp_max_epsilon", float),
-                           ("central_dp_delta", float)):
-            if name in values:
-                try:
-                    values[name] = kind(values[name])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{name.replace('_', '-')} = {values[name]!r} is not a number") from None
-        for name in ("resume", "wandb", "interval"):
-            if name in values:
-                values[name] = str(values[name]).lower() in ("1", "true", "yes")
-        strategy = str(values.get("strategy", cls.strategy))
-        strategy_options(strategy, options)  # refuse bad options before anything else
-        mine = {key: float(value) for key, value in options.items() if OPTIONS[key].strategy == strategy}
-        return cls(**values, settings=RoundSettings.from_config(round_values), strategy_options=mine)
+        own = set(FEDERATION_SCHEMA.keys("run").values())
+        unknown = [key for key in run_config if key not in own and key not in RUN_ROUND_KEYS and key not in OPTIONS]
+        if unknown:
+            raise ConfigError(f"unknown run config key {unknown[0]!r}")
+        values = FEDERATION_SCHEMA.read(run_config)
+        options = {key: value for key, value in run_config.items() if key in OPTIONS}
+        strategy_options(values.get("strategy", cls.strategy), options)  # refuse bad options before anything else
+        mine = {key: float(value) for key, value in options.items()
+                if OPTIONS[key].strategy == values.get("strategy", cls.strategy)}
+        rounds = RoundSettings.from_config({key: value for key, value in run_config.items() if key in RUN_ROUND_KEYS})
+        return cls(**values, settings=rounds, strategy_options=mine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import tomli
 
 from core.errors import ConfigError
 from core.round_settings import RoundSettings
-from server.config import FederationConfig
+from server.config import FEDERATION_SCHEMA, RUN_ROUND_KEYS, FederationConfig
+from strategies.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,3 +60,35 @@ def test_a_resume_may_change_rounds_and_timeout_but_nothing_that_shapes_the_mode
     other = FederationConfig(pretrained=Path("m.pt"), strategy="fedadam", strategy_options={"eta": 0.01},
                              settings=RoundSettings(freeze=()))
     assert other.resume_differences(before) == ["freeze: 1-3 -> none", "eta: 0.1 -> 0.01"]
+
+
+# one value other than the default for every server setting (a new setting must be added here)
+CHANGED = {"pretrained": "m.pt", "out-dir": "out", "strategy": "fedavgm", "min-nodes": 3, "resume": True,
+           "central-data": "central", "central-label-unit": "years", "wandb": True, "timeout": 10.0,
+           "fraction-evaluate": 0.5, "device": "cpu", "central-dp-noise-multiplier": 0.5,
+           "central-dp-clipping-norm": 2.0, "central-dp-max-epsilon": 5.0, "central-dp-delta": 1e-6,
+           "interval": False}
+
+
+def test_each_server_setting_has_one_key_in_the_toml_the_record_and_the_checkpoint() -> None:
+    own = FEDERATION_SCHEMA.keys("run")
+    assert set(_pyproject_run_config()) == set(own.values()) | set(RUN_ROUND_KEYS) | set(OPTIONS)
+    assert {f.name for f in fields(FederationConfig)} - {"settings", "strategy_options"} == set(own)
+    assert set(CHANGED) == set(own.values())
+    config = FederationConfig.from_run_config({**_pyproject_run_config(), **CHANGED})
+    recorded = config.describe()
+    for name, key in own.items():
+        value = FEDERATION_SCHEMA[name].convert(CHANGED[key])
+        assert value != FEDERATION_SCHEMA.default(name), key
+        assert getattr(config, name) == value and recorded[key] == str(value), key
+    read_back = {k: v for k, v in recorded.items() if k in own.values() or k in RUN_ROUND_KEYS}
+    assert FederationConfig.from_run_config(read_back) == replace(config, strategy_options={})  # options: defaults
+    assert config.resume_differences(recorded) == []
+
+
+@pytest.mark.parametrize("key, raw", [("min-nodes", 2.5), ("resume", "maybe"), ("central-label-unit", "weeks"),
+                                      ("timeout", "soon")])
+def test_a_bad_server_setting_is_one_line_naming_its_key(key: str, raw: object) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        FederationConfig.from_run_config({**_pyproject_run_config(), "pretrained": "m.pt", key: raw})
+    assert "\n" not in str(info.value)
