@@ -73,8 +73,12 @@ class SiteConfig:
                                   "(the server did not send one either)")
         state_dir = state_dir_of(node)
         cache = str(node.get("decode-cache", state_dir / "decoded"))
+        try:
+            dp = DPConfig.from_node_config(node)
+        except ConfigError as exc:
+            raise SiteConfigError(str(exc)) from None
         return cls(site_id, data, Path(pretrained), state_dir, str(node.get("device", "auto")),
-                   parse_freeze_spec(str(node.get("freeze", "none"))), _dp_from(node),
+                   parse_freeze_spec(str(node.get("freeze", "none"))), dp,
                    None if cache.lower() in ("", "none", "off") else Path(cache),
                    int(node.get("min-group-images", cls.min_group_images)),
                    _switch(node, "feature-cache", cls.feature_cache))
@@ -87,25 +91,3 @@ def _switch(values: Mapping[str, Any], key: str, default: bool) -> bool:
         return to_bool(raw)
     except ValueError:
         raise SiteConfigError(f"{key} = {raw!r}: expected true or false") from None
-
-
-def _dp_from(values: Mapping[str, Any]) -> DPConfig:
-    def given(key: str) -> bool:
-        return key in values and str(values[key]).strip().lower() not in ("", "none")
-
-    def number(key: str, kind: type = float) -> Any:
-        if not given(key):
-            return None
-        try:
-            return kind(values[key])
-        except (TypeError, ValueError):
-            what = "an integer" if kind is int else "a number"
-            raise SiteConfigError(f"node config {key} must be {what}, got {values[key]!r}") from None
-
-    noise, target, clip = number("dp-noise-multiplier"), number("dp-target-epsilon"), number("dp-max-grad-norm")
-    return DPConfig(
-        enabled=noise is not None or target is not None, noise_multiplier=noise, target_epsilon=target,
-        max_epsilon=number("dp-max-epsilon"), max_grad_norm=DPConfig.max_grad_norm if clip is None else clip,
-        delta=number("dp-delta"), accountant=str(values.get("dp-accountant", "rdp")), seed=number("dp-seed", int),
-        interval_noise=number("dp-interval-noise") or DPConfig.interval_noise,
-    )

@@ -16,6 +16,7 @@ from core.finetune import load_arrays
 from core.local_layers import load_local_layers
 from core.data.dataset import BoneAgeDataset
 from core.metrics import Predictions, compute_metrics
+from core.privacy import DPConfig
 from core.model.freeze import parse_freeze_spec
 from core.preprocess import PreprocessConfig
 from core.round_settings import RoundSettings
@@ -100,8 +101,8 @@ def federation_runs(config: SimConfig, sites: list[PreparedSite], pretrained: Pa
         runs.append((base, f"{config.strategy}_freeze-{base}_{LOCAL_LAYER_RUNS[kept][0]}", kept, {}))
     for sigma in config.dp_noise_multipliers:
         runs.append((base, f"{config.strategy}_freeze-{base}_dp-{sigma:g}", "none",
-                     {"dp-noise-multiplier": sigma, "dp-max-grad-norm": config.dp_max_grad_norm,
-                      "dp-max-epsilon": config.dp_max_epsilon, "dp-seed": config.seed}))
+                     DPConfig(enabled=True, noise_multiplier=sigma, max_grad_norm=config.dp_max_grad_norm,
+                              max_epsilon=config.dp_max_epsilon, seed=config.seed).node_config()))
     return [simulated_run(config, sites, pretrained, *run) for run in runs]
 
 

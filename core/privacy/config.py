@@ -1,13 +1,58 @@
-"""Per-site settings of sample-level differential privacy (DP-SGD with Opacus)."""
+"""Per-site settings of sample-level differential privacy (DP-SGD with Opacus).
+
+Each setting is declared once in `DP_SCHEMA` (its `dp-*` node-config key, type, default and help): the record's
+defaults, the reading of a site's node config (`DPConfig.from_node_config`) and the node configs the simulation
+writes (`DPConfig.node_config`) come from it.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from core.errors import ConfigError
+from core.schema import Schema, Setting, to_int
 
 ACCOUNTANTS = ("rdp", "prv")
+_UNSET = ("", "none")  # a node config value that leaves a setting at its default
+
+
+def _number(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("expected a number")
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+
+
+def _whole(raw: Any) -> int:
+    try:
+        return to_int(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a whole number") from None
+
+
+DP_SCHEMA = Schema(
+    Setting("noise_multiplier", _number, None, "DP-SGD noise std over the clipping norm (or give a target epsilon)",
+            node_key="dp-noise-multiplier"),
+    Setting("target_epsilon", _number, None, "the site's whole budget; the noise is chosen to end the run at it",
+            node_key="dp-target-epsilon"),
+    Setting("max_epsilon", _number, None, "hard budget the ledger enforces before every round",
+            node_key="dp-max-epsilon"),
+    Setting("max_grad_norm", _number, 1.0, "per-sample clipping norm", node_key="dp-max-grad-norm"),
+    Setting("delta", _number, None, "delta of (epsilon, delta) (default: from the first round's images)",
+            node_key="dp-delta"),
+    Setting("accountant", str, "rdp", "rdp (Renyi DP) or prv (privacy random variables)", node_key="dp-accountant",
+            choices=ACCOUNTANTS),
+    Setting("seed", _whole, None, "SECRET seed of sampling and noise, for reproducible experiments only",
+            node_key="dp-seed"),
+    Setting("interval_noise", _number, 5.0, "noise std on the score counts released for the prediction interval",
+            node_key="dp-interval-noise"),
+)
+_D = DP_SCHEMA.default
 
 
 @dataclass(frozen=True)
@@ -32,14 +77,14 @@ class DPConfig:
     """
 
     enabled: bool = False
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    max_epsilon: float | None = None
-    max_grad_norm: float = 1.0
-    delta: float | None = None
-    accountant: str = "rdp"
-    seed: int | None = None
-    interval_noise: float = 5.0
+    noise_multiplier: float | None = _D("noise_multiplier")
+    target_epsilon: float | None = _D("target_epsilon")
+    max_epsilon: float | None = _D("max_epsilon")
+    max_grad_norm: float = _D("max_grad_norm")
+    delta: float | None = _D("delta")
+    accountant: str = _D("accountant")
+    seed: int | None = _D("seed")
+    interval_noise: float = _D("interval_noise")
 
     def __post_init__(self) -> None:
         if self.accountant not in ACCOUNTANTS:
@@ -57,6 +102,19 @@ class DPConfig:
         if self.enabled and self.target_epsilon is None and self.max_epsilon is None:
             raise ConfigError("dp with a noise multiplier needs a budget (dp-max-epsilon): without one the site "
                               "would train on until epsilon means nothing")
+
+    @classmethod
+    def from_node_config(cls, node: Mapping[str, Any]) -> "DPConfig":
+        """The `dp-*` keys of a site's node config ("" or "none": the default); private when a noise multiplier or
+        a target epsilon is given. A bad value is a one-line ConfigError naming its key."""
+        given = {key: value for key, value in node.items() if str(value).strip().lower() not in _UNSET}
+        values = DP_SCHEMA.read(given, "node")
+        return cls(enabled="noise_multiplier" in values or "target_epsilon" in values, **values)
+
+    def node_config(self) -> dict[str, Any]:
+        """The `dp-*` node config keys that give this config (those whose value is not the default)."""
+        return DP_SCHEMA.write({name: value for name, value in asdict(self).items()
+                                if name in DP_SCHEMA.settings and value != DP_SCHEMA.default(name)}, "node")
 
     @property
     def budget(self) -> float:

@@ -61,8 +61,8 @@ def test_sites_whose_folders_share_a_name_get_their_own_state_folder() -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"dp-noise-multiplier": "abc"}, "dp-noise-multiplier must be a number, got 'abc'"),
-    ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-seed": "abc"}, "dp-seed must be an integer"),
+    ({"dp-noise-multiplier": "abc"}, "dp-noise-multiplier = 'abc' is not a valid value (expected a number)"),
+    ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-seed": "abc"}, "dp-seed = 'abc' is not a valid value (expected a whole number)"),
     ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-max-grad-norm": 0}, "max-grad-norm must be a positive"),
     ({"dp-noise-multiplier": 1.0, "dp-max-epsilon": 8.0, "dp-max-grad-norm": -1}, "max-grad-norm must be a positive"),
     ({"dp-noise-multiplier": 1.0}, "needs a budget (dp-max-epsilon)"),

@@ -173,3 +173,14 @@ def test_a_repeated_freeze_option_lists_bare_blocks_as_separate_specs(tmp_path: 
     monkeypatch.setattr(sim.run, "run_experiment", seen.append)
     assert main(["--freeze", "2", "--freeze", "3,1+2+3", "--out", str(tmp_path / "o")]) == 0
     assert seen[0].freeze_specs == ("2", "3", "1-3")
+
+
+def test_the_dp_options_reach_each_simulated_site_as_the_node_config_it_reads(tmp_path: Path) -> None:
+    from core.privacy import DPConfig
+
+    config = replace(preset("smoke"), dp_noise_multipliers=(1.5,), dp_max_epsilon=6.0, dp_max_grad_norm=2.0, seed=4)
+    runs = federation_runs(config, [PreparedSite("0-tongji", tmp_path / "tongji", "months")], tmp_path / "p.pt")
+    private = [run for run in runs if any(SiteConfig.from_node_config(node).dp.enabled for node in run.sites)]
+    assert len(private) == 1
+    assert SiteConfig.from_node_config(private[0].sites[0]).dp == DPConfig(
+        enabled=True, noise_multiplier=1.5, max_epsilon=6.0, max_grad_norm=2.0, seed=4)
