@@ -9,9 +9,11 @@ from pathlib import Path
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.errors import ConfigError
 from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec_list
-from core.site_finetune import FinetuneConfig, compare_freeze_specs, finetune_site, format_table, site_pool
+from core.site_finetune import (FINETUNE_SCHEMA, FinetuneConfig, compare_freeze_specs, finetune_site, format_table,
+                                site_pool)
 
-DEFAULTS = FinetuneConfig()
+# the settings with a flag of their own (seed and device are shared options, the feature cache a switch)
+FLAGS = ("freeze", "folds", "epochs", "lr", "batch_size", "weight_decay", "feature_views")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -23,23 +25,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "the paper's Table 2 for this site with 95 % intervals (then --out gets the best spec).")
     parser.add_argument("--pretrained", type=Path, required=True, help="the pretrained checkpoint")
     add_data_arguments(parser)
-    parser.add_argument("--freeze", default=DEFAULTS.freeze, help=f"blocks kept frozen (default {DEFAULTS.freeze})")
+    FINETUNE_SCHEMA.add_arguments(parser, ("freeze",), check=False)
     parser.add_argument("--out", type=Path, default=None, help="the site's fine-tuned checkpoint (SITE.pt)")
     parser.add_argument("--compare", action="store_true", help="compare every freeze spec by cross-validation")
     parser.add_argument("--specs", default=",".join(FREEZE_CHOICES),
                         help="comma-separated freeze specs --compare runs (default: all of them); one spec freezing "
                              "several blocks is a range or joined with '+' (1-3, 1-2+4)")
-    parser.add_argument("--folds", type=int, default=DEFAULTS.folds, help=f"folds of --compare ({DEFAULTS.folds})")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
-                        help=f"fine-tuning epochs (default {DEFAULTS.epochs}, for 100-300 images)")
-    parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    FINETUNE_SCHEMA.add_arguments(parser, FLAGS[1:], check=False)
     add_shared_options(parser, "seed", "device", "json")
     parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                        default=FINETUNE_SCHEMA.default("feature_cache"),
                         help="recompute the frozen blocks at every step instead of once per image and view")
-    parser.add_argument("--feature-views", type=int, default=DEFAULTS.feature_views,
-                        help=f"augmented views per image the feature cache keeps (default {DEFAULTS.feature_views}; "
-                             "epoch e trains on view e mod N)")
     parser.set_defaults(handler=run_finetune)
 
 
@@ -48,11 +44,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError("--out is required (where to write the fine-tuned checkpoint), unless --compare")
     if args.out is not None and args.out.resolve() == args.pretrained.resolve():
         raise ConfigError("--out must not overwrite the pretrained checkpoint")
-    if not args.freeze.strip():  # an empty spec would train every block without a word
-        raise ConfigError("--freeze is empty: give the blocks to keep frozen (e.g. 1-3), or 'none' to train every block")
-    config = FinetuneConfig(freeze=args.freeze, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            seed=args.seed, folds=args.folds, device=args.device, progress=not args.json,
-                            feature_cache=args.feature_cache, feature_views=args.feature_views)
+    config = FinetuneConfig(**FINETUNE_SCHEMA.from_args(args, FLAGS), seed=args.seed, device=args.device,
+                            progress=not args.json, feature_cache=args.feature_cache)
     data = data_config_from_args(args)
     if not args.compare:
         metadata = finetune_site(args.pretrained, data, args.out, config)

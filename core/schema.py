@@ -108,18 +108,25 @@ class Schema:
         return {key: str(values[name]) if isinstance(values[name], str) else values[name]
                 for name, key in self.keys(where).items() if name in values}
 
-    def add_arguments(self, parser: argparse.ArgumentParser, names: Iterable[str], inherit: bool = False) -> None:
-        """Command-line flags of `names`; `inherit=True` leaves them at None when not given (a preset decides)."""
+    def add_arguments(self, parser: argparse.ArgumentParser, names: Iterable[str], inherit: bool = False,
+                      check: bool = True) -> None:
+        """Command-line flags of `names`; `inherit=True` leaves them at None when not given (a preset decides).
+
+        `check=False` keeps the raw text until `from_args` converts it, so that a bad value is the command's
+        one-line error (exit 2 through `core.cli.run_command`) rather than argparse's usage message.
+        """
         for name in names:
             s = self.settings[name]
             default = None if inherit else s.default
             shown = "the preset's" if inherit else s.default
-            parser.add_argument(s.option, dest=name, type=lambda raw, s=s: _argparse_convert(s, raw), default=default,
-                                help=f"{s.help} (default: {shown})", metavar=s.option.lstrip("-").upper())
+            kind = {"type": lambda raw, s=s: _argparse_convert(s, raw)} if check else {}
+            parser.add_argument(s.option, dest=name, default=default, help=f"{s.help} (default: {shown})",
+                                metavar=s.option.lstrip("-").upper(), **kind)
 
     def from_args(self, args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
-        """The values the command line gave for `names` (None ones left out)."""
-        return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+        """The typed values the command line gave for `names` (None ones left out); a bad one is a ConfigError."""
+        return {name: self.settings[name].convert(getattr(args, name), self.settings[name].option)
+                for name in names if getattr(args, name, None) is not None}
 
 
 def _argparse_convert(setting: Setting, raw: str) -> Any:

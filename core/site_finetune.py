@@ -33,6 +33,7 @@ from core.loss import JointLossConfig
 from core.metrics import Predictions, compute_metrics
 from core.model.freeze import FREEZE_CHOICES, FreezeSpec, format_freeze_spec, freeze_blocks, parse_freeze_spec
 from core.inputs import InputSettings
+from core.schema import Schema, Setting, to_bool, to_int
 from core.stats import Interval, mad_interval, paired_difference
 from core.training import TrainConfig, fit, predict, resolve_device, seed_everything
 
@@ -40,21 +41,47 @@ logger = logging.getLogger(__name__)
 CARRIED_METADATA = ("preprocess",)  # what the pretrained checkpoint passes on to the site's model
 
 
+def _freeze(raw: Any) -> FreezeSpec:
+    if not str(raw).strip():  # an empty spec would train every block without a word
+        raise ValueError("empty: give the blocks to keep frozen (e.g. 1-3), or 'none' to train every block")
+    return FreezeSpec.parse(raw)
+
+
+# Each fine-tuning setting declared once: `python -m client finetune`'s flags, the record's defaults and the
+# checkpoint's `provenance.finetune_config` (its field names) come from here.
+FINETUNE_SCHEMA = Schema(
+    Setting("freeze", _freeze, "1-3", "blocks kept frozen", flag="--freeze"),
+    Setting("epochs", to_int, 8, "fine-tuning epochs (for 100-300 images)", flag="--epochs"),
+    Setting("lr", float, 3e-4, "learning rate (AdamW, cosine schedule)", flag="--lr"),
+    Setting("batch_size", to_int, 16, "batch size", flag="--batch-size"),
+    Setting("weight_decay", float, 1e-4, "AdamW weight decay", flag="--weight-decay"),
+    Setting("seed", to_int, 0, "random seed", flag="--seed"),
+    Setting("folds", to_int, 5, "folds of --compare's cross-validation", flag="--folds"),
+    Setting("device", str, "auto", "where to train", flag="--device"),
+    Setting("progress", to_bool, True, "progress bars (off with --json)"),
+    Setting("feature_cache", to_bool, True, "run the frozen blocks once per image and view",
+            flag="--no-feature-cache"),
+    Setting("feature_views", to_int, DEFAULT_VIEWS, "augmented views per image the feature cache keeps "
+            "(epoch e trains on view e mod N)", flag="--feature-views"),
+)
+_D = FINETUNE_SCHEMA.default
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Local fine-tuning; the defaults suit a site of 100-300 images on a CPU."""
+    """Local fine-tuning; the defaults (`FINETUNE_SCHEMA`) suit a site of 100-300 images on a CPU."""
 
-    freeze: str = "1-3"
-    epochs: int = 8
-    lr: float = 3e-4
-    batch_size: int = 16
-    weight_decay: float = 1e-4
-    seed: int = 0
-    folds: int = 5
-    device: str = "auto"
-    progress: bool = True
-    feature_cache: bool = True
-    feature_views: int = DEFAULT_VIEWS
+    freeze: str = _D("freeze")
+    epochs: int = _D("epochs")
+    lr: float = _D("lr")
+    batch_size: int = _D("batch_size")
+    weight_decay: float = _D("weight_decay")
+    seed: int = _D("seed")
+    folds: int = _D("folds")
+    device: str = _D("device")
+    progress: bool = _D("progress")
+    feature_cache: bool = _D("feature_cache")
+    feature_views: int = _D("feature_views")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze", FreezeSpec.parse(self.freeze))

@@ -17,7 +17,7 @@ from core.metrics import Predictions
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
-from core.site_finetune import folds_of, summarise_specs
+from core.site_finetune import FINETUNE_SCHEMA, folds_of, summarise_specs
 from sim.phantom.writer import generate_site
 
 # a cheap preprocessing (contrast equalisation only) that the site's model must inherit
@@ -46,6 +46,8 @@ def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], t
     assert provenance["pretrained_sha256"] == file_sha256(pretrained)
     assert provenance["freeze"] == "1-4" and provenance["data"]["summary"]["n_usable"] == 30
     assert loaded.metadata["frozen_blocks"] == [1, 2, 3, 4]
+    recorded = provenance["finetune_config"]  # the settings applied, under the record's names
+    assert set(recorded) == set(FINETUNE_SCHEMA.settings) and (recorded["freeze"], recorded["epochs"]) == ("1-4", 1)
     assert loaded.metadata["preprocess"] == PREPROCESS  # carried over from the pretrained checkpoint
     original = load_checkpoint(pretrained).model.state_dict()
     changed = [k for k, v in loaded.model.state_dict().items() if not torch.equal(v, original[k])]
@@ -62,7 +64,7 @@ def test_bad_input_is_one_line(site: tuple[Path, Path], tmp_path: Path, capsys) 
     assert main(base + ["--out", str(tmp_path / "x.pt"), "--freeze", "7"]) == 2
     assert "freeze spec" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "x.pt"), "--freeze", " "]) == 2  # not 'train every block'
-    assert "--freeze is empty" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    assert "--freeze = ' ' is not a valid value (empty" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     tiny = tmp_path / "tiny"  # a 3-row site: fine-tuned and 'test MAD nan' reported as a result before
     (tiny / "images").mkdir(parents=True)
     header, *rows = (folder / "labels.csv").read_text().splitlines()
@@ -131,3 +133,31 @@ def test_the_feature_cache_trains_the_same_model_and_the_flag_turns_it_off(site:
         mads.append(json.loads(capsys.readouterr().out)["test_mad_months"]["finetuned"])
         assert len(calls) == (0 if flags else 2)  # the training and the validation split
     assert mads[0] == pytest.approx(mads[1], rel=1e-3)  # epochs 1 and 2 see the same views either way
+
+
+def test_each_finetune_setting_has_one_flag_one_field_and_one_default(tmp_path: Path, monkeypatch) -> None:
+    import argparse
+    from dataclasses import asdict, fields
+
+    import client.finetune_command as command
+    from core.cli import DEVICE_DEFAULT, SEED_DEFAULT
+    from core.site_finetune import FinetuneConfig
+
+    assert {f.name for f in fields(FinetuneConfig)} == set(FINETUNE_SCHEMA.settings)
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    options = {o for a in parser._subparsers._group_actions[0].choices["finetune"]._actions for o in a.option_strings}
+    assert {s.option for s in FINETUNE_SCHEMA.settings.values() if s.name != "progress"} <= options
+    assert (FINETUNE_SCHEMA.default("seed"), FINETUNE_SCHEMA.default("device")) == (SEED_DEFAULT, DEVICE_DEFAULT)
+    seen = []
+    monkeypatch.setattr(command, "finetune_site", lambda *a: seen.append(a[3]) or {
+        "test_metrics": {"pretrained": {"mad_months": 1.0}, "finetuned": {"mad_months": 1.0, "n": 1}},
+        "provenance": {"freeze": "x"}})
+    base = ["finetune", "--pretrained", str(tmp_path / "p.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(base + ["--json"]) == 0 and seen[-1] == FinetuneConfig(progress=False)  # flags' defaults: the record's
+    changed = {"freeze": "1-2", "epochs": 3, "lr": 0.01, "batch_size": 4, "weight_decay": 0.5, "seed": 7, "folds": 3,
+               "device": "cpu", "feature_views": 2}
+    flags = [x for name, value in changed.items() for x in (FINETUNE_SCHEMA[name].option, str(value))]
+    assert main(base + flags + ["--no-feature-cache"]) == 0
+    assert asdict(seen[-1]) == {**asdict(FinetuneConfig()), **changed, "feature_cache": False}
+    assert main(base + ["--epochs", "2.5"]) == 2  # one line, not argparse's usage
