@@ -55,6 +55,7 @@ class SiteConfig:
     decode_cache: Path | None = None  # where decoded images outlive the per-message ClientApp process
     min_group_images: int = 5  # an age group with fewer test images is not reported (n and MAD sent as 0)
     feature_cache: bool = True  # reuse the frozen blocks' outputs between epochs and rounds (core.feature_cache)
+    calibrate: bool = False  # the site's own sex-specific output line on the shared model (core.calibration)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], server_pretrained: str = "") -> "SiteConfig":
@@ -81,7 +82,7 @@ class SiteConfig:
                    parse_freeze_spec(str(node.get("freeze", "none"))), dp,
                    None if cache.lower() in ("", "none", "off") else Path(cache),
                    int(node.get("min-group-images", cls.min_group_images)),
-                   _switch(node, "feature-cache", cls.feature_cache))
+                   _switch(node, "feature-cache", cls.feature_cache), _switch(node, "calibrate", cls.calibrate))
 
 
 def _switch(values: Mapping[str, Any], key: str, default: bool) -> bool:

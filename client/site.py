@@ -16,17 +16,18 @@ from flwr.app import ArrayRecord, RecordDict
 from client.config import SiteConfig
 from core.evaluation import evaluate_model
 from core.checkpoint import CheckpointCache, CheckpointError
-from core.data import AugmentConfig, DataError, SiteData
+from core.calibration import attach_calibration, fit_sex_calibration
+from core.data import AugmentConfig, DataError, SiteData, make_loader
 from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.errors import USER_ERRORS, ConfigError
 from core.feature_cache import FeatureCache, feature_budget_from_env
 from core.finetune import SiteRoundResult, load_arrays, train_site_round
-from core.local_layers import LocalLayers, load_local_layers, save_local_layers
+from core.local_layers import LocalLayers, SiteCalibration, load_local_layers, save_local_layers, save_site_calibration
 from core.metrics import AGE_GROUPS_YEARS, age_group_label
 from core.model.groups import HEAD_BLOCK, blocks_not_received, parameter_groups
 from core.inputs import InputSettings
 from core.round_settings import RoundSettings
-from core.training import resolve_device
+from core.training import predict, resolve_device
 
 logger = logging.getLogger("ossifl.client")
 
@@ -139,9 +140,11 @@ class SiteSession:
 
     def evaluate(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Test-split metrics; an age group with fewer than `min_group_images` images is reported as n = 0."""
-        data = self.load_data(augment=False, splits=("test",))
+        data = self.load_data(augment=False, splits=("train", "test") if self.site.calibrate else ("test",))
         if len(data.test) == 0:
             raise DataError(f"{self.site.data.root}: the test split has no usable images")
+        if self.site.calibrate:
+            self._calibrate(data)
         metrics = evaluate_model(self.model, data.test, self.device, self.site.data.label_unit)
         reply: dict[str, float] = {
             "num-examples": metrics["n"], "mad-months": metrics["mad_months"],
@@ -156,6 +159,21 @@ class SiteSession:
             reply[f"n-{group}"] = count if shown else 0
         reply["site-id"] = _numeric_id(self.site.site_id)
         return {}, reply
+
+    def _calibrate(self, data: SiteData) -> None:
+        """Node config `calibrate`: fit the site's sex-specific line from the model's predictions to its labels on its
+        training split, attach it (the test metrics are those of the calibrated predictions, what the site would
+        report) and keep it in the state folder for `client export`."""
+        if len(data.train) < 2:
+            raise DataError(f"{self.site.data.root}: calibrate = true needs training images to fit the site's line")
+        fitted = predict(self.model.to(self.device), make_loader(data.train, 64, shuffle=False, seed=0), self.device)
+        line = fit_sex_calibration(fitted.predicted_months, fitted.true_months, fitted.male)
+        attach_calibration(self.model, line)
+        save_site_calibration(self.site.state_dir, SiteCalibration(line, self.round, self.pretrained_sha256,
+                                                                   self.federation_id, len(data.train)))
+        logger.info("site %s round %d: calibration fitted on %d training images (boys %.2f + %.3f x, girls %.2f + "
+                    "%.3f x)", self.site.site_id, self.round, len(data.train), line.boys.intercept, line.boys.slope,
+                    line.girls.intercept, line.girls.slope)
 
     def _kept_layers(self) -> dict[str, torch.Tensor] | None:
         """FedBN: this run's local layers, from the node state or (after a SuperNode restart) the state folder."""

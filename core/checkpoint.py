@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.calibration import METADATA_KEY, CalibrationError, attach_calibration, calibration_from_dict
 from core.errors import UserError
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.combined import CombinedConfig, EnsembleModel, SexSpecificModel
@@ -155,6 +156,11 @@ def _rebuild(path: Path, source: Path | io.BytesIO, map_location: str | torch.de
             raise CheckpointError(f"{path}: its metadata lists frozen blocks {frozen!r}, but TJ-Net has blocks 1 to 6; "
                                   f"the checkpoint is damaged, copy it again")
         freeze_blocks(model, tuple(frozen))
+    if METADATA_KEY in metadata:  # a site's own output calibration (`client export`): predictions pass through it
+        try:
+            attach_calibration(model, calibration_from_dict(metadata[METADATA_KEY]))
+        except CalibrationError as exc:
+            raise CheckpointError(f"{path}: {exc}; the checkpoint is damaged, export it again") from None
     return Checkpoint(model=model, metadata=metadata)
 
 

@@ -10,10 +10,14 @@ of a run; it also writes them to `<state-dir>/local_layers.pt` after every round
 
 The file is replaced atomically; it is derived from the site's images only through trained weights, like
 any model the site returns.
+
+A site with node config `calibrate = true` keeps its sex-specific output line the same way, in
+`<state-dir>/calibration.json` (`save_site_calibration`), for `client export` to put into its model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -21,9 +25,11 @@ from pathlib import Path
 
 import torch
 
+from core.calibration import CalibrationError, SexCalibration, calibration_from_dict, calibration_to_dict
 from core.checkpoint import CheckpointError
 
 LOCAL_LAYERS_FILE = "local_layers.pt"
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -69,3 +75,49 @@ def load_local_layers(state_dir: Path) -> LocalLayers | None:
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{path} is not a file of kept layers ({exc.__class__.__name__}); "
                               "move it away to start the site's local layers afresh") from None
+
+
+@dataclass(frozen=True)
+class SiteCalibration:
+    """A site's output line on the model it last evaluated, and which model that was.
+
+    Attributes:
+        line: the sex-specific line (`core.calibration`).
+        round: the server round whose model it was fitted on.
+        pretrained_sha256: SHA-256 of the pretrained model the run started from.
+        federation_id: the federation of that round.
+        n_train: training images it was fitted on.
+    """
+
+    line: SexCalibration
+    round: int
+    pretrained_sha256: str
+    federation_id: str = ""
+    n_train: int = 0
+
+
+def save_site_calibration(state_dir: Path, kept: SiteCalibration) -> Path:
+    """Write `kept` to `<state_dir>/calibration.json` (atomically)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / CALIBRATION_FILE
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"line": calibration_to_dict(kept.line), "round": kept.round,
+                                   "pretrained_sha256": kept.pretrained_sha256, "federation_id": kept.federation_id,
+                                   "n_train": kept.n_train}, indent=2), encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def load_site_calibration(state_dir: Path) -> SiteCalibration | None:
+    """The line kept in `state_dir`, or None when the site has fitted none there."""
+    path = Path(state_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return SiteCalibration(calibration_from_dict(saved["line"]), int(saved["round"]),
+                               str(saved["pretrained_sha256"]), str(saved.get("federation_id", "")),
+                               int(saved.get("n_train", 0)))
+    except (OSError, KeyError, TypeError, ValueError, CalibrationError) as exc:
+        raise CheckpointError(f"{path} is not a site calibration ({str(exc).splitlines()[0] or type(exc).__name__}); "
+                              "move it away and evaluate again to fit a new one") from None

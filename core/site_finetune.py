@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.calibration import fit_linear_calibration
+from core.calibration import attach_calibration, calibration_of, fit_linear_calibration
 from core.loss import make_loss
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.conformal import conformal_metadata
@@ -139,6 +139,9 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     `pool`: the site's images already decoded through the model's preprocessing (not decoded again)."""
     loaded = load_checkpoint(pretrained)
     model, device = loaded.model, resolve_device(config.device)
+    if calibration_of(model) is not None:  # a line fitted to these weights: fine-tuning changes them
+        logger.info("%s carries a site calibration; fine-tuning starts from its weights without it", pretrained)
+        attach_calibration(model, None)
     inputs = InputSettings.of(loaded)  # the site's images go through the model's own preprocessing
     if pool is not None:
         site = pool.site(AugmentConfig(), config.seed)

@@ -13,13 +13,14 @@ scores the model the same way. The sex head's logits are those of the unaugmente
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.calibration import calibrate_tensor, calibration_of
 from core.data.dataset import NORM_MEAN, NORM_STD
 from core.errors import ConfigError
 from core.model.heads import AgeOutput
@@ -75,16 +76,19 @@ def transform(images: torch.Tensor, dx: float, dy: float, zoom: float) -> torch.
 
 
 def forward_tta(model: nn.Module, images: torch.Tensor, male: torch.Tensor, config: TTAConfig | None) -> AgeOutput:
-    """The model's output, its expected age averaged over the views of `config` (a plain forward without)."""
+    """The model's output, its expected age averaged over the views of `config` (a plain forward without), then
+    through the site's calibration when one is attached to the model (`core.calibration`)."""
     output = model(images, male)
-    if config is None or not config.enabled:
+    if config is not None and config.enabled:
+        total = output.expected_months.float()
+        views = config.views()
+        for dx, dy, zoom in views[1:]:
+            view = transform(images, dx, dy, zoom).contiguous(memory_format=_layout(images))
+            total = total + model(view, male).expected_months.float()
+        output = AgeOutput(expected_months=total / len(views), sex_logits=output.sex_logits)
+    if calibration_of(model) is None:
         return output
-    total = output.expected_months.float()
-    views = config.views()
-    for dx, dy, zoom in views[1:]:
-        view = transform(images, dx, dy, zoom).contiguous(memory_format=_layout(images))
-        total = total + model(view, male).expected_months.float()
-    return AgeOutput(expected_months=total / len(views), sex_logits=output.sex_logits)
+    return replace(output, expected_months=calibrate_tensor(model, output.expected_months, male))
 
 
 def _layout(images: torch.Tensor) -> torch.memory_format:

@@ -80,3 +80,11 @@ def test_the_feature_cache_is_on_unless_the_node_config_turns_it_off():
         assert not SiteConfig.from_node_config({**node, "feature-cache": off}).feature_cache
     with pytest.raises(SiteConfigError, match="feature-cache = 'sometimes'"):
         SiteConfig.from_node_config({**node, "feature-cache": "sometimes"})
+
+
+def test_calibration_is_off_unless_the_node_config_turns_it_on():
+    node = {"data-path": "/data/site", "pretrained": "/m.pt"}
+    assert not SiteConfig.from_node_config(node).calibrate
+    assert SiteConfig.from_node_config({**node, "calibrate": "true"}).calibrate
+    with pytest.raises(SiteConfigError, match="calibrate = 'perhaps'"):
+        SiteConfig.from_node_config({**node, "calibrate": "perhaps"})

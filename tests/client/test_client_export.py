@@ -74,3 +74,32 @@ def test_export_refuses_layers_it_cannot_vouch_for(site, tmp_path: Path, capsys:
     assert client_main(argv) == 2 and "holds no kept layers" in capsys.readouterr().err
     assert client_main([*argv[:-1], str(federated)]) == 2 and "never overwritten" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_calibrating_sites_export_predicts_through_its_line(site, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from core.calibration import LinearCalibration, SexCalibration, calibration_of
+    from core.data import SiteDataConfig, load_site, make_loader
+    from core.local_layers import SiteCalibration, save_site_calibration
+    from core.training import predict
+
+    config, federated, pretrained = site
+    state = config.parent / "state"
+    (state / "local_layers.pt").unlink(missing_ok=True)  # a site that kept no layers, only its line
+    line = SexCalibration(LinearCalibration(12.0, 0.5), LinearCalibration(-3.0, 1.25))
+    argv = ["export", "--model", str(federated), "--site-config", str(config), "--out", str(tmp_path / "c.pt")]
+    try:
+        save_site_calibration(state, SiteCalibration(line, 2, "0" * 64, "", 40))
+        assert client_main(argv) == 2 and "another pretrained model" in capsys.readouterr().err
+        save_site_calibration(state, SiteCalibration(line, 2, file_sha256(pretrained), "", 40))
+        assert client_main(argv) == 0 and "fitted on 40 training images" in capsys.readouterr().out
+    finally:
+        (state / "calibration.json").unlink(missing_ok=True)
+    exported, plain = load_checkpoint(tmp_path / "c.pt"), load_checkpoint(federated)
+    assert calibration_of(exported.model) == line and calibration_of(plain.model) is None
+    test = load_site(SiteDataConfig(root=config.parent / "site"), 48, None, seed=0, splits=("test",)).test
+    raw, mine = (predict(m.model, make_loader(test, 64, shuffle=False, seed=0), torch.device("cpu"))
+                 for m in (plain, exported))
+    assert len(raw.true_months) > 0
+    torch.testing.assert_close(torch.from_numpy(mine.predicted_months),
+                               torch.from_numpy(line.apply(raw.predicted_months, raw.male).astype("float32")))

@@ -170,3 +170,28 @@ def test_fedbn_layers_survive_a_server_side_resume_of_the_same_federation_only(s
     other = SiteSession(config, sent, {**server, "federation-id": "f2"}, RecordDict(), run_id=9).model.state_dict()
     assert all(torch.equal(resumed[k], kept.layers[k]) for k in groups.local)
     assert all(torch.equal(other[k], before[k]) for k in groups.local)
+
+
+def test_a_calibrating_site_reports_its_calibrated_test_metrics_and_keeps_its_line(site, tmp_path: Path) -> None:
+    from core.calibration import fit_sex_calibration
+    from core.data import load_site, make_loader
+    from core.local_layers import load_site_calibration
+    from core.metrics import Predictions, compute_metrics
+    from core.training import predict
+
+    config, pretrained = site
+    calibrating = SiteConfig(**{**config.__dict__, "calibrate": True, "state_dir": tmp_path})
+    _, raw = SiteSession(config, _state(pretrained), {"server-round": 3}, RecordDict()).evaluate()
+    _, reply = SiteSession(calibrating, _state(pretrained), {"server-round": 3}, RecordDict()).evaluate()
+    model = load_checkpoint(pretrained).model
+    data = load_site(config.data, model.config.image_size, None, seed=0, splits=("train", "test"))
+    train, test = (predict(model, make_loader(d, 64, shuffle=False, seed=0), torch.device("cpu"))
+                   for d in (data.train, data.test))
+    line = fit_sex_calibration(train.predicted_months, train.true_months, train.male)
+    expected = compute_metrics(Predictions(line.apply(test.predicted_months, test.male), test.true_months, test.male))
+    assert tuple(reply) == evaluate_metric_keys()
+    assert reply["mad-months"] == pytest.approx(expected["mad_months"], abs=1e-3)
+    assert abs(reply["mad-months"] - raw["mad-months"]) > 0.1  # an untrained model's scale is far off: the line moves it
+    kept = load_site_calibration(tmp_path)
+    assert kept is not None and kept.round == 3 and kept.n_train == len(data.train)
+    assert kept.line.boys.slope == pytest.approx(line.boys.slope, rel=1e-4)
