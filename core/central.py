@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,8 +56,14 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
 
     With `job.sex_specific`, one model is trained on the girls and one on the boys of the site (each
     keeping its own best epoch) and both are saved as one checkpoint that routes each image by its sex.
+
+    With `job.train.ema_decay` > 0, `job.out` holds the moving average of the weights at the end of training
+    (`core.ema`) and `raw_weights_path(job.out)` the best epoch's own weights, so that the two can be scored on
+    the same images; the metadata of both records both val MADs ("ema").
     """
     check_output_path(job.out)  # before hours of training, not after
+    if job.train.ema_decay > 0 and job.sex_specific:
+        raise ConfigError("--ema-decay is not supported with --sex-specific")
     if job.head_init not in HEAD_INITS:
         raise ConfigError(f"head init must be one of {HEAD_INITS}, got {job.head_init!r}")
     if job.threads:
@@ -90,6 +97,31 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         result, loss_fn = _fit(job, model, site.train, site.val, device)
         best = {"best_epoch": result.best_epoch, "best_val_mad_months": result.best_val_mad, "history": result.history}
     seconds = time.perf_counter() - started
+    save = {"seconds": seconds, "loss_fn": loss_fn, "site": site, "device": device, "preprocess": preprocess}
+    if job.train.ema_decay > 0:
+        raw = copy.deepcopy(model)
+        model.load_state_dict(result.ema_state)
+        ema_mad = evaluate_model(model, site.val, device, job.data.label_unit)["mad_months"]
+        best["ema"] = {"decay": job.train.ema_decay, "val_mad_months_ema": ema_mad,
+                       "val_mad_months_raw": result.best_val_mad, "raw_weights": str(raw_weights_path(job.out))}
+        logger.info("val MAD %.2f months with the moving average of the weights (decay %g), %.2f with the best "
+                    "epoch's weights (epoch %d)", ema_mad, job.train.ema_decay, result.best_val_mad, result.best_epoch)
+        _save(job, raw, best | {"weights": "raw"}, raw_weights_path(job.out), **save)
+        best |= {"weights": "ema", "best_val_mad_months": ema_mad}
+    metadata = _save(job, model, best, job.out, **save)
+    logger.info("best val MAD %.2f months; saved %s (%.0f s, %.1f s/epoch)", best["best_val_mad_months"], job.out,
+                seconds, seconds / max(job.train.epochs * (2 if job.sex_specific else 1), 1))
+    return metadata
+
+
+def raw_weights_path(out: Path) -> Path:
+    """Where a run with an EMA of the weights saves its best epoch's own weights: model.pt -> model.raw.pt."""
+    return out.with_name(f"{out.stem}.raw{out.suffix}")
+
+
+def _save(job: PretrainJob, model: nn.Module, best: dict[str, Any], out: Path, seconds: float, loss_fn: nn.Module,
+          site: Any, device: torch.device, preprocess: PreprocessConfig | None) -> dict[str, Any]:
+    """Describe `model` (its recipe, data, best epoch, conformal interval on val) and save it to `out`."""
     metadata = describe(
         model,
         seed=job.train.seed,
@@ -105,9 +137,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         preprocess=None if preprocess is None else preprocess.to_dict(),
         head_init=job.head_init,
     )
-    save_checkpoint(job.out, model, metadata)
-    logger.info("best val MAD %.2f months; saved %s (%.0f s, %.1f s/epoch)", best["best_val_mad_months"], job.out,
-                seconds, seconds / max(job.train.epochs * (2 if job.sex_specific else 1), 1))
+    save_checkpoint(out, model, metadata)
     return metadata
 
 

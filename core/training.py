@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from core.ema import WeightAverage
 from core.errors import ConfigError
 from core.loss import LossParts
 from core.metrics import Predictions
@@ -38,7 +39,8 @@ class TrainConfig:
 
     The learning-rate schedule (`lr_schedule`, `warmup_steps`, `lr_drop_at`, `lr_patience`) is described in
     `core.schedule`. `early_stop_patience` > 0 ends training once the val MAD has not improved for that many
-    epochs (0: always train all `epochs`); the best state by val MAD is kept either way.
+    epochs (0: always train all `epochs`); the best state by val MAD is kept either way. `ema_decay` > 0 also keeps
+    an exponential moving average of the weights (`core.ema`), returned as `FitResult.ema_state` (0: off).
     """
 
     epochs: int = 10
@@ -51,6 +53,7 @@ class TrainConfig:
     lr_drop_at: float = 0.8
     lr_patience: int = 1
     early_stop_patience: int = 0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.early_stop_patience < 0:
@@ -61,6 +64,8 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight decay must be a number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
+            raise ConfigError(f"EMA decay must be in [0, 1) (0: off), got {self.ema_decay}")
         lr_factor(self, 1)  # a bad schedule setting fails here, not after the data is loaded
     device: str = "auto"
     amp: bool = True
@@ -141,16 +146,18 @@ def train_epoch(
     progress: bool = False,
     description: str = "train",
     channels_last: bool = True,
+    ema: WeightAverage | None = None,
 ) -> EpochStats:
-    """One pass over `loader`; returns the mean loss and the mean training MAD (months)."""
+    """One pass over `loader` (updating `ema` after each step); returns the mean loss and training MAD (months)."""
     with channels_last_layout(model, channels_last) as layout:
         return _train_pass(model, loss_fn, optimizer, device, amp, scheduler, extra_loss,
-                           tqdm(loader, desc=description, leave=False, disable=not progress), layout)
+                           tqdm(loader, desc=description, leave=False, disable=not progress), layout, ema)
 
 
 def _train_pass(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 device: torch.device, amp: bool, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-                extra_loss: ExtraLoss | None, bar: tqdm, layout: torch.memory_format) -> EpochStats:
+                extra_loss: ExtraLoss | None, bar: tqdm, layout: torch.memory_format,
+                ema: WeightAverage | None) -> EpochStats:
     model.train()
     total_loss = total_abs = 0.0
     steps = examples = 0
@@ -166,6 +173,8 @@ def _train_pass(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
         loss = parts.total if extra_loss is None else parts.total + extra_loss(model)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         if scheduler is not None:
             scheduler.step()
         if loss_fn.after_step(parts):
@@ -234,6 +243,7 @@ class FitResult:
     best_epoch: int
     best_val_mad: float
     history: list[dict[str, float]] = field(default_factory=list)
+    ema_state: dict[str, torch.Tensor] | None = None  # the weights' moving average after the last epoch
 
 
 def fit(
@@ -245,18 +255,20 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train for `config.epochs`, validating each epoch; keeps the state with the best val MAD."""
+    """Train for `config.epochs`, validating each epoch; keeps the state with the best val MAD (and, with
+    `config.ema_decay` > 0, the moving average of the weights at the end)."""
     optimizer = make_optimizer(model, config)
     factor = lr_factor(config, config.epochs * max(len(train_loader), 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     amp = config.amp and device.type == "cuda"
     best = FitResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_mad=float("inf"))
+    ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     for epoch in range(1, config.epochs + 1):
         if hasattr(train_loader.dataset, "set_epoch"):
             train_loader.dataset.set_epoch(epoch)
         stats = train_epoch(model, train_loader, loss_fn, optimizer, device, amp, scheduler,
                             progress=config.progress, description=f"epoch {epoch}/{config.epochs}",
-                            channels_last=config.channels_last)
+                            channels_last=config.channels_last, ema=ema)
         val = predict(model, val_loader, device, amp, config.channels_last)
         val_mad = float(np.mean(np.abs(val.predicted_months - val.true_months))) if len(val.true_months) else float("nan")
         row = {"epoch": epoch, "train_loss": stats.loss, "train_mad_months": stats.mad_months, "val_mad_months": val_mad,
@@ -281,4 +293,6 @@ def fit(
         if config.early_stop_patience and epoch - best.best_epoch >= config.early_stop_patience:
             logger.info("early stop: no val MAD improvement for %d epochs", config.early_stop_patience)
             break
+    if ema is not None:
+        best.ema_state = ema.state_dict()
     return best

@@ -85,6 +85,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=train.warmup_steps, help="linear learning-rate warm-up")
     parser.add_argument("--early-stop", type=int, default=train.early_stop_patience,
                         help="stop after this many epochs without a val MAD gain (0: train all --epochs)")
+    parser.add_argument("--ema-decay", type=float, default=train.ema_decay,
+                        help="keep a moving average of the weights with this decay per step (e.g. 0.999; 0: off) "
+                             "and save it as --out, with the best epoch's own weights beside it as OUT.raw.pt")
     parser.add_argument("--tta-shift", type=float, default=tta.shift,
                         help="test-time augmentation: average over shifts by this fraction of the side (0: off); "
                              "saved in the checkpoint and applied by evaluate and predict")
@@ -122,7 +125,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         train=replace(TrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, num_workers=args.workers, progress=not args.no_progress,
                       lr_schedule=args.lr_schedule, lr_drop_at=args.lr_drop_at, lr_patience=args.lr_patience,
-                      warmup_steps=args.warmup_steps, early_stop_patience=args.early_stop),
+                      warmup_steps=args.warmup_steps, early_stop_patience=args.early_stop,
+                      ema_decay=args.ema_decay),
         augment=None if args.no_augment else AugmentConfig(),
         threads=args.threads,
         preprocess=_preprocess(args),

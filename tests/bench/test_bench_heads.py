@@ -76,3 +76,40 @@ def test_budget_table_reads_epochs_minutes_and_sums_an_ensembles_members(tmp_pat
     assert lines[3] == f"| b | {n:,} | 3 (2) | 0.5 | 0.5 |"
     # the ensemble: its members' epochs and minutes summed; a seed whose member file is gone has no budget
     assert lines[4] == f"| ens | {2 * n:,} | 6, n/a | 2.5, n/a | n/a |"
+
+
+def test_a_tagged_checkpoint_forms_its_own_row():
+    from bench.bench_heads import row_and_seed
+
+    assert row_and_seed("tjnet_s2.pt") == ("tjnet", 2)
+    assert row_and_seed("tjnet_s2.raw.pt") == ("tjnet.raw", 2)  # the raw weights beside an --ema-decay run
+    assert row_and_seed("tjnet_paper_s10.pt") == ("tjnet_paper", 10)
+    assert row_and_seed("notes.pt") is None
+
+
+def test_pairs_give_each_seeds_difference_its_mean_over_seeds_and_the_spread():
+    from bench.bench_heads import pair_table
+
+    errors = {"a": {0: np.array([9.0, -9.0, 9.0, -9.0]), 1: np.array([10.0, 10.0, -10.0, -10.0]),
+                    2: np.array([5.0, 5.0, 5.0, 5.0])},
+              "b": {0: np.array([10.0, -10.0, 10.0, -10.0]), 1: np.array([13.0, -13.0, 13.0, -13.0])}}
+    line = pair_table(errors, [("a", "b")])[2]
+    # seeds both rows have: 0 and 1; -1 month on every image of seed 0, -3 on seed 1 (no spread over images)
+    assert line.startswith("| a - b | 0,1 | -1.00 [-1.00, -1.00]; -3.00 [-3.00, -3.00] | -2.00 [")
+    # the t interval over two seeds' differences (-1, -3) is wide: 12.71 * 1.41 / 1.41 on each side
+    assert "-2.00 [-14.71, 10.71]" in line
+    assert line.endswith("| 1.00 | 3.00 |")  # MAD spread over seeds 0 and 1: a 9-10, b 10-13
+
+
+def test_a_pair_naming_a_missing_row_is_one_line_and_exit_code_2(tmp_path, capsys):
+    import pytest
+
+    from bench.bench_heads import main
+
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=48, width=0.25))
+    save_checkpoint(tmp_path / "tjnet_s0.pt", model, describe(model))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs", str(tmp_path), "--data", str(tmp_path), "--pairs", "tjnet:resnet18"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "resnet18" in err and "rows: tjnet" in err
