@@ -33,12 +33,15 @@ def to_int(raw: Any) -> int:
     """A whole number (2.0 and "2.0" are 2; 2.5 is refused)."""
     if isinstance(raw, bool):
         raise ValueError("expected a whole number")
-    if isinstance(raw, str):
-        raw = raw.strip()
-        raw = int(raw) if raw.lstrip("+-").isdigit() else float(raw)
-    if isinstance(raw, float) and not raw.is_integer():
-        raise ValueError("expected a whole number")
-    return int(raw)
+    try:
+        if isinstance(raw, str):
+            raw = raw.strip()
+            raw = int(raw) if raw.lstrip("+-").isdigit() else float(raw)
+        if isinstance(raw, float) and not raw.is_integer():
+            raise ValueError
+        return int(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("expected a whole number") from None
 
 
 @dataclass(frozen=True)

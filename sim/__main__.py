@@ -8,14 +8,13 @@ from pathlib import Path
 
 from core.cli import add_shared_options, command_parser, run_command, setup_logging
 from core.errors import ConfigError
-from core.round_settings import ROUND_SCHEMA
 from core.model.freeze import parse_freeze_spec_list
-from sim.config import PRESETS, RealSite, load_experiment, preset
+from sim.config import PRESETS, SIM_SCHEMA, RealSite, load_experiment, preset
 from sim.sizes import parse_site_sizes
 from strategies.options import parse_option_assignments
 
 
-SIM_ROUND_SETTINGS = ("num_rounds", "local_epochs", "batch_size", "lr")  # flags from the round settings' schema
+SIM_FLAGS = ("rounds", "local_epochs", "batch_size", "lr", "strategy", "seeds")  # flags from the simulation's schema
 # One module per sub-command, as in `python -m client`; the default run keeps its flags on the root.
 COMMAND_MODULES = ("sim.generate", "sim.partition")
 
@@ -28,9 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path, default=None, help="cache of sites and pretrained models")
     add_shared_options(parser, "seed", seed_default=None,
                        seed_help="random seed (default: the experiment file's, else 0); --seeds N runs seed, seed + 1, ...")
-    ROUND_SCHEMA.add_arguments(parser, SIM_ROUND_SETTINGS, inherit=True)  # also each site-alone baseline's rounds
-    parser.add_argument("--strategy", default=None,
-                        help="fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg")
+    # not given: the experiment file's, else the preset's; a bad value is a one-line error (exit 2)
+    SIM_SCHEMA.add_arguments(parser, SIM_FLAGS, inherit=True, check=False)
     parser.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a strategy option, repeatable: server-momentum, server-learning-rate (fedavgm), eta, "
                              "beta-1, beta-2, tau (fedadam), trimmed-beta (fedtrimmedavg), proximal-mu (fedprox); "
@@ -49,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a real hospital folder (repeatable; ':years' for whole-year labels); replaces the phantom sites")
     parser.add_argument("--experiment", type=Path, default=None,
                         help="experiment file (TOML): source, sites with columns and units, freeze specs, rounds, seeds")
-    parser.add_argument("--seeds", type=int, default=None, help="repeat the whole comparison with N seeds")
     parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False, default=None,
                         help="recompute the frozen blocks at every step (sites, baselines) instead of once per image")
     parser.add_argument("--site-sizes", default=None, metavar="N,N,...",
@@ -69,8 +66,7 @@ def run_sim(args: argparse.Namespace) -> int:
     name = from_file.pop("preset", args.preset)
     command_line = dict(
         pretrained=args.pretrained, source_dir=args.source, real_sites=tuple(RealSite.parse(t) for t in args.site) or None,
-        seeds=args.seeds, out_dir=args.out, cache_dir=args.cache, seed=args.seed, rounds=args.num_rounds,
-        local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, strategy=args.strategy, wandb=args.wandb or None,
+        out_dir=args.out, cache_dir=args.cache, seed=args.seed, wandb=args.wandb or None, **SIM_SCHEMA.from_args(args, SIM_FLAGS),
         freeze_specs=tuple(s for text in args.freeze for s in parse_freeze_spec_list(text)) if args.freeze else None,
         dp_noise_multipliers=_numbers("--dp", args.dp) if args.dp else None, dp_max_epsilon=args.dp_max_epsilon,
         strategy_options=tuple(sorted(parse_option_assignments(args.strategy_option).items())) or None,

@@ -1,4 +1,9 @@
-"""Typed settings of a simulation run and its presets (`default`, `smoke`, `paper`)."""
+"""Typed settings of a simulation run and its presets (`default`, `smoke`, `paper`).
+
+The settings an experiment file and the command line share are declared once in `SIM_SCHEMA` (experiment-file
+key, flag, type, default of the `default` preset, help); a real site's columns and unit come from the site
+layout's schema (`core.data.config.LAYOUT_SCHEMA`), under the snake_case of their node-config keys.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from core.data import SiteDataConfig
+from core.data.config import LAYOUT_SCHEMA
 from core.loss import JointLossConfig
 from core.model.heads import DEFAULT_HEAD_INIT
 from core.training import TrainConfig
 from core.errors import ConfigError
 from core.model.freeze import FreezeSpec
 from core.round_settings import RoundSettings
+from core.schema import Schema, Setting, to_bool, to_int
 from strategies import STRATEGY_NAMES
 from strategies.options import strategy_options
 
@@ -43,20 +50,18 @@ class RealSite:
     """A hospital folder of real images, read with the project's data contract (declared columns and unit)."""
 
     path: Path
-    label_unit: str = "months"
+    label_unit: str = LAYOUT_SCHEMA.default("label_unit")
     name: str = ""
-    csv_name: str = "labels.csv"
-    image_dir: str = "images"
-    id_column: str = "id"
-    age_column: str = "boneage"
-    sex_column: str = "male"
+    csv_name: str = LAYOUT_SCHEMA.default("csv_name")
+    image_dir: str = LAYOUT_SCHEMA.default("image_dir")
+    id_column: str = LAYOUT_SCHEMA.default("id_column")
+    age_column: str = LAYOUT_SCHEMA.default("age_column")
+    sex_column: str = LAYOUT_SCHEMA.default("sex_column")
 
     @property
     def data(self) -> SiteDataConfig:
         """The site as the data contract reads it (refuses an unknown unit or columns that coincide)."""
-        return SiteDataConfig(root=self.path, csv_name=self.csv_name, image_dir=self.image_dir,
-                              id_column=self.id_column, age_column=self.age_column, sex_column=self.sex_column,
-                              label_unit=self.label_unit)
+        return SiteDataConfig(root=self.path, **{name: getattr(self, name) for name in LAYOUT_SCHEMA.settings})
 
     @classmethod
     def parse(cls, text: str) -> "RealSite":
@@ -74,6 +79,40 @@ def check_site_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(int(s) for s in sizes))
 
 
+def _freeze_list(raw: Any) -> tuple[FreezeSpec, ...]:
+    """An experiment file's freeze list: each entry is one spec ("1,2,3" is the spec 1-3)."""
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise ValueError('expected a list of specs, e.g. ["1-3", "none"]')
+    return tuple(FreezeSpec.parse(str(spec)) for spec in raw)
+
+
+def _size_list(raw: Any) -> tuple[int, ...]:
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise ValueError("expected a list of numbers, e.g. [25, 50, 100]")
+    return tuple(to_int(size) for size in raw)
+
+
+# Settings an experiment file (key: the field name, except `freeze`) and the command line share; the defaults are
+# the `default` preset's. The list-valued ones have flags of their own syntax (comma-separated, repeatable).
+SIM_SCHEMA = Schema(
+    Setting("rounds", to_int, 4, "federated rounds", "rounds", flag="--rounds"),
+    Setting("local_epochs", to_int, ROUND.local_epochs, "local epochs per round (also the site-alone baseline's)",
+            "local_epochs", flag="--local-epochs"),
+    Setting("lr", float, ROUND.lr, "local learning rate", "lr", flag="--lr"),
+    Setting("batch_size", to_int, ROUND.batch_size, "local batch size", "batch_size", flag="--batch-size"),
+    Setting("seed", to_int, 0, "random seed", "seed", flag="--seed"),
+    Setting("seeds", to_int, 1, "repeat the whole comparison with N seeds", "seeds", flag="--seeds"),
+    Setting("strategy", str, "fedavg", "fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg", "strategy",
+            flag="--strategy", choices=STRATEGY_NAMES),
+    Setting("freeze_specs", _freeze_list, FREEZE_SPECS, "freeze specs compared", "freeze", flag="--freeze"),
+    Setting("site_sizes", _size_list, (), "training images per site, one comparison each", "site_sizes",
+            flag="--site-sizes"),
+    Setting("fedrep", to_bool, False, "also run FedRep (each site keeps its own head)", "fedrep", flag="--fedrep"),
+    Setting("leave_one_out", to_bool, False, "also federate without each site in turn", "leave_one_out",
+            flag="--leave-one-out"),
+)
+_D = SIM_SCHEMA.default
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -90,30 +129,30 @@ class SimConfig:
     width: float = 0.5
     pretrain_epochs: int = 30
     pretrain_lr: float = TrainConfig.lr
-    rounds: int = 4
-    local_epochs: int = ROUND.local_epochs
-    lr: float = ROUND.lr
-    batch_size: int = ROUND.batch_size
-    freeze_specs: tuple[str, ...] = FREEZE_SPECS  # canonical FreezeSpecs once built
-    strategy: str = "fedavg"
+    rounds: int = _D("rounds")
+    local_epochs: int = _D("local_epochs")
+    lr: float = _D("lr")
+    batch_size: int = _D("batch_size")
+    freeze_specs: tuple[str, ...] = _D("freeze_specs")  # canonical FreezeSpecs once built
+    strategy: str = _D("strategy")
     strategy_options: tuple[tuple[str, float], ...] = ()  # (kebab-case key, value); see strategies/options.py
     device: str = "auto"  # every stage: pretraining, baselines, evaluation, the simulated sites
     baseline_freeze: str = ROUND.freeze_spec
-    seed: int = 0
+    seed: int = _D("seed")
     dp_noise_multipliers: tuple[float, ...] = ()
     dp_max_grad_norm: float = 1.0
     dp_max_epsilon: float = 10.0  # each DP site's budget: a site never trains privately without one
     wandb: bool = False
     out_dir: Path = Path("runs/sim")
     cache_dir: Path = Path("runs/cache")
-    seeds: int = 1
+    seeds: int = _D("seeds")
     pretrained: Path | None = None
     source_dir: Path | None = None
     real_sites: tuple[RealSite, ...] = ()
     feature_cache: bool = True  # frozen blocks run once per image and view (core.feature_cache), sites and baselines
-    site_sizes: tuple[int, ...] = ()  # training images per site, one comparison each (empty: the sites as they are)
-    fedrep: bool = False  # also a FedRep federation (each site keeps and first trains its own head, block 6)
-    leave_one_out: bool = False  # also, for each site, a federation of the others scored on its test split
+    site_sizes: tuple[int, ...] = _D("site_sizes")  # training images per site, one comparison each (empty: the sites as they are)
+    fedrep: bool = _D("fedrep")  # also a FedRep federation (each site keeps and first trains its own head, block 6)
+    leave_one_out: bool = _D("leave_one_out")  # also, for each site, a federation of the others scored on its test split
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -173,16 +212,19 @@ PRESETS: dict[str, SimConfig] = {
 }
 
 
-EXPERIMENT_KEYS = {"pretrained", "source", "sites", "strategy", "freeze", "rounds", "local_epochs", "lr", "seed", "seeds",
-                   "batch_size", "preset", "site_sizes", "fedrep", "leave_one_out"}
-SITE_KEYS = {"path", "label_unit", "name", "csv", "image_dir", "id_column", "age_column", "sex_column"}
+EXPERIMENT_KEYS = {"pretrained", "source", "sites", "preset", *SIM_SCHEMA.keys().values()}
+# a [[sites]] table: path, name, and the site layout under the snake_case of its node-config keys (csv, image_dir...)
+SITE_LAYOUT_KEYS = {key.replace("-", "_"): key for key in LAYOUT_SCHEMA.keys("node").values()}
+SITE_KEYS = {"path", "name", *SITE_LAYOUT_KEYS}
 
 
 def load_experiment(path: Path) -> dict[str, Any]:
     """Overrides of `preset` from an experiment file (TOML); relative paths are relative to the file.
 
-    Keys: pretrained or source, strategy, freeze (list), rounds, local_epochs, lr, seed, seeds, batch_size, preset,
-    site_sizes (list of training images per site), fedrep and leave_one_out (true/false), and [[sites]] tables with path, label_unit, name, csv, image_dir, id_column, age_column, sex_column.
+    Keys: pretrained or source, preset, the keys of `SIM_SCHEMA` (strategy, freeze (list), rounds, local_epochs, lr,
+    seed, seeds, batch_size, site_sizes (list of training images per site), fedrep and leave_one_out (true/false)),
+    and [[sites]] tables with path, name and the layout keys label_unit, csv, image_dir, id_column, age_column,
+    sex_column.
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -192,28 +234,20 @@ def load_experiment(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"experiment file {path}: unknown keys {sorted(unknown)}; known: {sorted(EXPERIMENT_KEYS)}")
     here = Path(path).parent
-    overrides: dict[str, Any] = {k: data[k] for k in ("strategy", "rounds", "local_epochs", "lr", "seed", "seeds",
-                                                      "batch_size") if k in data}
-    if "site_sizes" in data:
-        if not isinstance(data["site_sizes"], list):
-            raise ConfigError(f"experiment file {path}: site_sizes is a list of numbers, e.g. [25, 50, 100]")
-        overrides["site_sizes"] = tuple(data["site_sizes"])
-    for flag in ("fedrep", "leave_one_out"):
-        if flag in data:
-            if not isinstance(data[flag], bool):
-                raise ConfigError(f"experiment file {path}: {flag} is true or false")
-            overrides[flag] = data[flag]
-    if "freeze" in data:
-        overrides["freeze_specs"] = tuple(str(s) for s in data["freeze"])
+    sites = []
+    try:
+        overrides: dict[str, Any] = SIM_SCHEMA.read(data)
+        for site in data.get("sites", []):
+            if set(site) - SITE_KEYS or "path" not in site:
+                raise ConfigError(f"each [[sites]] needs a path and knows only {sorted(SITE_KEYS)}")
+            layout = LAYOUT_SCHEMA.read({SITE_LAYOUT_KEYS[k]: v for k, v in site.items() if k in SITE_LAYOUT_KEYS},
+                                        "node")
+            sites.append(RealSite(path=here / site["path"], name=str(site.get("name", "")), **layout))
+    except ConfigError as exc:
+        raise ConfigError(f"experiment file {path}: {exc}") from None
     for key, field_name in (("pretrained", "pretrained"), ("source", "source_dir")):
         if key in data:
             overrides[field_name] = here / data[key]
-    sites = []
-    for site in data.get("sites", []):
-        if set(site) - SITE_KEYS or "path" not in site:
-            raise ConfigError(f"experiment file {path}: each [[sites]] needs a path and knows only {sorted(SITE_KEYS)}")
-        fields = {("csv_name" if k == "csv" else k): v for k, v in site.items() if k != "path"}
-        sites.append(RealSite(path=here / site["path"], **fields))
     if sites:
         overrides["real_sites"] = tuple(sites)
     return {"preset": data.get("preset", "default"), **overrides}

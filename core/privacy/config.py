@@ -28,13 +28,6 @@ def _number(raw: Any) -> float:
         raise ValueError("expected a number") from None
 
 
-def _whole(raw: Any) -> int:
-    try:
-        return to_int(raw)
-    except (TypeError, ValueError):
-        raise ValueError("expected a whole number") from None
-
-
 DP_SCHEMA = Schema(
     Setting("noise_multiplier", _number, None, "DP-SGD noise std over the clipping norm (or give a target epsilon)",
             node_key="dp-noise-multiplier"),
@@ -47,7 +40,7 @@ DP_SCHEMA = Schema(
             node_key="dp-delta"),
     Setting("accountant", str, "rdp", "rdp (Renyi DP) or prv (privacy random variables)", node_key="dp-accountant",
             choices=ACCOUNTANTS),
-    Setting("seed", _whole, None, "SECRET seed of sampling and noise, for reproducible experiments only",
+    Setting("seed", to_int, None, "SECRET seed of sampling and noise, for reproducible experiments only",
             node_key="dp-seed"),
     Setting("interval_noise", _number, 5.0, "noise std on the score counts released for the prediction interval",
             node_key="dp-interval-noise"),

@@ -116,7 +116,7 @@ def test_presets_exist_and_overrides_apply():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--freeze", "1-9"], "freeze spec"), (["--strategy", "fedfoo"], "unknown strategy"),
+    (["--freeze", "1-9"], "freeze spec"), (["--strategy", "fedfoo"], "--strategy must be one of fedavg"), (["--rounds", "two"], "--rounds = 'two' is not a valid value (expected a whole number)"),
     (["--dp", "-1"], "noise multipliers"), (["--dp", "nan"], "noise multipliers must be positive numbers"),
     (["--dp", "abc"], "--dp takes comma-separated numbers, got 'abc'"),
     (["--dp", "1", "--dp-max-epsilon", "0"], "--dp-max-epsilon must be a positive number"),
