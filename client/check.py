@@ -27,7 +27,8 @@ from core.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
-from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
+from core.inputs import InputSettings
+from core.preprocess import PreprocessConfig, Preprocessor
 from core.preprocess.review import QualityTally, contact_sheet
 from core.preprocess.site import describe_check, orientation_for_site
 from core.round_settings import RoundSettings
@@ -172,7 +173,7 @@ def _preprocessor(settings: TimingSettings, paths: list[Path]) -> tuple[Preproce
     orientation model that fails the self-check is fitted on the site's images as ``client preprocess`` would.
     """
     if settings.pretrained is not None:
-        recorded = preprocess_config_of(load_checkpoint(settings.pretrained).metadata)
+        recorded = InputSettings.of(load_checkpoint(settings.pretrained)).preprocess
         if recorded is not None:
             checked, site = orientation_for_site(recorded, paths, fit=False)
             return Preprocessor(checked), True, site

@@ -33,9 +33,9 @@ from core.data.dataset import fit_to_square
 from core.data.patient import read_patient_tags
 from core.explain import heat_map, overlay, png_bytes
 from core.inference import model_input, predict_batch
-from core.preprocess import Preprocessor, views_of
+from core.inputs import InputSettings
+from core.preprocess import Preprocessor
 from core.training import resolve_device
-from core.tta import tta_config_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,14 @@ class Predictor:
         self.sha256 = file_sha256(settings.model)
         self.identity = model_identity(settings.model, self.metadata, self.sha256)
         self.identity["acceptance"] = acceptance_status(settings.site, self.sha256, settings.model)
-        self.image_size = int(self.model.config.image_size)
+        inputs = InputSettings.of(checkpoint)  # side, TTA and preprocessing, as the model was trained and scored
+        self.image_size = inputs.image_size
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
         self.conformal = ConformalInterval.from_dict(raw) if raw else None
-        self.tta = tta_config_of(self.metadata)  # the test-time augmentation the model was scored with
+        self.tta = inputs.tta
         # the model's own preprocessing and quality gate, one per view (an ensemble of region models reads several)
-        self.views = [None if view is None else Preprocessor(view) for view in views_of(self.metadata)]
+        self.views = [None if view is None else Preprocessor(view) for view in inputs.views]
         self.sex_head = has_sex_head(self.model)
         if (settings.heatmap or settings.report) and not hasattr(self.model, "block4"):
             raise CheckpointError(f"{settings.model}: heat maps and reports need a TJ-Net checkpoint")

@@ -9,7 +9,8 @@ from pathlib import Path
 from core.checkpoint import load_checkpoint
 from core.cli import add_shared_options
 from core.data import DataError
-from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
+from core.inputs import InputSettings
+from core.preprocess import PreprocessConfig, Preprocessor
 from core.preprocess.folder import check_out, image_paths, preprocess_folder
 from core.preprocess.site import describe_check, orientation_for_site
 from core.preprocess.review import contact_sheet
@@ -33,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def settings_from_args(model: Path | None, spec: str) -> PreprocessConfig:
     """The checkpoint's preprocessing when a model is given, else the spec; "none" is refused here."""
     if model is not None:
-        config = preprocess_config_of(load_checkpoint(model).metadata)
+        config = InputSettings.of(load_checkpoint(model)).preprocess
         if config is None:
             raise DataError(f"{model} was trained without preprocessing: nothing to apply")
         return config

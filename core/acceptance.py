@@ -36,11 +36,11 @@ from core.data.manifest import Record
 from core.data.split import split_records
 from core.data.views import load_site_views
 from core.inference import model_input, predict_batch
-from core.preprocess import Preprocessor, views_of
+from core.inputs import InputSettings
+from core.preprocess import Preprocessor
 from core.preprocess.stress import STRESS
 from core.stats import bootstrap_mean, paired_difference
 from core.training import predict, resolve_device
-from core.tta import tta_config_of
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +115,15 @@ def _load(path: Path) -> tuple[Any, str]:
 
 
 def _score(checkpoint: Any, data: SiteDataConfig, split: str, device: torch.device) -> _Scored:
-    views = views_of(checkpoint.metadata)
-    site = load_site_views(data, checkpoint.model.config.image_size, views, splits=(split,))
+    inputs = InputSettings.of(checkpoint)
+    site = load_site_views(data, inputs.image_size, inputs.views, splits=(split,))
     dataset = getattr(site, split)
     refused = sum(1 for skip in dataset.skipped if skip.reason.startswith("refused"))
     total = len(dataset) + len(dataset.skipped)
     if len(dataset) == 0:
         return _Scored({}, refused, total)
     loader = make_loader(dataset, 64, shuffle=False, seed=0)
-    result = predict(checkpoint.model.to(device), loader, device, tta=tta_config_of(checkpoint.metadata))
+    result = predict(checkpoint.model.to(device), loader, device, tta=inputs.tta)
     ages = {record.image_id: (float(p), float(t))
             for record, p, t in zip(dataset.records, result.predicted_months, result.true_months)}
     return _Scored(ages, refused, total)
@@ -182,7 +182,7 @@ def _quality_gate(new: _Scored, policy: AcceptancePolicy) -> Check:
 
 def _read_through(checkpoint: Any, pixels: np.ndarray, preprocessors: list[Preprocessor | None]) -> torch.Tensor | None:
     """The model input of one image through the model's own preprocessing; None when its gate refuses it."""
-    size = int(checkpoint.model.config.image_size)
+    size = InputSettings.of(checkpoint).image_size
     tensors = []
     for preprocessor in preprocessors:
         image = pixels
@@ -198,8 +198,9 @@ def _read_through(checkpoint: Any, pixels: np.ndarray, preprocessors: list[Prepr
 
 
 def _poses(checkpoint: Any, data_records: list[Record], policy: AcceptancePolicy, device: torch.device) -> Check:
-    preprocessors = [None if view is None else Preprocessor(view) for view in views_of(checkpoint.metadata)]
-    tta = tta_config_of(checkpoint.metadata)
+    inputs = InputSettings.of(checkpoint)
+    preprocessors = [None if view is None else Preprocessor(view) for view in inputs.views]
+    tta = inputs.tta
     inputs: dict[str, list[torch.Tensor | None]] = {name: [] for name in ("upright", *POSES)}
     sexes = []
     for index, record in enumerate(data_records[:policy.pose_images]):

@@ -36,9 +36,9 @@ from core.data.dataset import BoneAgeDataset, make_loader
 from core.data.pool import concatenate
 from core.errors import ConfigError
 from core.inference import predict_batch
-from core.preprocess import preprocess_config_of
+from core.inputs import InputSettings
 from core.training import resolve_device
-from core.tta import TTAConfig, tta_config_of
+from core.tta import TTAConfig
 
 logger = logging.getLogger(__name__)
 
@@ -265,20 +265,19 @@ def calibrate_checkpoint(model_path: Path, data: SiteDataConfig, out: Path, spli
     torch_device = resolve_device(device)
     model = checkpoint.model.to(torch_device)
     wanted = ("train", "val", "test") if split == "all" else ("val", "test") if split == "val" else (split,)
-    preprocess = preprocess_config_of(checkpoint.metadata)  # the images as the model reads them
-    site = load_site(data, model.config.image_size, None, seed=0, splits=wanted, preprocess=preprocess)
+    inputs = InputSettings.of(checkpoint)  # the images as the model reads them
+    site = load_site(data, inputs.image_size, None, seed=0, splits=wanted, preprocess=inputs.preprocess)
     if split == "all":
         calibration = concatenate([site.train, site.val, site.test])  # not decoded again
     else:
         calibration = getattr(site, split)
-    tta = tta_config_of(checkpoint.metadata)
-    interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root), tta, bands)
+    interval = fit_conformal(model, calibration, torch_device, coverage, split, str(data.root), inputs.tta, bands)
     reports: dict[str, CoverageReport] = {}
     if split == "val" and len(site.test) > 0:
         for name, from_head in (("sex given", False), ("sex from head", True)):
             if from_head and interval.halfwidth_months_sex_from_head is None:
                 continue
-            predicted, true = predictions_of(model, site.test, torch_device, sex_from_head=from_head, tta=tta)
+            predicted, true = predictions_of(model, site.test, torch_device, sex_from_head=from_head, tta=inputs.tta)
             reports[name] = coverage_by_band(interval, predicted, true, from_head, max_months(model))
     metadata = dict(checkpoint.metadata, conformal=interval.to_dict())
     save_checkpoint(out, model.cpu(), metadata)

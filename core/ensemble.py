@@ -26,10 +26,10 @@ from core.data import DataError, SiteDataConfig, make_loader
 from core.data.views import StackedViews, load_site_views
 from core.errors import ConfigError
 from core.data.dataset import BoneAgeDataset
-from core.preprocess import PreprocessConfig, preprocess_config_of
+from core.inputs import InputSettings
+from core.preprocess import PreprocessConfig
 from core.metrics import compute_metrics, Predictions
 from core.model.combined import CombinedConfig, EnsembleModel, MemberSpec
-from core.tta import tta_config_of
 from core.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def member_predictions(model: EnsembleModel, dataset: BoneAgeDataset | StackedVi
     return np.concatenate(ages), np.concatenate(labels), np.concatenate(sexes)
 
 
-def member_views_of(metadata: list[dict[str, Any]]) -> tuple[tuple[PreprocessConfig | None, ...], tuple[int, ...]]:
+def member_views_of(members: list[InputSettings]) -> tuple[tuple[PreprocessConfig | None, ...], tuple[int, ...]]:
     """(the distinct preprocessings of the members, in order of first use; the view index of each member).
 
     A member trained on a region crop reads that crop, a whole-hand member the whole image: each is fed
@@ -90,8 +90,8 @@ def member_views_of(metadata: list[dict[str, Any]]) -> tuple[tuple[PreprocessCon
     """
     views: list[PreprocessConfig | None] = []
     indices = []
-    for settings in metadata:
-        view = preprocess_config_of(settings)
+    for inputs in members:
+        view = inputs.preprocess
         view = None if view is None else view.resolved()
         if view not in views:
             views.append(view)
@@ -152,10 +152,11 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
     if any(Path(job.out).resolve() == Path(member).resolve() for member in job.models):
         raise ConfigError(f"--out {job.out} is one of the --models: an ensemble never overwrites a member")
     loaded = [load_checkpoint(path) for path in job.models]
-    with_tta = [path.name for path, c in zip(job.models, loaded) if tta_config_of(c.metadata).enabled]
+    members = [InputSettings.of(c) for c in loaded]
+    with_tta = [path.name for path, inputs in zip(job.models, members) if inputs.tta.enabled]
     if with_tta:
         raise ConfigError(f"members with test-time augmentation cannot be ensembled yet: {', '.join(with_tta)}")
-    views, member_views = member_views_of([c.metadata for c in loaded])
+    views, member_views = member_views_of(members)
     config = CombinedConfig(
         members=tuple(MemberSpec(architecture_of(c.model), c.model.config.to_dict()) for c in loaded),
         per_sex=job.per_sex, names=tuple(path.name for path in job.models),
