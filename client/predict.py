@@ -28,7 +28,7 @@ from client.worklist import PatientFacts, Resolved, WorkItem, resolve
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from core.conformal import ConformalInterval, has_sex_head, interval_bounds, max_months
 from core.data import ImageError, read_image
-from core.data.images import exif_flag
+from core.data.images import declares_polarity, exif_flag
 from core.data.dataset import fit_to_square
 from core.data.patient import read_patient_tags
 from core.explain import heat_map, overlay, png_bytes
@@ -146,12 +146,13 @@ class Predictor:
         if facts.male is None and not self.sex_head:
             return self._refuse(pending, "sex unknown and this model has no sex head; give --sex or a sex column")
         views = []
+        declared = declares_polarity(item.path)
         row["preprocessing"] = describe_preprocessing(None, None)
         for index, preprocessor in enumerate(self.views):
             if preprocessor is None:
                 views.append(pixels)
                 continue
-            result = preprocessor(pixels)
+            result = preprocessor(pixels, declared)
             pending.flags.extend(flag for flag in result.flags if flag not in pending.flags)
             if index == 0:  # the view shown in the report
                 row["preprocessing"] = describe_preprocessing(preprocessor.config, result)

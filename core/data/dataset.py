@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from core.data.config import DataError
-from core.data.images import ImageError, read_image
+from core.data.images import ImageError, declares_polarity, read_image
 from core.data.manifest import Record, Skip
 from core.data.memory import check_decoded_fit
 
@@ -155,7 +155,7 @@ def decode_records(records: list[Record], image_size: int, canvases: tuple[int, 
             skipped.append(Skip(record.image_id, exc.reason, exc.detail))
             continue
         if preprocessor is not None:
-            result = preprocessor(image)
+            result = preprocessor(image, declares_polarity(record.path))
             if result.refused is not None:
                 skipped.append(Skip(record.image_id, refusal_reason(result.refused), refusal_detail(result.refused)))
                 continue

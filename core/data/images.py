@@ -77,6 +77,21 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def declares_polarity(path: Path) -> bool:
+    """Whether the file says which way round its grey levels are (a DICOM with PhotometricInterpretation
+    MONOCHROME1 or MONOCHROME2): `read_image` has then made it bone bright, and no guess may invert it."""
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return False
+    try:
+        if not _is_dicom(path):
+            return False
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PhotometricInterpretation"], force=True)
+    except _DECODE_ERRORS:
+        return False
+    return str(ds.get("PhotometricInterpretation", "")).upper() in ("MONOCHROME1", "MONOCHROME2")
+
+
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True

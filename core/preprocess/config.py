@@ -41,6 +41,9 @@ class PreprocessConfig:
         orientation_weights: "phantom" (the packaged file) or the path of a file written by
             ``python -m client train-orientation``.
         orientation_sha256: SHA-256 of that file; filled by ``resolved()`` so a changed file is noticed.
+        physical_polarity: settle the polarity (bone bright or inverted) from physical evidence, the background
+            level and bone against soft tissue (`core.preprocess.polarity`), before the orientation model's inversion
+            head votes; a DICOM's declared PhotometricInterpretation settles it in any case.
         site_check: before a folder is preprocessed (``client preprocess``, ``client check``, ``server pretrain``),
             check on its own images that the orientation model agrees with itself under random turns, mirroring and
             inversion (`core.preprocess.site`); a model that does not is never applied.
@@ -73,6 +76,7 @@ class PreprocessConfig:
     canonical: bool = True
     orientation_weights: str = PACKAGED_WEIGHTS
     orientation_sha256: str = ""
+    physical_polarity: bool = True
     site_check: bool = True
     site_fit: bool = True
     small_angle: bool = True

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from core.data.config import DataError
-from core.data.images import ImageError, read_image
+from core.data.images import ImageError, declares_polarity, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
 from core.preprocess.landmarks import KEYPOINTS
 from core.preprocess.pipeline import Preprocessor
@@ -72,7 +72,7 @@ def preprocess_folder(data: Path, out: Path, preprocessor: Preprocessor) -> Qual
                                  *[""] * len(KEYPOINT_COLUMNS)])
                 continue
             start = time.perf_counter()
-            result = preprocessor(image)
+            result = preprocessor(image, declares_polarity(path))
             tally.add(path.stem, image, result, time.perf_counter() - start)
             points = {} if result.refused else result.keypoints  # blank when refused or without a localiser
             writer.writerow([path.stem, ";".join(result.flags), f"{result.confidence:.3f}", result.refused or "",

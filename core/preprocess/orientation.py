@@ -20,6 +20,7 @@ from torch import nn
 
 from core.data.config import DataError
 from core.preprocess.pose import Pose, undo_pose
+from core.preprocess.segment import constant_box
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,16 @@ INPUT_SIZE = 64
 
 
 def network_input(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Min-max stretch, keep the aspect ratio, pad to a ``size`` square by repeating the edges: (size, size) float32.
+    """Constant edge bands cut, min-max stretch, keep the aspect ratio, pad to a ``size`` square by repeating the
+    edges: (size, size) float32.
 
-    Edges, not black: black padding would look like background in one polarity and not in the other.
+    Constant bands (black padding around a small scan, a digital collimation mask) carry no pose and shrink the
+    hand the network sees. Edges, not black, for the padding: black would look like background in one polarity
+    and not in the other.
     """
+    top, bottom, left, right = constant_box(image)
+    if bottom - top >= 8 and right - left >= 8:
+        image = image[top:bottom, left:right]
     low, high = float(image.min()), float(image.max())
     h, w = image.shape
     ratio = size / max(h, w)
@@ -115,8 +122,13 @@ class OrientationModel:
         return cls(net, dict(payload.get("metadata", {})))
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray) -> tuple[Pose, float]:
+    def predict(self, image: np.ndarray, polarity: bool | None = None) -> tuple[Pose, float]:
         """The pose of one observed 2-D image and the confidence in it (one forward pass).
+
+        ``polarity`` (True: inverted, False: bone bright), when physical evidence or the file settled it
+        (`core.preprocess.polarity`), takes the place of the inversion head's vote: the head no longer lowers the
+        confidence when it agrees, and when it disagrees the confidence is multiplied by the head's probability
+        of the settled polarity, so an image on which both are sure and disagree is refused rather than damaged.
 
         Runs on one thread: for one 64 px image, torch's thread pool costs more than it saves (88 ms with two
         threads against 7 ms with one on the busy 2-core test machine). The previous thread count is restored.
@@ -125,23 +137,31 @@ class OrientationModel:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return poses_from_outputs(self.net(x))[0]
+            outputs = self.net(x)
         finally:
             torch.set_num_threads(threads)
+        pose, confidence = poses_from_outputs(outputs)[0]
+        if polarity is None:
+            return pose, confidence
+        inverted = outputs["inverted"].softmax(dim=1)[0]
+        settled = float(inverted[int(polarity)])
+        confidence = confidence / float(inverted.max()) * (1.0 if settled >= 0.5 else settled)
+        return Pose(pose.quarter_turns, pose.mirrored, polarity, pose.angle_deg), confidence
 
-    def predict_checked(self, image: np.ndarray) -> tuple[Pose, float]:
+    def predict_checked(self, image: np.ndarray, polarity: bool | None = None) -> tuple[Pose, float]:
         """The pose, confirmed by a second look at the image with the pose undone.
 
         The second pass must see the canonical pose (no turn, mirror or inversion); its confidence, which is
         what a correctly undone image earns, becomes the confidence. When it sees anything else the two passes
         disagree and the confidence is the product of both passes' confidences (so a doubtful image is refused).
+        ``polarity`` as in `predict` (the second look then knows the undone image is bone bright).
         """
         ratio = 2 * self.net.size / max(image.shape)  # both looks work on a small copy: a full film costs 10x more
         if ratio < 1:
             size = (max(1, round(image.shape[1] * ratio)), max(1, round(image.shape[0] * ratio)))
             image = cv2.resize(np.asarray(image, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
-        pose, first = self.predict(image)
-        second_pose, second = self.predict(undo_pose(image, pose))
+        pose, first = self.predict(image, polarity)
+        second_pose, second = self.predict(undo_pose(image, pose), None if polarity is None else False)
         if second_pose.quarter_turns == 0 and not second_pose.mirrored and not second_pose.inverted:
             return pose, max(first, second)
         return pose, first * second

@@ -21,6 +21,7 @@ from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND,
 from core.preprocess.contrast import equalize
 from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
 from core.preprocess.orientation import OrientationModel, load_cached
+from core.preprocess.polarity import settled_polarity
 from core.preprocess.pose import Pose, undo_pose
 from core.preprocess.quality import exposure_flags, size_flags
 from core.preprocess.register import (MCP3_Y, MIN_LOCALISED_AXIS, WRIST_Y, crop_to_mask, keypoints_from_mask,
@@ -69,7 +70,9 @@ class Preprocessor:
         self._localiser = load_localiser_cached(self.config.localiser, self.config.localiser_sha256) \
             if self.config.localiser else None
 
-    def __call__(self, image: np.ndarray) -> PreprocessResult:
+    def __call__(self, image: np.ndarray, polarity_declared: bool = False) -> PreprocessResult:
+        """Preprocess one image; ``polarity_declared``: its file declared its polarity (a DICOM's
+        PhotometricInterpretation, `core.data.images.declares_polarity`), so it is bone bright and stays so."""
         config = self.config
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 2:
@@ -79,7 +82,9 @@ class Preprocessor:
             return PreprocessResult(image, flags, 0.0, refused)
         pose, confidence = Pose(), 1.0
         if self._orientation is not None:
-            pose, confidence = self._orientation.predict_checked(image)
+            polarity = settled_polarity(image, polarity_declared) if config.physical_polarity or polarity_declared \
+                else None
+            pose, confidence = self._orientation.predict_checked(image, polarity)
             if not config.small_angle or abs(pose.angle_deg) < SMALL_ANGLE_MIN_DEG:
                 pose = Pose(pose.quarter_turns, pose.mirrored, pose.inverted, 0.0)
             image = undo_pose(image, pose)

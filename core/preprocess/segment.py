@@ -20,6 +20,9 @@ BAND_STD = 0.02          # an edge row/column with BAND_SHARE of its pixels this
 BAND_SHARE = 0.9
 BAND_BRIGHTER = 0.05     # ... and its median this much above the image's median
 MAX_BAND_SHARE = 0.3     # at most this share of each side is cut as a band
+CONSTANT_TOL = 1.0 / 255  # an edge row/column with nearly all pixels this close to its median is padding
+CONSTANT_SHARE = 0.98
+MAX_CONSTANT_SHARE = 0.45  # at most this share of each side is cut as constant padding
 MIN_HAND_SHARE = 0.04    # a largest component below this share of the image is "no hand"
 MAX_HAND_SHARE = 0.97    # ... and above it the threshold failed (everything is "hand")
 
@@ -37,6 +40,14 @@ class Segmentation:
         return MIN_HAND_SHARE <= self.share <= MAX_HAND_SHARE
 
 
+def _run(flags: np.ndarray, limit: int) -> int:
+    """Length of the leading run of True in ``flags``, at most ``limit``."""
+    n = 0
+    while n < limit and flags[n]:
+        n += 1
+    return n
+
+
 def _band(lines: np.ndarray, level: float) -> np.ndarray:
     """Per line (row of ``lines``): BAND_SHARE of its pixels within BAND_STD of its median, and brighter than
     ``level`` (an unexposed band is brighter than the exposed background; a dark background is not a band)."""
@@ -51,16 +62,29 @@ def collimation_box(image: np.ndarray) -> tuple[int, int, int, int]:
     level = float(np.median(image)) + BAND_BRIGHTER
     rows, cols = _band(image, level), _band(image.T, level)
 
-    def run(flags: np.ndarray, limit: int) -> int:
-        n = 0
-        while n < limit and flags[n]:
-            n += 1
-        return n
+    top = _run(rows, int(MAX_BAND_SHARE * h))
+    bottom = h - _run(rows[::-1], int(MAX_BAND_SHARE * h))
+    left = _run(cols, int(MAX_BAND_SHARE * w))
+    right = w - _run(cols[::-1], int(MAX_BAND_SHARE * w))
+    return top, bottom, left, right
 
-    top = run(rows, int(MAX_BAND_SHARE * h))
-    bottom = h - run(rows[::-1], int(MAX_BAND_SHARE * h))
-    left = run(cols, int(MAX_BAND_SHARE * w))
-    right = w - run(cols[::-1], int(MAX_BAND_SHARE * w))
+
+def constant_box(image: np.ndarray, tol: float = CONSTANT_TOL,
+                 max_share: float = MAX_CONSTANT_SHARE) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) inside the constant edge bands of any level (padding, digital collimation masks).
+
+    A row or column is constant when CONSTANT_SHARE of its pixels lie within ``tol`` of its median; at most
+    ``max_share`` of each side is cut. Symmetric under turns and mirroring, and under inversion.
+    """
+    h, w = image.shape
+
+    def constant(lines: np.ndarray) -> np.ndarray:
+        median = np.median(lines, axis=1, keepdims=True)
+        return np.mean(np.abs(lines - median) <= tol, axis=1) >= CONSTANT_SHARE
+
+    rows, cols = constant(image), constant(image.T)
+    top, bottom = _run(rows, int(max_share * h)), h - _run(rows[::-1], int(max_share * h))
+    left, right = _run(cols, int(max_share * w)), w - _run(cols[::-1], int(max_share * w))
     return top, bottom, left, right
 
 
