@@ -25,7 +25,6 @@ from core.data.images import ImageError, read_image
 from core.preprocess.config import PreprocessConfig
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.orientation_train import OrientationTrainConfig, fit_orientation, shrink
-from core.preprocess.polarity import settled_polarity
 from core.preprocess.pose import Pose, apply_pose, undo_pose
 
 logger = logging.getLogger(__name__)
@@ -56,21 +55,16 @@ def random_coarse_pose(rng: np.random.Generator) -> Pose:
             return pose
 
 
-def self_agreement(model: OrientationModel, images: list[np.ndarray], seed: int, copies: int = 2,
-                   physical_polarity: bool = True) -> float:
-    """Share of random posed copies whose named pose is consistent with the pose named for the image itself; with
-    ``physical_polarity``, polarity settled by physical evidence as the pipeline settles it."""
-    def named(image: np.ndarray) -> Pose:
-        return model.predict(image, settled_polarity(image) if physical_polarity else None)[0]
-
+def self_agreement(model: OrientationModel, images: list[np.ndarray], seed: int, copies: int = 2) -> float:
+    """Share of random posed copies whose named pose is consistent with the pose named for the image itself."""
     rng = np.random.default_rng(seed)
     agree, n = 0, 0
     for image in images:
-        own = named(image)
+        own, _ = model.predict(image)
         for _ in range(copies):
             applied = random_coarse_pose(rng)
-            posed = named(apply_pose(image, applied))
-            agree += same_image((applied, posed), (Pose(), own))
+            named, _ = model.predict(apply_pose(image, applied))
+            agree += same_image((applied, named), (Pose(), own))
             n += 1
     return agree / max(n, 1)
 
@@ -104,7 +98,7 @@ def _read(paths: list[Path]) -> tuple[list[np.ndarray], str]:
 
 def _refusal(config: PreprocessConfig, agreement: float, what: str) -> DataError:
     return DataError(
-        f"the orientation model ({what}) does not agree with itself on these images: {agreement:.0%} of turned, "
+        f"the orientation model ({what}) does not agree with itself on these images: {agreement:.1%} of turned, "
         f"mirrored or inverted copies named consistently, {MIN_AGREEMENT:.0%} needed; it would damage them. Train one "
         "on the site's images (python -m client train-orientation --data DIR --out orientation.pt) and pass "
         "--preprocess default,orientation_weights=orientation.pt, or, if every image is known to be upright, left "
@@ -130,7 +124,7 @@ def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int 
                        MIN_SITE_IMAGES)
         return config, {"checked": False, "n_images": len(check_images)}
     model = load_cached(config.weights_path, config.orientation_sha256)
-    agreement = self_agreement(model, check_images, seed, physical_polarity=config.physical_polarity)
+    agreement = self_agreement(model, check_images, seed)
     report: dict[str, Any] = {"checked": True, "n_images": len(check_images), "agreement": round(agreement, 3)}
     logger.info("orientation self-check on %d of the site's images: %.1f%% agreement (needs %.0f%%)",
                 len(check_images), 100 * agreement, 100 * MIN_AGREEMENT)
@@ -142,7 +136,7 @@ def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int 
     fitted_config = PreprocessConfig.from_dict({**config.to_dict(), "orientation_weights": str(fitted),
                                                 "orientation_sha256": ""}).resolved()
     model = load_cached(fitted_config.weights_path, fitted_config.orientation_sha256)
-    fitted_agreement = self_agreement(model, check_images, seed + 1, physical_polarity=config.physical_polarity)
+    fitted_agreement = self_agreement(model, check_images, seed + 1)
     report.update(fitted=str(fitted), fitted_agreement=round(fitted_agreement, 3))
     logger.info("orientation model fitted on the site's images (%s): %.1f%% agreement", fitted,
                 100 * fitted_agreement)
@@ -156,9 +150,9 @@ def describe_check(report: dict[str, Any]) -> str:
     if not report.get("checked"):
         return "orientation self-check not run" + (f" ({report['n_images']} images; it needs {MIN_SITE_IMAGES})"
                                                    if "n_images" in report else "")
-    line = f"orientation self-check on {report['n_images']} images: {report['agreement']:.0%} agreement"
+    line = f"orientation self-check on {report['n_images']} images: {report['agreement']:.1%} agreement"
     if "fitted" in report:
-        line += (f" (below {MIN_AGREEMENT:.0%}); fitted on these images: {report['fitted_agreement']:.0%}, "
+        line += (f" (below {MIN_AGREEMENT:.0%}); fitted on these images: {report['fitted_agreement']:.1%}, "
                  f"{report['fitted']}")
     return line
 
