@@ -87,7 +87,7 @@ def test_a_failing_model_is_refitted_on_the_folder_once_then_read_from_the_cache
     assert report["agreement"] < site.MIN_AGREEMENT <= report["fitted_agreement"]
     again, _ = orientation_for_site(settings, folder)
     assert again == config and len(fits) == 1  # same images: the cached model, no second fit
-    assert "fitted on these images: 100%" in site.describe_check(report)
+    assert "fitted on these images: 100.0%" in site.describe_check(report)
 
 
 def test_a_model_that_fails_after_fitting_or_may_not_be_fitted_is_refused_with_what_to_run(folder, untrained,
