@@ -27,18 +27,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from core.data.config import SiteDataConfig
-from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canvas_size
+from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, Preprocessing, canvas_size
 from core.data.manifest import Manifest, Record, Skip
 from core.data.site import SiteData, load_site
 from core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from core.preprocess.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +71,7 @@ class _Key:
     augment: AugmentConfig | None
     seed: int
     splits: tuple[str, ...]
-    preprocess: PreprocessConfig | None = None
+    preprocess: Preprocessing | None = None
 
 
 @dataclass
@@ -109,7 +104,7 @@ class SiteDataCache:
 
     def load(self, config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None, seed: int,
              splits: tuple[str, ...] = ("train", "val", "test"), disk_dir: Path | None = None,
-             preprocess: PreprocessConfig | None = None) -> SiteData:
+             preprocess: Preprocessing | None = None) -> SiteData:
         """Same arguments and result as `core.data.load_site`; decodes only on a miss or changed files.
 
         With `disk_dir`, a memory miss is looked up in (and a fresh decode written to) that folder. The

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Protocol
 
 import albumentations as A
 import cv2
@@ -30,10 +30,19 @@ from core.data.images import ImageError, declares_polarity, read_image
 from core.data.manifest import Record, Skip
 from core.data.memory import check_decoded_fit
 
-if TYPE_CHECKING:  # core.preprocess imports core.data: the pipeline is imported where it runs
-    from core.preprocess.config import PreprocessConfig
-
 logger = logging.getLogger(__name__)
+
+
+class Preprocessing(Protocol):
+    """What decoding needs of a preprocessing; `core.preprocess.PreprocessConfig` is one. core.data imports
+    nothing of core.preprocess (which reads its images through core.data): the preprocessing builds its own
+    pipeline, a function of one image returning a result with `.image` and `.refused`."""
+
+    def preprocessor(self) -> Callable[[np.ndarray], Any]: ...
+
+    def resolved(self) -> "Preprocessing": ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 NORM_MEAN = 0.5
 NORM_STD = 0.25
@@ -135,7 +144,7 @@ def refusal_detail(refused: str) -> str:
 
 
 def decode_records(records: list[Record], image_size: int, canvases: tuple[int, ...], progress: bool,
-                   preprocess: PreprocessConfig | None) -> tuple[list[Record], dict[int, np.ndarray], list[Skip]]:
+                   preprocess: Preprocessing | None) -> tuple[list[Record], dict[int, np.ndarray], list[Skip]]:
     """Read and preprocess each record once; its image fitted to each canvas. Returns (kept records, canvas ->
     uint8 images (N, C, C), skipped records)."""
     for canvas in canvases:
@@ -145,9 +154,7 @@ def decode_records(records: list[Record], image_size: int, canvases: tuple[int, 
     skipped: list[Skip] = []
     preprocessor = None
     if preprocess is not None and records:
-        from core.preprocess.pipeline import Preprocessor
-
-        preprocessor = Preprocessor(preprocess)
+        preprocessor = preprocess.preprocessor()
     for i, record in enumerate(tqdm(records, desc="decoding images", unit="img", disable=not progress)):
         try:
             image = read_image(record.path)
@@ -172,7 +179,7 @@ def decode_records(records: list[Record], image_size: int, canvases: tuple[int, 
 
 
 def _decode(records: list[Record], image_size: int, canvas: int, progress: bool,
-            preprocess: PreprocessConfig | None) -> DecodedSplit:
+            preprocess: Preprocessing | None) -> DecodedSplit:
     kept, images, skipped = decode_records(records, image_size, (canvas,), progress, preprocess)
     return DecodedSplit(kept, images[canvas], skipped)
 
@@ -189,7 +196,7 @@ class BoneAgeDataset(Dataset):
 
     def __init__(self, records: list[Record], image_size: int, augment: AugmentConfig | None = None,
                  seed: int = 0, progress: bool = False, decoded: DecodedSplit | None = None,
-                 preprocess: PreprocessConfig | None = None) -> None:
+                 preprocess: Preprocessing | None = None) -> None:
         """Decode `records` (preprocessed by `preprocess` when given: `core.preprocess`); or, given `decoded`
         (e.g. read back from a cache), take its images as they are."""
         if image_size < 8:

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.data.config import SiteDataConfig
-from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canvas_size, decode_records
+from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, Preprocessing, canvas_size, decode_records
 from core.data.manifest import Record, Skip, load_manifest
 from core.data.site import SiteData
 from core.data.split import DEFAULT_FRACTIONS, split_of
 
 if TYPE_CHECKING:
     from core.data.views import StackedViews
-    from core.preprocess.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ class DecodedPool:
         skipped: records left out (unreadable, refused by preprocessing), with their reasons.
     """
 
-    def __init__(self, data: SiteDataConfig, image_size: int, preprocess: PreprocessConfig | None,
+    def __init__(self, data: SiteDataConfig, image_size: int, preprocess: Preprocessing | None,
                  progress: bool = False) -> None:
         self.manifest = load_manifest(data)
         self.image_size = image_size

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import torch
 
 from core.data.config import SiteDataConfig
-from core.data.dataset import AugmentConfig, BoneAgeDataset, canvas_size
-from core.data.manifest import Manifest, load_manifest, summarize
+from core.data.dataset import AugmentConfig, BoneAgeDataset, Preprocessing, canvas_size
+from core.data.manifest import Manifest, Record, Skip, load_manifest, summarize
 from core.data.memory import check_decoded_fit
 from core.data.split import DEFAULT_FRACTIONS, split_records
 
-if TYPE_CHECKING:
-    from core.data.views import StackedViews
-    from core.preprocess.config import PreprocessConfig
-
 logger = logging.getLogger(__name__)
+
+
+class Split(Protocol):
+    """One decoded split: a `BoneAgeDataset`, or several aligned views of it (`core.data.views.StackedViews`,
+    which builds on this module: this one does not import it)."""
+
+    records: list[Record]
+    skipped: list[Skip]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -24,9 +34,9 @@ class SiteData:
     """A site's manifest and its three in-memory splits (several aligned views each: `core.data.views`)."""
 
     manifest: Manifest
-    train: BoneAgeDataset | StackedViews
-    val: BoneAgeDataset | StackedViews
-    test: BoneAgeDataset | StackedViews
+    train: Split
+    val: Split
+    test: Split
 
     def summary(self) -> dict[str, Any]:
         """Manifest summary updated with decode skips, plus the size of each split."""
@@ -41,7 +51,7 @@ class SiteData:
 
 def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentConfig | None,
               seed: int, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test"),
-              preprocess: PreprocessConfig | None = None) -> SiteData:
+              preprocess: Preprocessing | None = None) -> SiteData:
     """Read a site's manifest, split it by id and decode every split.
 
     Args:

@@ -7,18 +7,13 @@ and gives items whose ``image`` is [views, S, S], channel v preprocessed by view
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch.utils.data import Dataset
 
 from core.data.config import SiteDataConfig
-from core.data.dataset import BoneAgeDataset
+from core.data.dataset import BoneAgeDataset, Preprocessing
 from core.data.manifest import Skip
 from core.data.site import SiteData, load_site
-
-if TYPE_CHECKING:
-    from core.preprocess.config import PreprocessConfig
 
 
 class StackedViews(Dataset):
@@ -54,7 +49,7 @@ class StackedViews(Dataset):
                 "age": items[0]["age"]}
 
 
-def load_site_views(config: SiteDataConfig, image_size: int, views: tuple[PreprocessConfig | None, ...],
+def load_site_views(config: SiteDataConfig, image_size: int, views: tuple[Preprocessing | None, ...],
                     splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = False) -> SiteData:
     """`load_site` without augmentation for each view; one view gives its `SiteData` as it is, several give
     `StackedViews` splits (the summary counts an image once, skipped when any view refused it)."""

@@ -155,6 +155,13 @@ class PreprocessConfig:
             return WEIGHTS_DIR / "orientation_phantom.pt"
         return Path(self.orientation_weights)
 
+    def preprocessor(self) -> Any:
+        """The pipeline that applies this preprocessing to one image (a `core.preprocess.pipeline.Preprocessor`,
+        what `core.data` decodes through without importing core.preprocess)."""
+        from core.preprocess.pipeline import Preprocessor  # the pipeline is built on this module
+
+        return Preprocessor(self)
+
     def resolved(self) -> PreprocessConfig:
         """The same settings with the orientation model's and the localiser's absolute paths and SHA-256 filled in."""
         from core.checkpoint import file_sha256  # local: core.checkpoint imports the model package
