@@ -134,9 +134,10 @@ def _predict(model: nn.Module, dataset: BoneAgeDataset, device: torch.device) ->
 
 
 def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: FinetuneConfig,
-                  pool: DecodedPool | None = None) -> dict[str, Any]:
+                  pool: DecodedPool | None = None, features: FeatureCache | None = None) -> dict[str, Any]:
     """Fine-tune on the site's train split, evaluate on its test split, save `out`; returns the metadata.
-    `pool`: the site's images already decoded through the model's preprocessing (not decoded again)."""
+    `pool`: the site's images already decoded through the model's preprocessing (not decoded again).
+    `features`: a frozen-block feature cache to use (and keep) instead of a new one (when the config enables it)."""
     loaded = load_checkpoint(pretrained)
     model, device = loaded.model, resolve_device(config.device)
     if calibration_of(model) is not None:  # a line fitted to these weights: fine-tuning changes them
@@ -156,7 +157,8 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
                         f"all three splits (python -m client check shows them; add images)")
     before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
     freeze = parse_freeze_spec(config.freeze)
-    history = finetune_model(model, site.train, site.val, freeze, config, device, feature_cache_of(config))
+    features = (features or feature_cache_of(config)) if config.feature_cache else None
+    history = finetune_model(model, site.train, site.val, freeze, config, device, features)
     after = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
     provenance = {"kind": "site-finetune", "pretrained": str(pretrained), "pretrained_sha256": file_sha256(pretrained),
                   "freeze": format_freeze_spec(freeze), "data": {"root": str(data.root), "label_unit": data.label_unit,
