@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from client.acceptance import SiteAcceptance, acceptance_status
+from client.site_interval import own_interval
 from client.model_identity import model_identity
 from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, compression_flag, describe_preprocessing,
                             head_confidence, heat_flag, heat_outside_hand, pose_flag, sex_is_unsure,
@@ -44,7 +45,7 @@ FIELDS = (
     "interval_high_months", "interval_coverage", "interval_band", "chronological_age_months", "chronological_age",
     "chronological_age_source", "ba_minus_ca_months", "ba_minus_ca_years", "sex", "sex_source", "sex_head_p_male",
     *SEX_FIELDS, "quality_flags", "quality_confidence", "preprocessing", "heatmap", "heatmap_outside_hand", "report",
-    "model_sha256", "model_provenance", "model_acceptance",
+    "model_sha256", "model_provenance", "model_acceptance", "interval_source",
 )
 
 
@@ -63,6 +64,7 @@ class PredictSettings:
     progress: bool = True
     reading: ReadingConfig = ReadingConfig()
     site: SiteAcceptance = SiteAcceptance(None)  # where the site's acceptance verdicts are, and whether it needs one
+    interval: str = "model"  # or "site": the interval this site kept for a federated model (client.site_interval)
 
 
 @dataclass
@@ -95,6 +97,9 @@ class Predictor:
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
         self.conformal = ConformalInterval.from_dict(raw) if raw else None
+        self.identity["interval"] = _interval_note(raw)
+        if settings.interval == "site":
+            self.conformal, self.identity["interval"] = own_interval(settings.site.state_dir, self.metadata)
         self.tta = inputs.tta
         # the model's own preprocessing and quality gate, one per view (an ensemble of region models reads several)
         self.views = [None if view is None else Preprocessor(view) for view in inputs.views]
@@ -128,7 +133,7 @@ class Predictor:
         row: dict[str, Any] = dict.fromkeys(FIELDS, "")
         row.update(image=str(item.path), patient_id=facts.patient_id, model_sha256=self.sha256,
                    model_provenance=self.identity["provenance"], model_acceptance=self.identity["acceptance"],
-                   sex_source=facts.sex_source)
+                   interval_source=self.identity["interval"], sex_source=facts.sex_source)
         if facts.age_months is not None:
             row.update(chronological_age_months=round(facts.age_months, 1),
                        chronological_age=years_months(facts.age_months), chronological_age_source=facts.age_source)
@@ -281,3 +286,11 @@ class Predictor:
         if row["sex"] == "unknown":
             return 1.0 if float(row["sex_head_p_male"]) >= 0.5 else 0.0
         return 1.0 if row["sex"] == "M" else 0.0
+
+
+def _interval_note(conformal: dict[str, Any] | None) -> str:
+    """What the checkpoint's own interval was fitted on, in words."""
+    if not conformal:
+        return "none in this checkpoint"
+    source = f" of {conformal['source']}" if conformal.get("source") else ""
+    return f"the model's: {conformal.get('n')} images, {conformal.get('split')} split{source}"

@@ -43,6 +43,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--site-config", type=Path, help="the site's node config (site.toml): where its acceptance "
                         "verdicts are (state-dir) and whether the model must have been accepted (require-acceptance)")
     parser.add_argument("--state-dir", type=Path, help="the site's state folder (wins over the site config's)")
+    parser.add_argument("--interval", choices=("model", "site"), default="model",
+                        help="model (default): the checkpoint's interval (a federated model's is pooled over the "
+                             "sites); site: the interval this site fitted on its own validation images when the "
+                             "federation fitted the model's (needs --site-config or --state-dir)")
     parser.set_defaults(handler=run_predict)
 
 
@@ -124,7 +128,7 @@ def run_predict(args: argparse.Namespace) -> int:
                                report=args.report, heatmap_method=args.heatmap_method, batch_size=args.batch_size,
                                device=args.device, progress=not args.no_progress,
                                reading=ReadingConfig(sex_sure=args.sex_sure),
-                               site=site_acceptance(args.site_config, args.state_dir))
+                               site=site_acceptance(args.site_config, args.state_dir), interval=args.interval)
     items = collect(args.inputs)
     predictor = Predictor(settings)
     copy = None

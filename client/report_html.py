@@ -158,6 +158,7 @@ def _model_html(identity: dict[str, Any]) -> str:
                                      f"width {identity['width']}")),
         ("Frozen blocks", ", ".join(map(str, identity.get("frozen_blocks") or [])) or "none"),
         ("Acceptance at this site", html.escape(identity.get("acceptance") or "not checked")),
+        ("Prediction interval", html.escape(identity.get("interval") or "none in this checkpoint")),
     ])
     return f"<h2>Model</h2><table>{summary}</table><h2>How it was trained</h2><table>{trained}</table>"
 

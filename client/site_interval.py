@@ -4,31 +4,67 @@ The reply to the server's query after the last round (`server.interval`): the fi
 site's calibration (val) and test splits, counted in `core.federated_conformal`'s bins, with the sex given and with
 the sex from the sex head. A private site adds Gaussian noise (node config `dp-interval-noise`, default 5 counts)
 and records the release in its privacy ledger before anything leaves; past its budget it refuses.
+
+The site also fits its own interval of the same model from its exact scores (the quantile of its own validation
+split, and that interval's coverage of its test split) and keeps it in its state folder (`own_intervals.jsonl`),
+never sending it: `python -m client predict --interval site` uses it for a site the pooled interval serves badly
+(`own_interval` looks it up by the model's federation id and round).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from core.conformal import has_sex_head, predictions_of
+from core.conformal import (ConformalInterval, conformal_quantile, has_sex_head, minimum_calibration_size,
+                            predictions_of)
 from core.data import BoneAgeDataset
-from core.federated_conformal import N_BINS, account_release, add_noise, score_counts
+from core.errors import UserError
+from core.federated_conformal import account_release, add_noise, score_counts
 from core.privacy import LEDGER_FILENAME
 
 logger = logging.getLogger("ossifl.client")
 
 COUNT_KEYS = ("calibration-given", "calibration-head", "test-given", "test-head")
+OWN_INTERVALS = "own_intervals.jsonl"
+COVERAGE = 0.9
 
 
-def _counts(model: torch.nn.Module, dataset: BoneAgeDataset, device: torch.device, from_head: bool) -> np.ndarray:
+class NoOwnInterval(UserError):
+    """The site kept no interval of its own for this model."""
+
+
+def _scores(model: torch.nn.Module, dataset: BoneAgeDataset, device: torch.device, from_head: bool) -> np.ndarray:
     if len(dataset) == 0:
-        return np.zeros(N_BINS)
+        return np.zeros(0)
     predicted, true = predictions_of(model, dataset, device, sex_from_head=from_head)
-    return score_counts(np.abs(true - predicted))
+    return np.abs(true - predicted)
+
+
+def _keep_own_interval(session: Any, scores: dict[str, np.ndarray | None]) -> None:
+    """The site's own interval of this model from its exact scores, appended to its state folder (never sent)."""
+    calibration, head = scores["calibration-given"], scores["calibration-head"]
+    if len(calibration) < minimum_calibration_size(COVERAGE):
+        logger.warning("site %s: %d validation images are too few for an interval of its own", session.site.site_id,
+                       len(calibration))
+        return
+    halfwidth = conformal_quantile(calibration, COVERAGE)
+    interval = ConformalInterval(COVERAGE, halfwidth, None if head is None else conformal_quantile(head, COVERAGE),
+                                 len(calibration), "val", f"site {session.site.site_id} alone",
+                                 "split conformal at the site, on the scores of its own validation split")
+    test = scores["test-given"]
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "federation_id": session.federation_id,
+             "round": session.round, "interval": interval.to_dict(), "test_images": len(test),
+             "test_coverage": float(np.mean(test <= halfwidth)) if len(test) else None}
+    session.site.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(session.site.state_dir / OWN_INTERVALS, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
 def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -41,10 +77,12 @@ def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
     val = session.load_data(augment=True, splits=("train", "val")).val
     test = session.load_data(augment=False, splits=("test",)).test
     head = has_sex_head(model)
-    counts = {}
+    scores = {}
     for split, dataset in (("calibration", val), ("test", test)):
-        counts[f"{split}-given"] = _counts(model, dataset, device, False)
-        counts[f"{split}-head"] = _counts(model, dataset, device, True) if head else None
+        scores[f"{split}-given"] = _scores(model, dataset, device, False)
+        scores[f"{split}-head"] = _scores(model, dataset, device, True) if head else None
+    _keep_own_interval(session, scores)
+    counts = {k: None if v is None else score_counts(v) for k, v in scores.items()}
     sigma, epsilon, delta = 0.0, 0.0, 0.0
     if site.dp.enabled:
         sigma = site.dp.interval_noise
@@ -58,3 +96,35 @@ def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
     metrics.update({"noise-sigma": float(sigma), "epsilon": float(epsilon), "delta": float(delta),
                     "site-id": session.numeric_site_id})
     return {}, metrics
+
+
+def own_interval(state_dir: Path | None, metadata: dict[str, Any]) -> tuple[ConformalInterval, str]:
+    """The interval this site kept for a federated model (the latest for its federation id and round) and a line
+    saying what it is.
+
+    Raises:
+        NoOwnInterval: no state folder, a model that is not a federation's, or none kept for it here.
+    """
+    if state_dir is None:
+        raise NoOwnInterval("--interval site needs the site's state folder: give --site-config or --state-dir")
+    federation_id, rounds = metadata.get("federation_id"), metadata.get("round")
+    personalised = "personalised_for_site" in (metadata.get("provenance") or {})
+    if (metadata.get("run_config") or {}).get("local-layers", "none") != "none" and not personalised:
+        raise NoOwnInterval("this federation kept layers at the sites: the site's own interval is of its own model; "
+                            "write that with `python -m client export` (it carries the site's interval)")
+    kept = None
+    path = Path(state_dir) / OWN_INTERVALS
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        entry = json.loads(line)
+        if federation_id and entry.get("federation_id") == federation_id and entry.get("round") == rounds:
+            kept = entry
+    if kept is None:
+        raise NoOwnInterval(f"this site ({state_dir}) kept no interval of its own for this model (only a federation's "
+                            "final model has one, at the sites that fitted its interval); use --interval model, or "
+                            "fit one with `python -m client calibrate`")
+    interval = ConformalInterval.from_dict(kept["interval"])
+    covered = kept.get("test_coverage")
+    note = (f"this site's own: {interval.n} validation images, fitted {kept['time']}"
+            + ("" if covered is None else f"; it held {covered:.1%} of the site's {kept['test_images']} test images"))
+    return interval, note

@@ -23,8 +23,8 @@ from strategies.options import OPTIONS, effective_options, strategy_options
 DERIVED_ROUND_KEYS = ("pretrained", "pretrained-sha256", "central-dp", "proximal-mu")
 RUN_ROUND_KEYS = tuple(key for key in ROUND_KEYS.values() if key not in DERIVED_ROUND_KEYS)
 # Settings a resume may change: they do not change the model of the rounds already done.
-FREE_ON_RESUME = ("resume", "interval", "num-rounds", "timeout", "fraction-evaluate", "wandb", "device", "central-data",
-                  "central-label-unit", "out-dir")
+FREE_ON_RESUME = ("resume", "interval", "interval-from", "num-rounds", "timeout", "fraction-evaluate", "wandb",
+                  "device", "central-data", "central-label-unit", "out-dir")
 
 
 def _path(raw: Any) -> Path:
@@ -59,6 +59,8 @@ FEDERATION_SCHEMA = Schema(
             "central-dp-max-epsilon"),
     Setting("central_dp_delta", float, 1e-5, "delta of the central (epsilon, delta) guarantee", "central-dp-delta"),
     Setting("interval", to_bool, True, "fit the final model's 90 % prediction interval across the sites", "interval"),
+    Setting("interval_from", _optional_path, None, "a federation's final model: train no round, only fit its interval "
+            "across the sites and write it with the interval to out-dir", "interval-from"),
 )
 _D = FEDERATION_SCHEMA.default
 
@@ -90,6 +92,8 @@ class FederationConfig:
         central_dp_delta: delta of the central (epsilon, delta) guarantee; keep it well below 1/min-nodes.
         interval: after the last round, fit the final model's 90 % prediction interval across the sites from
             their score counts (`server.interval`); false: the final model has none.
+        interval_from: a federation's final model: train no round, only fit its interval across the connected
+            sites and write it with the interval to `out_dir` (`server.interval.refit_interval`).
     """
 
     pretrained: Path
@@ -110,6 +114,7 @@ class FederationConfig:
     central_dp_max_epsilon: float = _D("central_dp_max_epsilon")
     central_dp_delta: float = _D("central_dp_delta")
     interval: bool = _D("interval")
+    interval_from: Path | None = _D("interval_from")
 
     def __post_init__(self) -> None:
         self.aggregator_options()

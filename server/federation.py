@@ -25,7 +25,7 @@ from core.preprocess import PreprocessConfig
 from core.training import resolve_device
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
-from server.interval import federated_interval
+from server.interval import federated_interval, refit_interval
 from server.outcome import FederationOutcome
 from server.site_privacy import SitePrivacyRecord
 from server.tracking import MetricsTracker
@@ -182,7 +182,10 @@ def run_federation(grid: Grid, config: FederationConfig) -> FederationOutcome:
     """Run `config.num_rounds` rounds (fewer when resuming) and save the merged model.
 
     A failed run (a round in which no site trained) returns an outcome with `failure` set and no final model.
+    With `interval-from`, no round is trained: only that federated model's interval is fitted across the sites.
     """
+    if config.interval_from is not None:
+        return refit_interval(grid, config, FINAL)
     return Federation(config).run(grid)
 
 

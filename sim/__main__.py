@@ -1,4 +1,5 @@
-"""`python -m sim`: simulate hospitals and compare freezing strategies; `python -m sim generate`: phantom sites."""
+"""`python -m sim`: simulate hospitals and compare freezing strategies; `python -m sim generate`: phantom sites;
+`python -m sim interval`: the federated interval of an existing federated model."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from strategies.options import parse_option_assignments
 
 SIM_FLAGS = ("rounds", "local_epochs", "batch_size", "lr", "strategy", "seeds")  # flags from the simulation's schema
 # One module per sub-command, as in `python -m client`; the default run keeps its flags on the root.
-COMMAND_MODULES = ("sim.generate", "sim.partition")
+COMMAND_MODULES = ("sim.generate", "sim.partition", "sim.interval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,16 +3,21 @@ tests/server/test_server_federation.py."""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core.conformal import ConformalError, conformal_quantile
 from core.federated_conformal import (BIN_MONTHS, SiteCounts, account_release, coverage_from_counts, fit_federated,
                                       halfwidth_from_counts, noise_multiplier, score_counts)
 from core.privacy import BudgetExceeded, DPConfig, PrivacyLedger
+
+PRIVATE = {"dp-noise-multiplier": 1.0, "dp-seed": 3, "dp-max-epsilon": 100.0}
 
 
 def test_the_binned_quantile_is_the_exact_one_rounded_up_to_its_bin_edge() -> None:
@@ -58,26 +63,41 @@ def test_a_private_release_is_accounted_in_the_ledger_and_refused_past_the_budge
 
 @pytest.fixture(scope="module")
 def federated(tmp_path_factory: pytest.TempPathFactory, tiny_federation) -> tuple[Path, tuple[Path, ...]]:
+    from client.config import state_folder_name
     from core.round_settings import RoundSettings
     from server.config import FederationConfig
-    from sim.federation import SimulatedRun, run_federations
+    from sim.config import RealSite
+    from sim.federation import SimulatedRun, run_federations, site_node_config
+    from sim.interval import refit_run
 
     root = tmp_path_factory.mktemp("interval")
     tiny = tiny_federation(root, 100)
     settings = RoundSettings(num_rounds=1, freeze=(1, 2, 3, 4), batch_size=8)
     runs = [SimulatedRun(FederationConfig(pretrained=tiny.pretrained, settings=settings, out_dir=root / name,
                                           min_nodes=2, device="cpu"), tiny.nodes(root / name / "state", **extra))
-            for name, extra in (("plain", {}),
-                                ("private", {"dp-noise-multiplier": 1.0, "dp-seed": 3, "dp-max-epsilon": 100.0}))]
+            for name, extra in (("plain", {}), ("private", PRIVATE))]
+    # FedBN (block 4 trains: its BatchNorm layers stay at the sites) with private sites, their state where
+    # `python -m sim` keeps it (for `sim interval`)
+    fedbn = root / "fedbn"
+    runs.append(SimulatedRun(
+        FederationConfig(pretrained=tiny.pretrained, settings=replace(settings, local_layers="norm", freeze=(1, 2, 3)),
+                         out_dir=fedbn, min_nodes=2, device="cpu"),
+        tuple(site_node_config(path, i, fedbn / "site-state" / state_folder_name(path), tiny.pretrained, **PRIVATE)
+              for i, path in enumerate(tiny.sites))))
+    # then, in the same engine session, only the interval of FedBN's final model (`python -m sim interval`)
+    runs.append(refit_run(fedbn / "federated_final.pt", tiny.pretrained, [RealSite(p) for p in tiny.sites],
+                          device="cpu", private=PRIVATE))
     run_federations(runs)
     return root, tiny.sites
 
 
-def _audited_counts(state: Path) -> dict:
-    import json
-
+def _queries(state: Path) -> list[dict]:
     entries = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
-    queries = [e for e in entries if e.get("kind") == "query"]
+    return [e for e in entries if e.get("kind") == "query"]
+
+
+def _audited_counts(state: Path) -> dict:
+    queries = _queries(state)
     assert len(queries) == 1 and queries[0]["bytes"] == 0 and queries[0]["array_keys"] == []
     return queries[0]["metrics"]
 
@@ -105,7 +125,7 @@ def test_a_federation_ends_with_an_interval_fitted_from_the_sites_counts(federat
     image = next((sites[0] / "images").iterdir())
     code = client_main(["predict", "--model", str(root / "plain" / "federated_final.pt"), "--sex", "F", "--json",
                         "--no-progress", str(image)])
-    row = __import__("json").loads(capsys.readouterr().out)
+    row = json.loads(capsys.readouterr().out)
     assert code == 0 and row["interval_coverage"] == 0.9 and row["interval_high_months"] > row["bone_age_months"]
 
 
@@ -122,3 +142,98 @@ def test_private_sites_release_noisy_counts_accounted_in_their_ledgers(federated
         entries = PrivacyLedger(state / "privacy_ledger.jsonl").entries()
         assert entries[-1].context["release"] == "interval score counts" and entries[-1].sample_rate == 1.0
         assert released["epsilon"] > 0 and 0 < released["delta"] < 1
+
+
+def _sim(*argv: str) -> int:
+    from sim.__main__ import main as sim_main
+
+    return sim_main(["interval", *argv, "--device", "cpu"])
+
+
+def test_a_federated_model_is_refitted_as_the_run_left_it_without_being_touched(federated) -> None:
+    from core.checkpoint import file_sha256, load_checkpoint
+    from sim.interval import summary_lines
+
+    root, sites = federated
+    source, refit = root / "fedbn" / "federated_final.pt", root / "fedbn" / "interval" / "federated_final.pt"
+    old, new = load_checkpoint(source), load_checkpoint(refit)
+    assert new.metadata["interval_from"] == {"path": str(source), "sha256": file_sha256(source)}
+    assert all(torch.equal(v, new.model.state_dict()[k]) for k, v in old.model.state_dict().items())
+    for folder in (root / "fedbn" / "site-state").iterdir():  # the same release again: each site's own layers
+        first, second = _queries(folder)
+        for key in ("calibration-given", "test-given", "calibration-head", "test-head"):
+            assert second["metrics"][key] == first["metrics"][key]
+        kept = [json.loads(line) for line in (folder / "own_intervals.jsonl").read_text().splitlines()]
+        assert len(kept) == 2 and kept[0]["interval"] == kept[1]["interval"]  # exact scores: the very same model
+        releases = [e for e in PrivacyLedger(folder / "privacy_ledger.jsonl").entries()
+                    if e.context.get("release") == "interval score counts"]
+        assert len(releases) == 2  # each release accounted
+    assert new.metadata["conformal"] == old.metadata["conformal"]
+    assert new.metadata["conformal_federated"]["private_sites"] == 2
+    lines = summary_lines(refit, new.metadata, [s.name for s in sites])
+    assert "interval +-" in lines[0] and "2 private" in lines[0] and lines[2].strip().startswith(sites[0].name)
+
+
+def test_sim_interval_refuses_what_is_not_a_federated_model_of_that_pretrained_one(federated, capsys) -> None:
+    root, sites = federated
+    final, pretrained = root / "plain" / "federated_final.pt", root / "pretrained.pt"
+    site = ("--site", str(sites[0]))
+    cases = [(("--model", str(pretrained), "--pretrained", str(pretrained)), "is not a federation's final model"),
+             (("--model", str(final), "--pretrained", str(final)), "was not federated from"),
+             (("--model", str(final), "--pretrained", str(pretrained), "--out", str(final.parent)), "would overwrite")]
+    for argv, message in cases:
+        assert _sim(*argv, *site) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_refit_asks_the_sites_under_the_run_s_own_id_round_and_settings(federated) -> None:
+    from core.checkpoint import load_checkpoint
+    from server.config import FederationConfig
+    from server.interval import IntervalRefit
+
+    root, _ = federated
+    source = root / "fedbn" / "federated_final.pt"
+    config = FederationConfig(pretrained=root / "pretrained.pt", out_dir=root / "elsewhere", interval_from=source)
+    sent = IntervalRefit.of(config, "federated_final.pt").site_config
+    meta = load_checkpoint(source).metadata
+    assert sent["federation-id"] == meta["federation_id"] and sent["server-round"] == meta["round"] == 1
+    assert (sent["local-layers"], sent["freeze"]) == ("norm", "1-3")  # each site rebuilds its FedBN model
+
+
+def test_the_run_config_names_the_model_to_refit() -> None:
+    from server.config import FederationConfig
+
+    assert FederationConfig.from_run_config({"pretrained": "p.pt", "interval-from": "f.pt"}).interval_from == Path("f.pt")
+    assert FederationConfig.from_run_config({"pretrained": "p.pt", "interval-from": ""}).interval_from is None
+
+
+def test_predict_uses_the_interval_the_site_kept_when_asked(federated, capsys) -> None:
+    from client.__main__ import main as client_main
+    from core.checkpoint import load_checkpoint
+    from core.conformal import interval_bounds, max_months
+
+    root, sites = federated
+    state = root / "plain" / "state" / sites[0].name
+    kept = json.loads((state / "own_intervals.jsonl").read_text().splitlines()[-1])
+    assert kept["interval"]["n"] == sum(_audited_counts(state)["calibration-given"])  # the same validation images
+    image = next((sites[0] / "images").iterdir())
+    common = ["predict", "--sex", "F", "--json", "--no-progress", str(image)]
+    assert client_main([*common, "--model", str(root / "plain" / "federated_final.pt"), "--interval", "site",
+                        "--state-dir", str(state)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["interval_source"].startswith("this site's own: ")
+    model = load_checkpoint(root / "plain" / "federated_final.pt").model
+    low, high = interval_bounds(row["bone_age_months"], kept["interval"]["halfwidth_months"], max_months(model))
+    assert abs(row["interval_low_months"] - low) < 0.1 and abs(row["interval_high_months"] - high) < 0.1
+    assert client_main([*common, "--model", str(root / "plain" / "federated_final.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["interval_source"].startswith("the model's: ")
+    refusals = [(["--model", str(root / "plain" / "federated_final.pt"), "--interval", "site"], "--site-config or"),
+                (["--model", str(root / "pretrained.pt"), "--interval", "site", "--state-dir", str(state)],
+                 "kept no interval of its own for this model"),
+                (["--model", str(root / "fedbn" / "federated_final.pt"), "--interval", "site", "--state-dir",
+                  str(state)], "client export")]
+    for argv, message in refusals:
+        assert client_main([*common, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
