@@ -67,7 +67,7 @@ CHANGED = {"pretrained": "m.pt", "out-dir": "out", "strategy": "fedavgm", "min-n
            "central-data": "central", "central-label-unit": "years", "wandb": True, "timeout": 10.0,
            "fraction-evaluate": 0.5, "device": "cpu", "central-dp-noise-multiplier": 0.5,
            "central-dp-clipping-norm": 2.0, "central-dp-max-epsilon": 5.0, "central-dp-delta": 1e-6,
-           "interval": False}
+           "interval": False, "interval-from": "runs/fed/federated_final.pt"}
 
 
 def test_each_server_setting_has_one_key_in_the_toml_the_record_and_the_checkpoint() -> None:
