@@ -10,6 +10,11 @@ share refused (with the reasons), MAD, and the change of MAD against the clean i
 both ways) with a 95 % bootstrap interval. Target (issue 11): the change stays within 1.5 months, or the affected
 images are refused.
 
+    python -m bench.bench_stress --model CKPT --preprocess default --data DIR
+
+scores the models through those settings instead of their recorded ones (resolved on the split's clean images as
+`python -m client preprocess` resolves them): what the defaults a new user gets do under each transform.
+
     python -m bench.bench_stress --preprocess default --data DIR
 
 needs no model: the share of images each transform has refused by those settings, resolved on the split's clean
@@ -149,22 +154,35 @@ def _refusals_only(args: argparse.Namespace, images: list) -> int:
     return 0
 
 
+def _given_settings(args: argparse.Namespace) -> PreprocessConfig | None:
+    """--preprocess with --model: these settings instead of what each model records, resolved on the split's clean
+    images as `client preprocess` resolves them (what a new user's defaults do to a model's input)."""
+    settings = PreprocessConfig.parse(args.preprocess) if args.preprocess else None
+    if settings is None:
+        return None
+    config, site = orientation_for_site(settings, [record.path for record in _records(args)], seed=args.seed)
+    logger.info("%s", describe_check(site))
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     unknown = [t for t in args.transforms if t not in STRESS]
     if unknown:
         raise ConfigError(f"unknown transform(s) {unknown}; known: {', '.join(STRESS)}")
-    if bool(args.model) == bool(args.preprocess):
+    if not args.model and not args.preprocess:
         raise ConfigError("give --model (one or more) to score models, or --preprocess SPEC for refusals only")
     images = _images(args)
-    if args.preprocess:
+    if not args.model:
         return _refusals_only(args, images)
+    given = _given_settings(args)
     rows, cleans = [], []
     for path in args.model:
         loaded = load_checkpoint(path)
-        config = preprocess_config_of(loaded.metadata)
+        config = given or preprocess_config_of(loaded.metadata)
         preprocessor = None if config is None else Preprocessor(config)
-        name = f"{Path(path).stem} ({'preprocessed' if config else 'raw'})"
+        kind = f"--preprocess {args.preprocess}" if given else "preprocessed" if config else "raw"
+        name = f"{Path(path).stem} ({kind})"
         clean = _score(loaded.model, preprocessor, images, CLEAN, args.seed)
         rows.append(_row(name, CLEAN, clean, clean))
         if cleans:  # clean MAD against the first model, on the images both scored
@@ -203,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     add_data_arguments(parser)
     parser.add_argument("--model", type=Path, action="append", default=[], help="checkpoint (repeatable)")
     parser.add_argument("--preprocess", default="",
-                        help="no model: the share each transform has refused by these settings (e.g. default, as a "
-                             "new user gets them)")
+                        help="without --model: the share each transform has refused by these settings (e.g. default, "
+                             "as a new user gets them); with --model: score the models through these settings instead "
+                             "of the ones they record")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--transforms", nargs="+", default=list(STRESS), help=f"subset of: {' '.join(STRESS)}")
     parser.add_argument("--limit", type=int, default=0, help="first N images of the split only (0: all)")

@@ -50,8 +50,11 @@ class PreprocessConfig:
         site_fit: when the check fails, fit an orientation model on the folder's own unlabelled images (cached by
             their SHA-256) and apply it if it passes the check; off: refuse the folder, saying what to run.
         small_angle: also undo the small rotation the orientation model estimates (degrees).
-        decollimate: set uniform bright bands along the edges (a collimator's unexposed border) to the image's
-            darkest level, as the exposed background usually is; a no-op on images without such bands.
+        decollimate: set uniform bright bands along the edges (a collimator's unexposed border) and constant bands
+            of any level (padding) to the image's darkest level, as the exposed background usually is; a no-op on
+            images without such bands (`core.preprocess.field`).
+        inpaint_markers: in-paint burned-in text and markers (the brightest level, in thin strokes, in small
+            components) from their surroundings before equalisation (`core.preprocess.field`).
         segment: zero the background outside the hand mask (removes collimation, markers, text); refuses an
             image without a hand. Off by default: the threshold segmentation is reliable on the phantom, not on
             real collimated films (docs/preprocessing.md).
@@ -81,6 +84,7 @@ class PreprocessConfig:
     site_fit: bool = True
     small_angle: bool = True
     decollimate: bool = True
+    inpaint_markers: bool = True
     segment: bool = False
     equalize: bool = True
     clahe_clip: float = 2.0

@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND, REGISTRATION_FAILED, ROTATED,
                                     PreprocessConfig)
 from core.preprocess.contrast import equalize
+from core.preprocess.field import inpaint_markers, remove_bands
 from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.polarity import settled_polarity
@@ -27,7 +28,7 @@ from core.preprocess.quality import exposure_flags, size_flags
 from core.preprocess.register import (MCP3_Y, MIN_LOCALISED_AXIS, WRIST_Y, crop_to_mask, keypoints_from_mask,
                                       localised_keypoints, plausible, region_crop, registration_matrix, regions,
                                       warp)
-from core.preprocess.segment import WORK_SIDE, collimation_box, hand_mask
+from core.preprocess.segment import hand_mask
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +82,16 @@ class Preprocessor:
         if refused:
             return PreprocessResult(image, flags, 0.0, refused)
         pose, confidence = Pose(), 1.0
+        polarity = settled_polarity(image, polarity_declared) \
+            if self._orientation is not None and (config.physical_polarity or polarity_declared) else None
+        image = self._clean_field(image, inverted=polarity is True)
         if self._orientation is not None:
-            polarity = settled_polarity(image, polarity_declared) if config.physical_polarity or polarity_declared \
-                else None
             pose, confidence = self._orientation.predict_checked(image, polarity)
             if not config.small_angle or abs(pose.angle_deg) < SMALL_ANGLE_MIN_DEG:
                 pose = Pose(pose.quarter_turns, pose.mirrored, pose.inverted, 0.0)
             image = undo_pose(image, pose)
+            if polarity is None and pose.inverted and self.config.inpaint_markers:
+                image = inpaint_markers(image)  # cleaned above in the wrong frame: markers were dark there
             flags += _pose_flags(pose)
             if confidence < config.min_confidence:
                 return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
@@ -95,8 +99,6 @@ class Preprocessor:
                                         f"{config.min_confidence:.2f})", pose=pose)
         canonical_points = self._localiser.predict(image) if self._localiser is not None else None
         keypoints = self._keypoints(canonical_points, pose, image.shape)
-        if config.decollimate:
-            image = _decollimate(image)
         mask = None
         if config.segment or (config.register and canonical_points is None):  # a localiser needs no mask
             segmentation = hand_mask(image)
@@ -125,6 +127,19 @@ class Preprocessor:
             image = region_crop(image, config.region)
         return PreprocessResult(image, flags, confidence, None, cut, pose, keypoints)
 
+    def _clean_field(self, image: np.ndarray, inverted: bool) -> np.ndarray:
+        """Collimator bands, padding and burned-in markers removed (`core.preprocess.field`) before the orientation
+        model looks (a band it sees tilts with the small angle it undoes, and then is no longer a band), in the
+        bone-bright frame: an image whose polarity was settled as inverted is cleaned as its inverse."""
+        if not (self.config.decollimate or self.config.inpaint_markers):
+            return image
+        view = 1.0 - image if inverted else image
+        if self.config.decollimate:
+            view = remove_bands(view)
+        if self.config.inpaint_markers:
+            view = inpaint_markers(view)
+        return 1.0 - view if inverted else view
+
     @staticmethod
     def _keypoints(canonical_points: np.ndarray | None, pose: Pose,
                    shape: tuple[int, int]) -> dict[str, tuple[float, float]]:
@@ -137,21 +152,6 @@ class Preprocessor:
     def describe(self) -> dict[str, Any]:
         """The resolved settings (what a checkpoint stores)."""
         return self.config.to_dict()
-
-
-def _decollimate(image: np.ndarray) -> np.ndarray:
-    """Uniform bright edge bands (found on a small copy, `segment.collimation_box`) set to the darkest level."""
-    h, w = image.shape
-    ratio = min(1.0, WORK_SIDE / max(h, w))
-    small = cv2.resize(image, (max(8, round(w * ratio)), max(8, round(h * ratio))), interpolation=cv2.INTER_AREA)
-    top, bottom, left, right = collimation_box(small)
-    if (top, bottom, left, right) == (0, small.shape[0], 0, small.shape[1]):
-        return image
-    sy, sx = h / small.shape[0], w / small.shape[1]
-    out = np.full_like(image, float(image.min()))
-    t, b, l, r = round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
-    out[t:b, l:r] = image[t:b, l:r]
-    return out
 
 
 def _pose_flags(pose: Pose) -> tuple[str, ...]:

@@ -53,3 +53,16 @@ def test_refusals_only_with_the_defaults_a_new_user_gets(tmp_path: Path, capsys:
     assert rows["clean"]["refused_share"] < 0.1
     assert main(["--data", str(site), "--split", "train"]) == 2  # neither models nor settings: one line
     assert "--preprocess SPEC" in capsys.readouterr().err
+
+
+def test_a_model_is_scored_through_given_settings_instead_of_its_own(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    site = generate_site("rsna", 40, tmp_path / "site", seed=2, image_size=64)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    save_checkpoint(tmp_path / "raw.pt", model, describe(model))
+    code = main(["--data", str(site), "--model", str(tmp_path / "raw.pt"), "--preprocess", "default,min_side=40",
+                 "--split", "train", "--transforms", "downscale0.5", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and rows[0]["model"] == "raw (--preprocess default,min_side=40)"
+    assert rows[0]["ms_per_image"] > 0  # the raw model's images went through the given settings
+    assert rows[1]["refused"] == {"refused: too small": rows[1]["n"]}  # 32 px < 40

@@ -132,7 +132,7 @@ class _FixedPoints:
 def _localised(tmp_path: Path, points: dict[str, tuple[float, float]], **settings) -> Preprocessor:
     localiser = save_localiser(tmp_path / "loc.pt", LocaliserNet(32, 8), {})
     preprocessor = Preprocessor(PreprocessConfig(localiser=str(localiser), canonical=False, equalize=False,
-                                                 decollimate=False, **settings))
+                                                 decollimate=False, inpaint_markers=False, **settings))
     preprocessor._localiser = _FixedPoints(points)
     return preprocessor
 
@@ -141,6 +141,7 @@ def test_registration_on_learned_key_points_puts_the_wrist_and_third_mcp_in_plac
     from core.preprocess.register import MCP3_Y, WRIST_Y
 
     image = np.zeros((100, 80), dtype=np.float32)  # no hand a threshold could find: the localiser needs none
+    # (the bright squares would pass for burned-in markers: the settings leave them, see _localised)
     image[39:42, 29:32], image[84:87, 39:42] = 1.0, 0.6  # the "MCP3" at (30.5, 40.5), the "wrist" at (40.5, 85.5)
     points = {"mcp3": (30.5 / 80, 40.5 / 100), "wrist": (40.5 / 80, 85.5 / 100), "radius": (0.5, 0.9),
               "ulna": (0.4, 0.9)}
