@@ -97,7 +97,7 @@ class Predictor:
         self.max_months = max_months(self.model)
         raw = self.metadata.get("conformal")
         self.conformal = ConformalInterval.from_dict(raw) if raw else None
-        self.identity["interval"] = _interval_note(raw)
+        self.identity["interval"] = _interval_note(raw, self.metadata.get("conformal_federated") or {})
         if settings.interval == "site":
             self.conformal, self.identity["interval"] = own_interval(settings.site.state_dir, self.metadata)
         self.tta = inputs.tta
@@ -288,9 +288,11 @@ class Predictor:
         return 1.0 if row["sex"] == "M" else 0.0
 
 
-def _interval_note(conformal: dict[str, Any] | None) -> str:
-    """What the checkpoint's own interval was fitted on, in words."""
+def _interval_note(conformal: dict[str, Any] | None, federated: dict[str, Any]) -> str:
+    """What the checkpoint's own interval was fitted on, in words (and whether privacy noise set its width)."""
     if not conformal:
         return "none in this checkpoint"
     source = f" of {conformal['source']}" if conformal.get("source") else ""
-    return f"the model's: {conformal.get('n')} images, {conformal.get('split')} split{source}"
+    noise = ("; set by the sites' privacy noise, not by the model: wider than the model needs"
+             if federated.get("noise_dominated") else "")
+    return f"the model's: {conformal.get('n')} images, {conformal.get('split')} split{source}{noise}"

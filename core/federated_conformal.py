@@ -13,7 +13,12 @@ its test counts.
 A private site adds Gaussian noise of standard deviation ``sigma`` to every count it releases. One image adds 1 to one
 bin of two histograms (its split's sex-given and sex-from-head counts), so the release is the Gaussian mechanism
 with L2 sensitivity sqrt(2), accounted in the site's ledger as one step of noise multiplier ``sigma / sqrt(2)`` at
-sampling rate 1. The server clips noisy counts at zero before adding them.
+sampling rate 1. The server adds the noisy counts and clips each bin at zero before it reads the quantile: an empty
+bin then holds on average sigma_pooled / sqrt(2 pi) counts that no image made, nearly all of them in bins above the
+true quantile, so the interval only widens (its coverage holds, conservatively). With few calibration images those
+counts outnumber the 10 % tail the quantile is read from and the interval is set by the noise, near the whole age
+range: the summary says so (`noise_dominated`, with the counts the noise adds) and the log warns. The image counts
+reported are the unclipped sums (unbiased; exact without noise).
 """
 
 from __future__ import annotations
@@ -107,11 +112,11 @@ def fit_federated(sites: list[SiteCounts], coverage: float = 0.9) -> tuple[Confo
     head = None
     if all(s.calibration_head is not None for s in sites):
         head = halfwidth_from_counts(np.sum([s.calibration_head for s in sites], axis=0), coverage)
-    n = int(round(np.maximum(pooled, 0).sum()))
+    n = _images(pooled)
     interval = ConformalInterval(coverage, halfwidth, head, n, "val", f"{len(sites)} sites", FEDERATED_METHOD)
     per_site = {}
     for s in sites:
-        n_site = int(round(np.maximum(s.calibration, 0).sum()))
+        n_site = _images(s.calibration)
         try:
             own = halfwidth_from_counts(s.calibration, coverage)
         except ConformalError:
@@ -123,10 +128,23 @@ def fit_federated(sites: list[SiteCounts], coverage: float = 0.9) -> tuple[Confo
                             "own_test_coverage": own_covered}
     test_all = np.sum([s.test for s in sites], axis=0)
     covered, n_test = coverage_from_counts(test_all, halfwidth)
+    added = noise_counts(math.sqrt(sum(s.sigma ** 2 for s in sites)))
     summary = {"method": FEDERATED_METHOD, "bin_months": BIN_MONTHS, "sites": len(sites), "calibration_images": n,
                "test_images": n_test, "pooled_test_coverage": covered,
-               "private_sites": sum(s.sigma > 0 for s in sites), "per_site": per_site}
+               "private_sites": sum(s.sigma > 0 for s in sites), "per_site": per_site,
+               "noise_counts_added": added, "noise_dominated": added > (1 - coverage) * n}
     return interval, summary
+
+
+def _images(counts: np.ndarray) -> int:
+    """The images behind released counts: their unclipped sum (exact without noise, unbiased with it)."""
+    return max(int(round(float(np.sum(counts)))), 0)
+
+
+def noise_counts(sigma: float) -> float:
+    """Counts that clipping pooled noise of standard deviation `sigma` at zero adds over the bins, on average:
+    N_BINS * E[max(0, N(0, sigma^2))] (an upper bound: bins that hold images gain less)."""
+    return N_BINS * sigma / math.sqrt(2 * math.pi)
 
 
 def account_release(ledger_path: Path, dp: DPConfig, sigma: float, num_examples: int) -> tuple[float, float]:

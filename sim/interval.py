@@ -106,7 +106,12 @@ def summary_lines(path: Path, metadata: dict[str, Any], names: list[str]) -> lis
              + ("" if head is None else f", +-{head:g} (sex from the head)")
              + f", from {how['calibration_images']} calibration images of {how['sites']} sites"
              + (f" ({how['private_sites']} private)" if how["private_sites"] else ""),
-             f"held-out coverage, all sites: {how['pooled_test_coverage']:.1%} of {how['test_images']} test images"]
+             f"held-out coverage, all sites: {how['pooled_test_coverage']:.1%} of {how['test_images']} test images"
+             + (" (from noisy counts)" if how["private_sites"] else "")]
+    if how.get("noise_dominated"):
+        lines.append(f"warning: the privacy noise adds about {how['noise_counts_added']:.0f} counts, more than the "
+                     f"{1 - interval['coverage']:.0%} tail of {how['calibration_images']} calibration images: the "
+                     "interval is set by the noise, not by the model (it covers, but says little)")
     for site_id, figures in sorted(how["per_site"].items()):
         name = names[int(site_id)] if site_id.isdigit() and int(site_id) < len(names) else site_id
         own = figures["own_halfwidth_months"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from core.conformal import ConformalError, conformal_quantile
-from core.federated_conformal import (BIN_MONTHS, SiteCounts, account_release, coverage_from_counts, fit_federated,
-                                      halfwidth_from_counts, noise_multiplier, score_counts)
+from core.federated_conformal import (BIN_MONTHS, SiteCounts, account_release, add_noise, coverage_from_counts,
+                                      fit_federated, halfwidth_from_counts, noise_multiplier, score_counts)
 from core.privacy import BudgetExceeded, DPConfig, PrivacyLedger
 
 PRIVATE = {"dp-noise-multiplier": 1.0, "dp-seed": 3, "dp-max-epsilon": 100.0}
@@ -46,6 +46,25 @@ def test_pooled_counts_give_the_interval_of_the_pooled_scores_and_per_site_figur
     one, two = summary["per_site"]["1"], summary["per_site"]["2"]
     assert one["pooled_test_coverage"] > 0.9 > two["pooled_test_coverage"]  # the far site needs its own interval
     assert two["own_halfwidth_months"] > interval.halfwidth_months > one["own_halfwidth_months"]
+
+
+def test_noisy_counts_only_widen_the_interval_and_the_summary_says_when_noise_sets_it() -> None:
+    rng = np.random.default_rng(2)
+
+    def fitted(n: int, sigma: float) -> tuple[float, float, dict]:
+        scores = [np.abs(rng.normal(0, 30, n)) for _ in range(2)]
+        noisy = [add_noise(score_counts(x), sigma, rng) for x in scores]
+        interval, summary = fit_federated([SiteCounts(str(i), c, c, sigma=sigma) for i, c in enumerate(noisy)])
+        return interval.halfwidth_months, conformal_quantile(np.concatenate(scores), 0.9), summary
+
+    small, exact, summary = fitted(30, 5.0)  # 60 images: the noise adds ~340 counts over the bins
+    assert summary["noise_dominated"] and summary["noise_counts_added"] == pytest.approx(341, abs=1)
+    assert small > exact + 100  # conservative, and useless: the guard says so
+    large, exact, summary = fitted(5000, 1.0)
+    assert not summary["noise_dominated"] and exact <= large <= exact + 4
+    assert abs(summary["calibration_images"] - 10000) < 100  # unclipped sum: unbiased
+    assert not fit_federated([SiteCounts("0", score_counts(np.arange(60.0)), score_counts(np.arange(9.0)))])[1][
+        "noise_dominated"]
 
 
 def test_a_private_release_is_accounted_in_the_ledger_and_refused_past_the_budget(tmp_path: Path) -> None:
@@ -171,7 +190,8 @@ def test_a_federated_model_is_refitted_as_the_run_left_it_without_being_touched(
     assert new.metadata["conformal"] == old.metadata["conformal"]
     assert new.metadata["conformal_federated"]["private_sites"] == 2
     lines = summary_lines(refit, new.metadata, [s.name for s in sites])
-    assert "interval +-" in lines[0] and "2 private" in lines[0] and lines[2].strip().startswith(sites[0].name)
+    assert "interval +-" in lines[0] and "2 private" in lines[0] and lines[2].startswith("warning: the privacy noise")
+    assert any(line.strip().startswith(sites[0].name) for line in lines[3:])  # ~20 calibration images: noise rules
 
 
 def test_sim_interval_refuses_what_is_not_a_federated_model_of_that_pretrained_one(federated, capsys) -> None:
@@ -227,7 +247,10 @@ def test_predict_uses_the_interval_the_site_kept_when_asked(federated, capsys) -
     low, high = interval_bounds(row["bone_age_months"], kept["interval"]["halfwidth_months"], max_months(model))
     assert abs(row["interval_low_months"] - low) < 0.1 and abs(row["interval_high_months"] - high) < 0.1
     assert client_main([*common, "--model", str(root / "plain" / "federated_final.pt")]) == 0
-    assert json.loads(capsys.readouterr().out)["interval_source"].startswith("the model's: ")
+    source = json.loads(capsys.readouterr().out)["interval_source"]
+    assert source.startswith("the model's: ") and "privacy noise" not in source
+    assert client_main([*common, "--model", str(root / "private" / "federated_final.pt")]) == 0
+    assert "set by the sites' privacy noise" in json.loads(capsys.readouterr().out)["interval_source"]
     refusals = [(["--model", str(root / "plain" / "federated_final.pt"), "--interval", "site"], "--site-config or"),
                 (["--model", str(root / "pretrained.pt"), "--interval", "site", "--state-dir", str(state)],
                  "kept no interval of its own for this model"),
