@@ -17,8 +17,9 @@ sampling rate 1. The server adds the noisy counts and clips each bin at zero bef
 bin then holds on average sigma_pooled / sqrt(2 pi) counts that no image made, nearly all of them in bins above the
 true quantile, so the interval only widens (its coverage holds, conservatively). With few calibration images those
 counts outnumber the 10 % tail the quantile is read from and the interval is set by the noise, near the whole age
-range: the summary says so (`noise_dominated`, with the counts the noise adds) and the log warns. The image counts
-reported are the unclipped sums (unbiased; exact without noise).
+range: the summary says so (`noise_dominated`, with the counts the noise adds) and the log warns. The calibration
+image counts reported are the unclipped sums (unbiased, exact without noise; `calibration_images_sd` is their noise,
+sqrt(121) sigma); test coverages from noisy counts are as noisy and are not a measurement of coverage.
 """
 
 from __future__ import annotations
@@ -128,11 +129,12 @@ def fit_federated(sites: list[SiteCounts], coverage: float = 0.9) -> tuple[Confo
                             "own_test_coverage": own_covered}
     test_all = np.sum([s.test for s in sites], axis=0)
     covered, n_test = coverage_from_counts(test_all, halfwidth)
-    added = noise_counts(math.sqrt(sum(s.sigma ** 2 for s in sites)))
+    sigma = math.sqrt(sum(s.sigma ** 2 for s in sites))
+    added = noise_counts(sigma)
     summary = {"method": FEDERATED_METHOD, "bin_months": BIN_MONTHS, "sites": len(sites), "calibration_images": n,
-               "test_images": n_test, "pooled_test_coverage": covered,
-               "private_sites": sum(s.sigma > 0 for s in sites), "per_site": per_site,
-               "noise_counts_added": added, "noise_dominated": added > (1 - coverage) * n}
+               "calibration_images_sd": math.sqrt(N_BINS) * sigma, "test_images": n_test,
+               "pooled_test_coverage": covered, "private_sites": sum(s.sigma > 0 for s in sites),
+               "per_site": per_site, "noise_counts_added": added, "noise_dominated": added > (1 - coverage) * n}
     return interval, summary
 
 

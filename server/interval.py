@@ -66,14 +66,15 @@ def federated_interval(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, ti
         return {"conformal_federated": {"error": str(exc), "refused": refused}}
     summary["refused"] = refused
     if summary["noise_dominated"]:
-        logger.warning("the private sites' noise adds about %.0f counts to the scores of %d calibration images, more "
-                       "than the %.0f%% tail the interval is read from: the interval (+-%.0f months) is set by the "
-                       "noise, not the model; it needs about %.0f calibration images at this noise, or a smaller "
-                       "dp-interval-noise", summary["noise_counts_added"], interval.n, 100 * (1 - coverage),
-                       interval.halfwidth_months, summary["noise_counts_added"] / (1 - coverage))
-    logger.info("federated %.0f%% interval from %d images of %d sites: +-%.1f months; pooled test coverage %.1f%%",
+        logger.warning("the private sites' noise adds about %.0f counts to the scores of about %d (sd %.0f) "
+                       "calibration images, more than the %.0f%% tail the interval is read from: the interval "
+                       "(+-%.0f months) is set by the noise, not the model; it needs about %.0f calibration images at "
+                       "this noise, or a smaller dp-interval-noise", summary["noise_counts_added"], interval.n,
+                       summary["calibration_images_sd"], 100 * (1 - coverage), interval.halfwidth_months,
+                       summary["noise_counts_added"] / (1 - coverage))
+    logger.info("federated %.0f%% interval from %d images of %d sites: +-%.1f months; pooled test coverage %.1f%%%s",
                 coverage * 100, interval.n, len(sites), interval.halfwidth_months,
-                100 * summary["pooled_test_coverage"])
+                100 * summary["pooled_test_coverage"], " (from noisy counts)" if summary["private_sites"] else "")
     return {"conformal": interval.to_dict(), "conformal_federated": summary}
 
 

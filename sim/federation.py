@@ -81,8 +81,12 @@ def make_server_app(configs: Sequence[FederationConfig], outcomes: list[Federati
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         for tag, config in enumerate(configs):
-            logger.info("federation %d/%d: strategy %s, freeze %s, %d rounds -> %s", tag + 1, len(configs),
-                        config.strategy, config.freeze, config.num_rounds, config.out_dir)
+            if config.interval_from is not None:
+                logger.info("federation %d/%d: only the interval of %s -> %s", tag + 1, len(configs),
+                            config.interval_from, config.out_dir)
+            else:
+                logger.info("federation %d/%d: strategy %s, freeze %s, %d rounds -> %s", tag + 1, len(configs),
+                            config.strategy, config.freeze, config.num_rounds, config.out_dir)
             outcomes.append(run_federation(_TaggedGrid(grid, tag), config))
 
     return app

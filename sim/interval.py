@@ -99,20 +99,26 @@ def _private(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary_lines(path: Path, metadata: dict[str, Any], names: list[str]) -> list[str]:
-    """The interval, how it was fitted, and per site its coverage on its test split (site ids are indices)."""
+    """The interval, how it was fitted, and per site its coverage on its test split (site ids are indices); when
+    privacy noise sets the interval, a warning instead of coverages read from counts that noisy."""
     interval, how = metadata["conformal"], metadata["conformal_federated"]
     head = interval.get("halfwidth_months_sex_from_head")
+    images = (f"about {how['calibration_images']} (sd {how['calibration_images_sd']:.0f})"
+              if how["private_sites"] else str(how["calibration_images"]))
     lines = [f"{path}: {interval['coverage']:.0%} interval +-{interval['halfwidth_months']:g} months (sex given)"
              + ("" if head is None else f", +-{head:g} (sex from the head)")
-             + f", from {how['calibration_images']} calibration images of {how['sites']} sites"
-             + (f" ({how['private_sites']} private)" if how["private_sites"] else ""),
-             f"held-out coverage, all sites: {how['pooled_test_coverage']:.1%} of {how['test_images']} test images"
-             + (" (from noisy counts)" if how["private_sites"] else "")]
+             + f", from {images} calibration images of {how['sites']} sites"
+             + (f" ({how['private_sites']} private)" if how["private_sites"] else "")]
     if how.get("noise_dominated"):
         lines.append(f"warning: the privacy noise adds about {how['noise_counts_added']:.0f} counts, more than the "
-                     f"{1 - interval['coverage']:.0%} tail of {how['calibration_images']} calibration images: the "
-                     "interval is set by the noise, not by the model (it covers, but says little)")
-    for site_id, figures in sorted(how["per_site"].items()):
+                     f"{1 - interval['coverage']:.0%} tail of the calibration scores: the interval is set by the noise, "
+                     "not by the model (it covers, but says little); coverage cannot be read from counts this noisy: "
+                     "each site measures it with `python -m client accept`, and keeps its own interval "
+                     "(`predict --interval site`)")
+    else:
+        lines.append(f"held-out coverage, all sites: {how['pooled_test_coverage']:.1%} of {how['test_images']} test "
+                     "images" + (" (from noisy counts)" if how["private_sites"] else ""))
+    for site_id, figures in [] if how.get("noise_dominated") else sorted(how["per_site"].items()):
         name = names[int(site_id)] if site_id.isdigit() and int(site_id) < len(names) else site_id
         own = figures["own_halfwidth_months"]
         lines.append(f"  {name}: {figures['pooled_test_coverage']:.1%} of {figures['test_images']} test images; "

@@ -190,8 +190,11 @@ def test_a_federated_model_is_refitted_as_the_run_left_it_without_being_touched(
     assert new.metadata["conformal"] == old.metadata["conformal"]
     assert new.metadata["conformal_federated"]["private_sites"] == 2
     lines = summary_lines(refit, new.metadata, [s.name for s in sites])
-    assert "interval +-" in lines[0] and "2 private" in lines[0] and lines[2].startswith("warning: the privacy noise")
-    assert any(line.strip().startswith(sites[0].name) for line in lines[3:])  # ~20 calibration images: noise rules
+    assert "interval +-" in lines[0] and "2 private" in lines[0] and "(sd 78)" in lines[0]
+    assert lines[1].startswith("warning: the privacy noise") and len(lines) == 2  # ~20 images: no coverage read
+    plain = load_checkpoint(root / "plain" / "federated_final.pt").metadata
+    lines = summary_lines(refit, plain, [s.name for s in sites])
+    assert lines[1].startswith("held-out coverage, all sites: ") and lines[2].strip().startswith(sites[0].name)
 
 
 def test_sim_interval_refuses_what_is_not_a_federated_model_of_that_pretrained_one(federated, capsys) -> None:
