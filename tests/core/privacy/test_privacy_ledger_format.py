@@ -40,11 +40,12 @@ def test_each_line_carries_the_documented_digests_and_a_utc_time(tmp_path: Path)
 
 def test_unchained_lines_written_before_the_chain_are_read_as_history(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "privacy_ledger.jsonl")
-    old = [{"time": "t", "noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 5}] * 2
+    old = [{"time": "t", "noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 5},
+           {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 5}]  # the oldest lines may lack a time
     ledger.path.write_text("".join(json.dumps(line) + "\n" for line in old), encoding="utf-8")
     ledger.record(1.0, 0.01, 5)  # chained after the two old lines
     assert [e.mechanism for e in ledger.entries()] == [(1.0, 0.01, 5)] * 3
-    assert ledger.entries()[0].time == "t"
+    assert [e.time for e in ledger.entries()][:2] == ["t", ""]
 
 
 @pytest.mark.parametrize("sigma, rate, steps", [
@@ -56,6 +57,10 @@ def test_an_impossible_new_mechanism_is_refused_before_it_is_written(tmp_path: P
     line = {"noise_multiplier": sigma, "sample_rate": rate, "steps": steps}
     with pytest.raises(LedgerError, match="^the new entry is damaged: impossible mechanism"):
         PrivacyLedger._validate(line, "the new entry")
+    if isinstance(sigma, float) and isinstance(steps, int):  # what `record` can be given
+        with pytest.raises(LedgerError, match="^the new entry is damaged: impossible mechanism"):
+            ledger.record(sigma, rate, steps)
+        assert not ledger.path.exists()
     ledger.path.write_text(json.dumps(line) + "\n", encoding="utf-8")
     with pytest.raises(LedgerError, match="line 1 is damaged"):
         ledger.entries()
