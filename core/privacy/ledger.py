@@ -148,7 +148,11 @@ class PrivacyLedger:
                 raise LedgerError(f"{where} has no chain fields after chained lines: it was edited or inserted; "
                                   f"restore the file from a backup")
             return False
-        if values.get("sha256") != _entry_digest({k: v for k, v in values.items() if k != "sha256"}):
+        try:
+            own = _entry_digest({k: v for k, v in values.items() if k != "sha256"})
+        except ValueError:  # NaN or Infinity somewhere in the line: `record` never writes one
+            own = None
+        if values.get("sha256") != own:
             raise LedgerError(f"{where} does not match its own checksum: it was edited; "
                               f"restore the file from a backup, never edit the ledger")
         expected = "" if previous is None else _digest(previous)

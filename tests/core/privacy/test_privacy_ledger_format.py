@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.privacy import LedgerError, PrivacyLedger
+from core.privacy import BudgetExceeded, LedgerError, PrivacyLedger
 from core.privacy.ledger import history_epsilon
 
 
@@ -104,3 +104,46 @@ def test_a_segment_without_steps_spends_nothing_and_one_step_spends_something(tm
     assert ledger.epsilon(1e-5) == pytest.approx(history_epsilon([(1.0, 0.5, 1)], 1e-5)) and ledger.epsilon(1e-5) > 0
     with pytest.raises(ValueError, match="accountant must be one of"):
         ledger.epsilon(1e-5, "gdp")
+
+
+def test_a_blank_line_does_not_hide_the_lines_after_it(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "privacy_ledger.jsonl")
+    ledger.record(1.0, 0.1, 3)
+    ledger.path.write_text(ledger.path.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    ledger.record(1.0, 0.1, 4)
+    assert [e.steps for e in ledger.entries()] == [3, 4]  # stopping at the blank line would under-report epsilon
+
+
+def test_a_line_with_nan_in_its_context_is_refused_in_one_line(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "privacy_ledger.jsonl")
+    with pytest.raises(ValueError):
+        ledger.record(1.0, 0.1, 3, loss=math.nan)  # never written
+    assert not ledger.path.exists()
+    line = {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 3, "loss": math.nan, "prev": ""}
+    line["sha256"] = hashlib.sha256(json.dumps(line, sort_keys=True).encode("utf-8")).hexdigest()  # NaN allowed
+    ledger.path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    with pytest.raises(LedgerError, match="line 1 does not match its own checksum"):  # was a ValueError traceback
+        ledger.entries()
+
+
+@pytest.mark.parametrize("kind, message", [("folder", "is a folder, not a regular file"),
+                                           ("device link", "is a link to a device, pipe or socket, not a regular"),
+                                           ("fifo", "is a device, pipe or socket, not a regular file")])
+def test_a_ledger_that_is_no_regular_file_is_named_for_what_it_is(tmp_path: Path, kind: str, message: str) -> None:
+    import os
+
+    path = tmp_path / "privacy_ledger.jsonl"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "device link":
+        path.symlink_to("/dev/null")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(LedgerError, match=f"^privacy ledger privacy_ledger.jsonl {message}"):
+        PrivacyLedger(path).entries()
+
+
+def test_a_refused_round_says_how_far_it_would_have_gone() -> None:
+    refused = BudgetExceeded(1.23456, 9.87654, 8.0)
+    assert str(refused) == "round would raise epsilon from 1.235 to 9.877, above the budget 8"
+    assert (refused.current, refused.projected, refused.budget) == (1.23456, 9.87654, 8.0)
