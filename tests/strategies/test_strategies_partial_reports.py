@@ -88,10 +88,12 @@ def test_an_unreleased_round_still_reports_every_site_under_its_resumed_round() 
     strategy.record_unreleased(1, [])
     assert reports.calls == []  # nothing was sent yet: nothing to report
     sent = configure(strategy, [1, 2])
-    strategy.record_unreleased(1, [reply(sent[1], {"block6.weight": np.ones(3, np.float32)}, **{"num-examples": 2})])
+    broken = np.array([1.0, np.nan, 1.0], np.float32)
+    strategy.record_unreleased(1, [reply(sent[1], {"block6.weight": np.ones(3, np.float32)}, **{"num-examples": 2}),
+                                   reply(sent[2], {"block6.weight": broken}, **{"num-examples": 2})])
     phase, server_round, site_reports = reports.calls[-1]
     assert (phase, server_round) == ("train", 3)
-    assert [(r.node_id, r.status, r.round) for r in site_reports] == [(1, "ok", 3)]
+    assert [(r.node_id, r.status, r.round) for r in site_reports] == [(1, "ok", 3), (2, "rejected", 3)]  # checked
 
 
 def test_the_summary_names_the_aggregator_its_options_and_the_round_offset(caplog: pytest.LogCaptureFixture) -> None:
@@ -106,6 +108,8 @@ def test_a_strategy_built_directly_samples_one_site_of_all_from_round_one() -> N
     strategy = PartialModelStrategy(build_aggregator("fedavg"))
     assert (strategy.fraction_train, strategy.fraction_evaluate, strategy.min_train_nodes,
             strategy.min_evaluate_nodes, strategy.min_available_nodes, strategy.round_offset) == (1.0, 1.0, 1, 1, 1, 0)
+    built = build_strategy("fedavg", min_nodes=3)
+    assert (built.min_train_nodes, built.min_evaluate_nodes, built.min_available_nodes) == (3, 3, 3)
 
 
 def test_reply_reasons_name_what_is_wrong() -> None:
