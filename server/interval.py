@@ -13,6 +13,7 @@ model written again to `out-dir` with the new interval; the input file is never 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,9 @@ def refit_interval(grid: Grid, config: FederationConfig, final_name: str) -> Fed
     them: its round, settings and federation id) and write the model with it to `config.out_dir / final_name`.
     No round is trained; a run whose sites give no interval fails without writing anything."""
     refit = IntervalRefit.of(config, final_name)
+    deadline = time.monotonic() + config.timeout
+    while len(list(grid.get_node_ids())) < config.min_nodes and time.monotonic() < deadline:
+        time.sleep(1.0)  # the sites that connect in time (min-nodes) are asked, as a round would wait for them
     state = refit.checkpoint.model.state_dict()
     logger.info("fitting the interval of %s (round %d) across the sites", refit.source, refit.round)
     fitted = federated_interval(grid, ArrayRecord({k: state[k] for k in refit.keys}), refit.site_config,
