@@ -22,6 +22,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -51,16 +52,22 @@ class LocalLayers:
     federation_id: str = ""
 
 
-def save_local_layers(state_dir: Path, kept: LocalLayers) -> Path:
-    """Write `kept` to `<state_dir>/local_layers.pt` (atomically: a reader never sees half a file)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOCAL_LAYERS_FILE
-    partial = path.with_suffix(".pt.partial")
-    torch.save({"layers": {k: v.detach().cpu().clone() for k, v in kept.layers.items()}, "run_id": kept.run_id,
-                "round": kept.round, "pretrained_sha256": kept.pretrained_sha256,
-                "federation_id": kept.federation_id}, partial)
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write` on `path` + ".partial" in `path`'s (created) folder, then rename it over `path`: a reader never
+    sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
     os.replace(partial, path)
     return path
+
+
+def save_local_layers(state_dir: Path, kept: LocalLayers) -> Path:
+    """Write `kept` to `<state_dir>/local_layers.pt` (atomically: a reader never sees half a file)."""
+    return _write_atomically(state_dir / LOCAL_LAYERS_FILE, lambda partial: torch.save(
+        {"layers": {k: v.detach().cpu().clone() for k, v in kept.layers.items()}, "run_id": kept.run_id,
+         "round": kept.round, "pretrained_sha256": kept.pretrained_sha256, "federation_id": kept.federation_id},
+        partial))
 
 
 def load_local_layers(state_dir: Path) -> LocalLayers | None:
@@ -98,14 +105,10 @@ class SiteCalibration:
 
 def save_site_calibration(state_dir: Path, kept: SiteCalibration) -> Path:
     """Write `kept` to `<state_dir>/calibration.json` (atomically)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / CALIBRATION_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps({"line": calibration_to_dict(kept.line), "round": kept.round,
-                                   "pretrained_sha256": kept.pretrained_sha256, "federation_id": kept.federation_id,
-                                   "n_train": kept.n_train}, indent=2), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    text = json.dumps({"line": calibration_to_dict(kept.line), "round": kept.round,
+                       "pretrained_sha256": kept.pretrained_sha256, "federation_id": kept.federation_id,
+                       "n_train": kept.n_train}, indent=2)
+    return _write_atomically(state_dir / CALIBRATION_FILE, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def load_site_calibration(state_dir: Path) -> SiteCalibration | None:
