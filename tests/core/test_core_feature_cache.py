@@ -125,38 +125,62 @@ def _edited(records: list) -> BoneAgeDataset:
     return dataset
 
 
-def test_each_key_gives_its_own_entry_and_a_hit_is_right(records: list) -> None:
+def test_the_same_weights_and_pixels_in_new_objects_are_a_hit(records: list) -> None:
     cache = FeatureCache(views=2, channels_last=False)
-    model, dataset = _model(), _dataset(records)
-    cache.prepare(model, dataset, CPU)
-    cache.prepare(_model(), _dataset(records), CPU)  # the same weights and pixels in new objects
+    cache.prepare(_model(), _dataset(records), CPU)
+    cache.prepare(_model(), _dataset(records), CPU)
     assert (cache.hits, cache.misses) == (1, 1)
 
+
+def _changed_weights() -> TJNet:
     changed = _model()
     with torch.no_grad():
         changed.block2[0][0].weight.mul_(1.5)  # a frozen block changed (e.g. another pretrained model)
-    variants = {
-        "weights": (changed, dataset),
-        "pixels": (model, _edited(records)),  # one pixel of one image (another preprocessing, a replaced image)
-        "input size": (_model(size=64), _dataset(records, size=64)),
-        "freeze": (_model(freeze="1-2"), dataset),
-        "augmentation": (model, _dataset(records, augment=AugmentConfig(rotate_deg=5.0))),
-        "seed": (model, _dataset(records, seed=1)),
-        "no augmentation": (model, _dataset(records, augment=None)),
-    }
-    for name, (other_model, other_data) in variants.items():
-        misses = cache.misses
-        tail, features = cache.prepare(other_model, other_data, CPU)
-        assert cache.misses == misses + 1, name
-        other_data.set_epoch(1)
-        features.set_epoch(1)
-        with torch.no_grad():  # what the cache returned is this model's view of these images
-            expected = FrozenPrefix(other_model, tail.depth).eval()(other_data[0]["image"][None])[0]
-        assert torch.allclose(features[0]["image"], expected, atol=1e-5), name
-    misses = cache.misses
-    cache.views = 3
+    return changed
+
+
+# each component of the key: (the key's field it must change, a model and split differing from the cached one in it)
+KEY_CHANGES = {
+    "pretrained weights": ("weights_sha256", lambda r: (_changed_weights(), _dataset(r))),
+    "preprocessing": ("pixels_sha256", lambda r: (_model(), _edited(r))),  # one pixel: another preprocessing
+    "input size": ("image_size", lambda r: (_model(size=64), _dataset(r, size=64))),
+    "freeze spec": ("depth", lambda r: (_model(freeze="1-2"), _dataset(r))),
+    "augmentation": ("augment", lambda r: (_model(), _dataset(r, augment=AugmentConfig(rotate_deg=5.0)))),
+    "augmentation seed": ("seed", lambda r: (_model(), _dataset(r, seed=1))),
+    "no augmentation": ("augment", lambda r: (_model(), _dataset(r, augment=None))),
+}
+
+
+@pytest.mark.parametrize("change", KEY_CHANGES)
+def test_a_change_of_each_key_component_is_a_new_entry_with_its_own_features(records: list, change: str) -> None:
+    cache = FeatureCache(views=2, channels_last=False)
+    model, dataset = _model(), _dataset(records)
     cache.prepare(model, dataset, CPU)
-    assert cache.misses == misses + 1  # the number of views is part of the key
+    field, make = KEY_CHANGES[change]
+    other_model, other_data = make(records)
+    tail, features = cache.prepare(other_model, other_data, CPU)
+    assert (cache.hits, cache.misses) == (0, 2)
+    old, new = (cache.key(m, d, c) for m, d, c in ((model, dataset, 3), (other_model, other_data, tail.depth)))
+    assert getattr(old, field) != getattr(new, field)  # the key holds this component itself
+    other_data.set_epoch(1)
+    features.set_epoch(1)
+    with torch.no_grad():  # what the cache returned is this model's view of these images
+        expected = FrozenPrefix(other_model, tail.depth).eval()(other_data[0]["image"][None])[0]
+    assert torch.allclose(features[0]["image"], expected, atol=1e-5)
+
+
+def test_the_number_of_views_is_part_of_the_key(records: list) -> None:
+    cache = FeatureCache(views=2, channels_last=False)
+    model, dataset = _model(), _dataset(records)
+    cache.prepare(model, dataset, CPU)
+    cache.views = 3
+    tail, features = cache.prepare(model, dataset, CPU)
+    assert (cache.hits, cache.misses) == (0, 2) and features.views == 3
+    features.set_epoch(2)  # view 2 exists only with 3 views
+    dataset.set_epoch(2)
+    with torch.no_grad():
+        expected = FrozenPrefix(model, tail.depth).eval()(dataset[0]["image"][None])[0]
+    assert torch.allclose(features[0]["image"], expected, atol=1e-5)
 
 
 def test_the_memory_bound_is_kept_and_an_oversized_split_trains_uncached(records: list, caplog) -> None:
