@@ -22,11 +22,11 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
-from core.loss import JointLoss, JointLossConfig
+from core.train.loss import JointLoss, JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
-from core.training import TrainConfig, make_optimizer
+from core.train.training import TrainConfig, make_optimizer
 
 
 def make_step(model: TJNet, loss_fn: JointLoss, batch: tuple[torch.Tensor, ...], private: bool) -> Callable[[], None]:

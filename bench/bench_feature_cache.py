@@ -1,10 +1,10 @@
-"""Cost of a local epoch with and without the frozen-block feature cache (`core.feature_cache`), CPU.
+"""Cost of a local epoch with and without the frozen-block feature cache (`core.train.feature_cache`), CPU.
 
 Usage:
     python -m bench.bench_feature_cache [--images 256] [--size 96] [--width 0.5] [--batch 32]
                                         [--freeze 1-2,1-3,1-4] [--reps 3] [--threads 1]
 
-A site's local epoch as `core.finetune.train_site_round` runs it: augmented images (crop, rotation, scale,
+A site's local epoch as `core.stages.finetune.train_site_round` runs it: augmented images (crop, rotation, scale,
 contrast), the joint loss, AdamW, the frozen blocks in eval mode. `uncached` is the whole forward pass at
 every step (channels-last, the default); `cached` trains the model's trainable tail on features already
 computed for this epoch's view (every epoch after the first `views`); `view` is the one-off cost of
@@ -23,15 +23,15 @@ import time
 import numpy as np
 import torch
 
-from core.loss import make_loss
+from core.train.loss import make_loss
 from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit, canvas_size, make_loader
 from core.data.manifest import Record
-from core.feature_cache import FeatureCache
-from core.loss import JointLossConfig
+from core.train.feature_cache import FeatureCache
+from core.train.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
-from core.training import TrainConfig, make_optimizer, train_epoch
+from core.train.training import TrainConfig, make_optimizer, train_epoch
 
 
 def synthetic_split(images: int, size: int, seed: int = 0) -> BoneAgeDataset:

@@ -5,12 +5,12 @@ Usage:
                                              [--epochs 8] [--views 4] [--threads 1]
 
 For each seed, the site fine-tunes the pretrained model as `python -m client finetune --freeze F` does
-(`core.site_finetune.finetune_site`: best epoch by val MAD, then the test split), once with the cache (`--views`
+(`core.stages.site_finetune.finetune_site`: best epoch by val MAD, then the test split), once with the cache (`--views`
 views per image) and once with `--no-feature-cache`, one after the other in this process; then once more with the
 cache of the first run, every view already computed ("warm": what the command costs when the frozen blocks cost
 nothing, the ceiling of any cache). Prints each run's wall and CPU seconds, the speed-ups, each test MAD, and the
 paired difference of absolute errors on the same test images (cached minus uncached) with a 95 % bootstrap
-interval pooled over seeds (`core.stats`): the cache is "no worse" when the interval's upper end is small against
+interval pooled over seeds (`core.stats.bootstrap`): the cache is "no worse" when the interval's upper end is small against
 the seed-to-seed spread.
 """
 
@@ -29,10 +29,10 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.data import SiteDataConfig, load_site, make_loader
 from core.preprocess import preprocess_config_of
-from core.feature_cache import FeatureCache
-from core.site_finetune import FinetuneConfig, finetune_site
-from core.stats import paired_difference
-from core.training import predict
+from core.train.feature_cache import FeatureCache
+from core.stages.site_finetune import FinetuneConfig, finetune_site
+from core.stats.bootstrap import paired_difference
+from core.train.training import predict
 
 
 def test_errors(checkpoint: Path, data: SiteDataConfig) -> np.ndarray:

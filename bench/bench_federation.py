@@ -124,7 +124,7 @@ def child(variant: str, rounds: int, root: Path, freeze: str, batch_size: int) -
     else:
         from core.checkpoint import load_checkpoint
         from core.data import AugmentConfig, SiteDataConfig, load_site
-        from core.finetune import train_site_round
+        from core.stages.finetune import train_site_round
         from core.round_settings import RoundSettings
         from core.model.freeze import parse_freeze_spec
 

@@ -28,7 +28,7 @@ from core.data.pool import DecodedPool
 from core.model.config import TJNetConfig
 from core.model.freeze import parse_freeze_spec_list
 from core.preprocess import PreprocessConfig
-from core.site_finetune import FinetuneConfig, compare_freeze_specs
+from core.stages.site_finetune import FinetuneConfig, compare_freeze_specs
 from sim.phantom.writer import generate_site
 
 logger = logging.getLogger("bench_finetune_once")

@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from bench.bench_model import count_flops
-    from core.loss import make_loss
-    from core.loss import JointLossConfig
+    from core.train.loss import make_loss
+    from core.train.loss import JointLossConfig
     from core.model.config import TJNetConfig
     from core.model.tjnet import TJNet
 

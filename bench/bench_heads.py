@@ -3,7 +3,7 @@
 Checkpoints in `--runs` named `<row>_s<seed>.pt` form one row per `<row>`, one column entry per seed
 (`<row>_s<seed>.<tag>.pt`, e.g. the `.raw.pt` beside a run with `--ema-decay`, forms the row `<row>.<tag>`).
 For each row: the test MAD of each seed, their mean with a t interval over seeds, a bootstrap interval
-over seeds and images (`core.stats.bootstrap_mean`), and the paired difference to the `--baseline` row
+over seeds and images (`core.stats.bootstrap.bootstrap_mean`), and the paired difference to the `--baseline` row
 over the same seeds and images, in months and in percent of the baseline's MAD. Each model reads its own
 preprocessing (a region model its crop); every row is scored on the images all models scored. Nothing is written: the
 predictions stay in memory (never commit predictions on RSNA images).
@@ -37,9 +37,9 @@ from core.data.dataset import BoneAgeDataset
 from core.data.views import StackedViews, load_site_views
 from core.preprocess import views_of
 from core.errors import ConfigError
-from core.stats import bootstrap_mean, combine_seeds, paired_difference
-from core.training import predict
-from core.tta import TTAConfig, tta_config_of
+from core.stats.bootstrap import bootstrap_mean, combine_seeds, paired_difference
+from core.train.training import predict
+from core.predict.tta import TTAConfig, tta_config_of
 
 logger = logging.getLogger("bench.heads")
 _NAME = re.compile(r"^(?P<row>.+)_s(?P<seed>\d+)(?:\.(?P<tag>[a-z]+))?\.pt$")
@@ -148,7 +148,7 @@ class Budget:
 
 
 def budget_of(path: Path) -> Budget:
-    """The budget a checkpoint records (`core.central.pretrain` writes `history` and `train_seconds`)."""
+    """The budget a checkpoint records (`core.stages.central.pretrain` writes `history` and `train_seconds`)."""
     loaded = load_checkpoint(path)
     metadata = loaded.metadata
     parameters = sum(p.numel() for p in loaded.model.parameters())

@@ -35,8 +35,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from core.loss import make_loss
-from core.loss import JointLossConfig
+from core.train.loss import make_loss
+from core.train.loss import JointLossConfig
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
@@ -107,7 +107,7 @@ def batch(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def train_step_fn(model: nn.Module, n: int, size: int, channels_last: bool = True) -> Callable[[], None]:
     """One full training step (forward, loss, backward, AdamW) on a fixed random batch, in the layout the
-    training loops use (channels-last, `core.training.channels_last_layout`) or the standard one."""
+    training loops use (channels-last, `core.train.training.channels_last_layout`) or the standard one."""
     model.train()
     loss_fn = make_loss(model, JointLossConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

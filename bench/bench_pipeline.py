@@ -4,7 +4,7 @@ Usage:
     python -m bench.bench_pipeline [--n 300] [--size 96] [--reps 5] [--threads 1]
 
 A phantom site (tongji preset, n images at the simulation's 96 px) is generated in a temporary folder and its
-training split decoded with the training augmentation. One epoch of `core.training.train_epoch` on TJ-Net
+training split decoded with the training augmentation. One epoch of `core.train.training.train_epoch` on TJ-Net
 (width 0.5, batch 32) is timed four ways, interleaved round-robin, median of `--reps`:
 - `loader, 0 workers`: augmentation in the training process, as a site trains in a federated round;
 - `loader, 1 worker`: augmentation in a worker process, overlapping the training step when a core is free;
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from core.loss import make_loss
+from core.train.loss import make_loss
 from core.data import AugmentConfig, SiteDataConfig, load_site, make_loader
-from core.loss import JointLossConfig
+from core.train.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks
 from core.model.tjnet import TJNet
-from core.training import TrainConfig, make_optimizer, train_epoch
+from core.train.training import TrainConfig, make_optimizer, train_epoch
 from sim.phantom.writer import generate_site
 
 logger = logging.getLogger("bench.pipeline")

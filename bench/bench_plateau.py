@@ -30,9 +30,9 @@ from core.checkpoint import build_model
 from core.cli import add_data_arguments, data_config_from_args, setup_logging
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
-from core.loss import ALPHA_RULES, JointLossConfig, make_loss
+from core.train.loss import ALPHA_RULES, JointLossConfig, make_loss
 from core.model.heads import HEAD_INITS, init_age_head
-from core.training import TrainConfig, lr_factor, make_optimizer, predict, seed_everything
+from core.train.training import TrainConfig, lr_factor, make_optimizer, predict, seed_everything
 
 logger = logging.getLogger("bench.plateau")
 

@@ -45,8 +45,8 @@ from core.errors import ConfigError
 from core.preprocess import PreprocessConfig, Preprocessor, preprocess_config_of
 from core.preprocess.site import describe_check, orientation_for_site
 from core.preprocess.stress import STRESS
-from core.stats import paired_difference
-from core.training import predict
+from core.stats.bootstrap import paired_difference
+from core.train.training import predict
 
 logger = logging.getLogger("bench.stress")
 

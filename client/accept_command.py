@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from client.acceptance import record_verdict, site_acceptance
-from core.acceptance import POSES, Verdict, judge_model
+from core.stages.acceptance import POSES, Verdict, judge_model
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.data import DataError
 

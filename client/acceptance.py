@@ -3,7 +3,7 @@ verdict `predict` looks up by the model's SHA-256.
 
 The keys live in the same `site.toml` the SuperNode reads (`deploy/site.toml`): `state-dir` (where `audit.jsonl`
 is), `require-acceptance` (predict refuses a model this site has not accepted) and the `accept-*` thresholds of
-`core.acceptance.AcceptancePolicy`. The latest verdict on a SHA-256 wins: a model rejected after it was accepted is
+`core.stages.acceptance.AcceptancePolicy`. The latest verdict on a SHA-256 wins: a model rejected after it was accepted is
 no longer accepted.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from client.audit import AUDIT_FILENAME, append_audit
 from client.config import SiteConfigError, state_dir_of
-from core.acceptance import AcceptancePolicy, Verdict
+from core.stages.acceptance import AcceptancePolicy, Verdict
 from core.errors import UserError
 
 ACCEPTANCE_EVENT = "model_acceptance"

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
-from core.conformal import ConformalError, CoverageReport, calibrate_checkpoint
-from core.conformal_bands import MIN_BANDS, BandConfig
+from core.intervals.conformal import ConformalError, CoverageReport, calibrate_checkpoint
+from core.intervals.conformal_bands import MIN_BANDS, BandConfig
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

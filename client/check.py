@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from core.loss import make_loss
+from core.train.loss import make_loss
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, DataError, ImageError, SiteDataConfig, Skip, load_manifest, make_loader, read_image
 from core.data.dataset import BoneAgeDataset, refusal_detail, refusal_reason
 from core.data.manifest import AGE_OUT_OF_RANGE, Record, summarize
 from core.data.split import split_records
 from core.errors import ConfigError
-from core.loss import JointLossConfig
+from core.train.loss import JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
@@ -32,7 +32,7 @@ from core.preprocess import PreprocessConfig, Preprocessor
 from core.preprocess.review import QualityTally, contact_sheet
 from core.preprocess.site import describe_check, orientation_for_site
 from core.round_settings import RoundSettings
-from core.training import TrainConfig, make_optimizer, resolve_device, train_epoch
+from core.train.training import TrainConfig, make_optimizer, resolve_device, train_epoch
 
 logger = logging.getLogger("ossifl.client")
 

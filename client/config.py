@@ -54,8 +54,8 @@ class SiteConfig:
     dp: DPConfig = DPConfig()
     decode_cache: Path | None = None  # where decoded images outlive the per-message ClientApp process
     min_group_images: int = 5  # an age group with fewer test images is not reported (n and MAD sent as 0)
-    feature_cache: bool = True  # reuse the frozen blocks' outputs between epochs and rounds (core.feature_cache)
-    calibrate: bool = False  # the site's own sex-specific output line on the shared model (core.calibration)
+    feature_cache: bool = True  # reuse the frozen blocks' outputs between epochs and rounds (core.train.feature_cache)
+    calibrate: bool = False  # the site's own sex-specific output line on the shared model (core.predict.calibration)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], server_pretrained: str = "") -> "SiteConfig":

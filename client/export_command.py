@@ -1,6 +1,6 @@
 """`python -m client export --model federated_final.pt --site-config site.toml --out site_model.pt`: the site's own
 model as one checkpoint: the federated weights with the layers the site kept (FedBN's normalisation layers,
-`core.local_layers`) and its own output calibration (node config `calibrate = true`, `core.calibration`), its
+`core.stages.local_layers`) and its own output calibration (node config `calibrate = true`, `core.predict.calibration`), its
 interval re-fitted on the site's own validation split. `predict`, `evaluate`, `calibrate`
 and `accept` take it like any checkpoint; nothing leaves the site."""
 
@@ -17,12 +17,12 @@ from client.acceptance import read_site_config
 from core.cli import add_shared_options
 from client.config import SiteConfig, SiteConfigError
 from core.checkpoint import CheckpointError, describe, file_sha256, load_checkpoint, save_checkpoint
-from core.conformal import conformal_metadata
+from core.intervals.conformal import conformal_metadata
 from core.data import load_site
-from core.finetune import load_arrays
+from core.stages.finetune import load_arrays
 from core.inputs import InputSettings
-from core.calibration import METADATA_KEY, attach_calibration, calibration_to_dict
-from core.local_layers import load_local_layers, load_site_calibration
+from core.predict.calibration import METADATA_KEY, attach_calibration, calibration_to_dict
+from core.stages.local_layers import load_local_layers, load_site_calibration
 
 logger = logging.getLogger(__name__)
 

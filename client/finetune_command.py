@@ -9,7 +9,7 @@ from pathlib import Path
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.errors import ConfigError
 from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec_list
-from core.site_finetune import (FINETUNE_SCHEMA, FinetuneConfig, compare_freeze_specs, finetune_site, format_table,
+from core.stages.site_finetune import (FINETUNE_SCHEMA, FinetuneConfig, compare_freeze_specs, finetune_site, format_table,
                                 site_pool)
 
 # the settings with a flag of their own (seed and device are shared options, the feature cache a switch)

@@ -27,16 +27,16 @@ from client.reading import (SEX_FIELDS, UNSURE_SEX_FLAG, ReadingConfig, compress
 from client.report_html import DISPLAY_SIZE, ImageSection, report_path, safe_name, write_reports
 from client.worklist import PatientFacts, Resolved, WorkItem, resolve
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from core.conformal import ConformalInterval, has_sex_head, interval_bounds, max_months
+from core.intervals.conformal import ConformalInterval, has_sex_head, interval_bounds, max_months
 from core.data import ImageError, read_image
 from core.data.images import declares_polarity, exif_flag
 from core.data.dataset import fit_to_square
 from core.data.patient import read_patient_tags
-from core.explain import heat_map, overlay, png_bytes
-from core.inference import model_input, predict_batch
+from core.predict.explain import heat_map, overlay, png_bytes
+from core.predict.inference import model_input, predict_batch
 from core.inputs import InputSettings
 from core.preprocess import Preprocessor
-from core.training import resolve_device
+from core.train.training import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from client.reading import ReadingConfig
 from client.worklist import PatientFacts, collect, parse_date, parse_sex
 from core.cli import add_shared_options
 from core.data import DataError
-from core.explain import METHODS
+from core.predict.explain import METHODS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

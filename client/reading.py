@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from core.conformal_bands import AgeBand
+from core.intervals.conformal_bands import AgeBand
 from core.preprocess import PreprocessConfig
 from core.preprocess.pipeline import PreprocessResult
 from core.preprocess.segment import hand_mask

@@ -14,20 +14,20 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from client.config import SiteConfig
-from core.evaluation import evaluate_model
+from core.train.evaluation import evaluate_model
 from core.checkpoint import CheckpointCache, CheckpointError
-from core.calibration import attach_calibration, fit_sex_calibration
+from core.predict.calibration import attach_calibration, fit_sex_calibration
 from core.data import AugmentConfig, DataError, SiteData, make_loader
 from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.errors import USER_ERRORS, ConfigError
-from core.feature_cache import FeatureCache, feature_budget_from_env
-from core.finetune import SiteRoundResult, load_arrays, train_site_round
-from core.local_layers import LocalLayers, SiteCalibration, load_local_layers, save_local_layers, save_site_calibration
-from core.metrics import AGE_GROUPS_YEARS, age_group_label
+from core.train.feature_cache import FeatureCache, feature_budget_from_env
+from core.stages.finetune import SiteRoundResult, load_arrays, train_site_round
+from core.stages.local_layers import LocalLayers, SiteCalibration, load_local_layers, save_local_layers, save_site_calibration
+from core.stats.metrics import AGE_GROUPS_YEARS, age_group_label
 from core.model.groups import HEAD_BLOCK, blocks_not_received, parameter_groups
 from core.inputs import InputSettings
 from core.round_settings import RoundSettings
-from core.training import predict, resolve_device
+from core.train.training import predict, resolve_device
 
 logger = logging.getLogger("ossifl.client")
 
@@ -42,7 +42,7 @@ TRAIN_METRICS = ("num-examples", "val-mad-months", "train-seconds", "private", "
 # check the files' size and modification time on every use. OSSIFL_DECODE_CACHE_MB bounds the decoded
 # images held (default 2 GiB; 0 turns that cache off). A deployed site also keeps them in its state folder
 # (node config `decode-cache`), since its SuperNode starts a fresh process for every message. The frozen
-# blocks' outputs are kept too (`core.feature_cache`, OSSIFL_FEATURE_CACHE_MB, node config `feature-cache`).
+# blocks' outputs are kept too (`core.train.feature_cache`, OSSIFL_FEATURE_CACHE_MB, node config `feature-cache`).
 PRETRAINED = CheckpointCache()
 DECODED = SiteDataCache(cache_budget_from_env())
 FEATURES = FeatureCache(feature_budget_from_env())

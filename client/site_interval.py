@@ -1,7 +1,7 @@
 """A site's part in the federated prediction interval: counts of its scores in fixed bins, never a score per image.
 
 The reply to the server's query after the last round (`server.interval`): the final model's absolute errors on the
-site's calibration (val) and test splits, counted in `core.federated_conformal`'s bins, with the sex given and with
+site's calibration (val) and test splits, counted in `core.intervals.federated_conformal`'s bins, with the sex given and with
 the sex from the sex head. A private site adds Gaussian noise (node config `dp-interval-noise`, default 5 counts)
 and records the release in its privacy ledger before anything leaves; past its budget it refuses.
 
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.conformal import (ConformalInterval, conformal_quantile, has_sex_head, minimum_calibration_size,
+from core.intervals.conformal import (ConformalInterval, conformal_quantile, has_sex_head, minimum_calibration_size,
                             predictions_of)
 from core.data import BoneAgeDataset
 from core.errors import UserError
-from core.federated_conformal import account_release, add_noise, score_counts
+from core.intervals.federated_conformal import account_release, add_noise, score_counts
 from core.privacy import LEDGER_FILENAME
 
 logger = logging.getLogger("ossifl.client")

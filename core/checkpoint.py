@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.calibration import METADATA_KEY, CalibrationError, attach_calibration, calibration_from_dict
+from core.predict.calibration import METADATA_KEY, CalibrationError, attach_calibration, calibration_from_dict
 from core.errors import UserError
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.combined import CombinedConfig, EnsembleModel, SexSpecificModel

@@ -13,7 +13,7 @@ from typing import Any
 
 from core.checkpoint import Checkpoint
 from core.preprocess import PreprocessConfig, preprocess_config_of, views_of
-from core.tta import TTAConfig, tta_config_of
+from core.predict.tta import TTAConfig, tta_config_of
 
 
 @dataclass(frozen=True)

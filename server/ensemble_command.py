@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
-from core.ensemble import EnsembleJob, build_ensemble
+from core.stages.ensemble import EnsembleJob, build_ensemble
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.central import evaluate_checkpoint
+from core.stages.central import evaluate_checkpoint
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 
 

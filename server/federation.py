@@ -15,14 +15,14 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from core.evaluation import evaluate_model
+from core.train.evaluation import evaluate_model
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import BoneAgeDataset, SiteDataConfig, load_site
 from core.errors import ConfigError, ResumeMismatch
 from core.model.groups import parameter_groups, set_trainable
 from core.inputs import InputSettings
 from core.preprocess import PreprocessConfig
-from core.training import resolve_device
+from core.train.training import resolve_device
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
 from server.interval import federated_interval, refit_interval

@@ -2,7 +2,7 @@
 
 The server sends every connected site the final shared arrays in a `query` message; each replies with counts of its
 scores in fixed bins (`client.site_interval`), noisy when the site is private. The pooled interval, how it was
-fitted and each site's own interval and test coverage go into the final checkpoint (`core.federated_conformal`).
+fitted and each site's own interval and test coverage go into the final checkpoint (`core.intervals.federated_conformal`).
 A site that refuses (budget, no usable images) or does not answer in time is left out and listed.
 
 `refit_interval` does only this step for a federation's existing final model (run config `interval-from`): the
@@ -23,9 +23,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from core.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
-from core.conformal import ConformalError
+from core.intervals.conformal import ConformalError
 from core.errors import ConfigError
-from core.federated_conformal import SiteCounts, fit_federated
+from core.intervals.federated_conformal import SiteCounts, fit_federated
 from core.model.groups import parameter_groups
 from core.round_settings import RoundSettings
 from server.config import FederationConfig

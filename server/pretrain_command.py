@@ -6,16 +6,16 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from core.central import PretrainJob, pretrain
+from core.stages.central import PretrainJob, pretrain
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.data import AugmentConfig
 from core.errors import ConfigError
-from core.loss import ALPHA_RULES, JointLossConfig
+from core.train.loss import ALPHA_RULES, JointLossConfig
 from core.model.heads import HEAD_INITS, HEAD_NAMES
 from core.preprocess import REGION_NAMES, PreprocessConfig
-from core.schedule import LR_SCHEDULES
-from core.training import TrainConfig
-from core.tta import TTAConfig
+from core.train.schedule import LR_SCHEDULES
+from core.train.training import TrainConfig
+from core.predict.tta import TTAConfig
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import torch
 
-from core.calibration import fit_linear_calibration, fit_sex_calibration
+from core.predict.calibration import fit_linear_calibration, fit_sex_calibration
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset
-from core.feature_cache import FeatureCache, feature_budget_from_env
-from core.finetune import train_site_round
-from core.metrics import Predictions, compute_metrics
+from core.train.feature_cache import FeatureCache, feature_budget_from_env
+from core.stages.finetune import train_site_round
+from core.stats.metrics import Predictions, compute_metrics
 from core.model.freeze import parse_freeze_spec
 from core.inputs import InputSettings
 from core.preprocess import PreprocessConfig
 from core.round_settings import RoundSettings
-from core.training import predict
+from core.train.training import predict
 from sim.config import SimConfig
 from sim.experiment import Evaluation, device_of, evaluate_everywhere, evaluate_site_model
 from sim.sites import PreparedSite

@@ -17,9 +17,9 @@ from typing import Any
 
 from core.data import SiteDataConfig
 from core.data.config import LAYOUT_SCHEMA
-from core.loss import JointLossConfig
+from core.train.loss import JointLossConfig
 from core.model.heads import DEFAULT_HEAD_INIT
-from core.training import TrainConfig
+from core.train.training import TrainConfig
 from core.errors import ConfigError
 from core.model.freeze import FreezeSpec
 from core.round_settings import RoundSettings
@@ -149,7 +149,7 @@ class SimConfig:
     pretrained: Path | None = None
     source_dir: Path | None = None
     real_sites: tuple[RealSite, ...] = ()
-    feature_cache: bool = True  # frozen blocks run once per image and view (core.feature_cache), sites and baselines
+    feature_cache: bool = True  # frozen blocks run once per image and view (core.train.feature_cache), sites and baselines
     site_sizes: tuple[int, ...] = _D("site_sizes")  # training images per site, one comparison each (empty: the sites as they are)
     fedrep: bool = _D("fedrep")  # also a FedRep federation (each site keeps and first trains its own head, block 6)
     leave_one_out: bool = _D("leave_one_out")  # also, for each site, a federation of the others scored on its test split

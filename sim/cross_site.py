@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.stats import bootstrap_mean  # noqa: E402
+from core.stats.bootstrap import bootstrap_mean  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
 
 COLUMNS = ("model_site", "method", "freeze", "test_site", "site_size", "seeds", "mad_months", "mad_ci_low",

@@ -12,15 +12,15 @@ from client.config import state_folder_name
 from core.checkpoint import load_checkpoint
 from core.data import load_site, make_loader
 from core.errors import FederationFailed
-from core.finetune import load_arrays
-from core.local_layers import load_local_layers
+from core.stages.finetune import load_arrays
+from core.stages.local_layers import load_local_layers
 from core.data.dataset import BoneAgeDataset
-from core.metrics import Predictions, compute_metrics
+from core.stats.metrics import Predictions, compute_metrics
 from core.privacy import DPConfig
 from core.model.freeze import parse_freeze_spec
 from core.preprocess import PreprocessConfig
 from core.round_settings import RoundSettings
-from core.training import predict, resolve_device
+from core.train.training import predict, resolve_device
 from server.config import FederationConfig
 from server.outcome import FederationOutcome
 from sim.config import SimConfig

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.metrics import AGE_GROUPS_YEARS, age_group_label  # noqa: E402
+from core.stats.metrics import AGE_GROUPS_YEARS, age_group_label  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
 from sim.cross_site import cross_site_lines, held_out_lines, plot_cross_site, write_cross_site  # noqa: E402

@@ -8,10 +8,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.central import PretrainJob, pretrain
+from core.stages.central import PretrainJob, pretrain
 from core.checkpoint import CheckpointError
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest
-from core.training import TrainConfig
+from core.train.training import TrainConfig
 from sim.config import SimConfig, SiteSpec
 from sim.phantom.writer import generate_site
 

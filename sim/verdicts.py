@@ -3,7 +3,7 @@ and the three questions of the comparison answered in words (which freeze spec i
 each site alone, how close does it come to pooling), per site and over all sites.
 
 Every method is evaluated on the same test images of a site, in the same order, for every seed, so a
-difference between two methods is paired image by image (`core.stats.paired_difference`). "All sites" pools
+difference between two methods is paired image by image (`core.stats.bootstrap.paired_difference`). "All sites" pools
 the sites' test images (each seed's errors concatenated in site order).
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.stats import Interval, bootstrap_mean, paired_difference
+from core.stats.bootstrap import Interval, bootstrap_mean, paired_difference
 from sim.experiment import Evaluation, fedbn_name
 
 ALL = "all sites"

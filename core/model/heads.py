@@ -5,7 +5,7 @@ months, plus class logits where there are classes). The last linear layer itself
 (block 6 of TJ-Net, `head` of the baseline), so a head adds no parameters and freezing and federation
 see the same blocks whatever the head.
 
-| head         | outputs | bone age                                         | loss (core/loss.py)                 |
+| head         | outputs | bone age                                         | loss (core/train/loss.py)                 |
 |--------------|---------|--------------------------------------------------|-------------------------------------|
 | `paper`      | 77      | expected value over classes of 3 months (0-228)  | the paper's joint loss              |
 | `months`     | 240     | expected value over classes of 1 month (0-239)   | the joint loss on the 1-month grid  |
@@ -20,7 +20,7 @@ plateau (docs/benchmarks.md, "Training recipe": the learning rate did), but it c
 model at the mean predictor rather than 11-13 months from it.
 
 The regression head keeps the paper's grid (77 classes of 3 months) only to define its age range
-(0 to 228 months) and the class accuracy reported by `core.metrics`.
+(0 to 228 months) and the class accuracy reported by `core.stats.metrics`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from core.preprocess.landmarks import (KEYPOINTS, Localiser, LocaliserNet, expec
                                        save_localiser)
 from core.preprocess.register import MCP3_Y, WRIST_Y, localised_keypoints, registration_matrix
 from core.preprocess.stress import photometric_mix
-from core.stats import bootstrap_mean, paired_difference
+from core.stats.bootstrap import bootstrap_mean, paired_difference
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ class DPConfig:
         seed: the site's SECRET seed of Poisson sampling and noise, for reproducible experiments;
             None (production) draws fresh entropy each round. Whoever knows it can remove the noise.
         interval_noise: standard deviation of the Gaussian noise on every score count the site releases for a
-            federated prediction interval (`core.federated_conformal`), accounted in the ledger.
+            federated prediction interval (`core.intervals.federated_conformal`), accounted in the ledger.
     """
 
     enabled: bool = False

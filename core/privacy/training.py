@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from core.errors import UserError
-from core.loss import JointLoss, RegressionLoss
+from core.train.loss import JointLoss, RegressionLoss
 from core.model.groups import running_stat_layers
 from core.privacy.config import DPConfig
 from core.privacy.ledger import BudgetExceeded, PrivacyLedger
 from core.privacy.guard import require_history, site_lock
 from core.privacy.settings import resolve_site_noise, save_site_noise
-from core.training import EpochStats, ExtraLoss, TrainConfig, make_optimizer
+from core.train.training import EpochStats, ExtraLoss, TrainConfig, make_optimizer
 
 if TYPE_CHECKING:
     from opacus.optimizers import DPOptimizer

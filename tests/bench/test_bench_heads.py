@@ -9,7 +9,7 @@ from core.checkpoint import describe, save_checkpoint
 from core.data import SiteDataConfig
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
-from core.tta import TTAConfig
+from core.predict.tta import TTAConfig
 from sim.phantom.writer import generate_site
 
 

@@ -11,7 +11,7 @@ import pydicom
 import torch
 
 from core.checkpoint import describe, save_checkpoint
-from core.conformal import ConformalInterval
+from core.intervals.conformal import ConformalInterval
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from tests.core.data.data_sites import hand, write_dicom, write_image

@@ -10,7 +10,7 @@ import torch
 
 from client.__main__ import main as client_main
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
-from core.conformal import ConformalInterval, fit_conformal
+from core.intervals.conformal import ConformalInterval, fit_conformal
 from core.data import SiteDataConfig, load_site
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet

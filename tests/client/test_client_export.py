@@ -11,7 +11,7 @@ import torch
 
 from client.__main__ import main as client_main
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
-from core.local_layers import LocalLayers, save_local_layers
+from core.stages.local_layers import LocalLayers, save_local_layers
 from core.model.config import TJNetConfig
 from core.model.groups import norm_layer_keys
 from core.model.tjnet import TJNet
@@ -78,10 +78,10 @@ def test_export_refuses_layers_it_cannot_vouch_for(site, tmp_path: Path, capsys:
 
 def test_a_calibrating_sites_export_predicts_through_its_line(site, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
-    from core.calibration import LinearCalibration, SexCalibration, calibration_of
+    from core.predict.calibration import LinearCalibration, SexCalibration, calibration_of
     from core.data import SiteDataConfig, load_site, make_loader
-    from core.local_layers import SiteCalibration, save_site_calibration
-    from core.training import predict
+    from core.stages.local_layers import SiteCalibration, save_site_calibration
+    from core.train.training import predict
 
     config, federated, pretrained = site
     state = config.parent / "state"

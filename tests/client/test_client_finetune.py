@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from client.__main__ import main
-from core.central import evaluate_checkpoint
+from core.stages.central import evaluate_checkpoint
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig
-from core.metrics import Predictions
+from core.stats.metrics import Predictions
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
-from core.site_finetune import FINETUNE_SCHEMA, folds_of, summarise_specs
+from core.stages.site_finetune import FINETUNE_SCHEMA, folds_of, summarise_specs
 from sim.phantom.writer import generate_site
 
 # a cheap preprocessing (contrast equalisation only) that the site's model must inherit
@@ -119,7 +119,7 @@ def test_summary_pools_folds_and_pairs_with_the_pretrained_model() -> None:
 
 def test_the_feature_cache_trains_the_same_model_and_the_flag_turns_it_off(site: tuple[Path, Path], tmp_path: Path,
                                                                           capsys, monkeypatch) -> None:
-    from core.feature_cache import FeatureCache
+    from core.train.feature_cache import FeatureCache
 
     calls = []
     prepare = FeatureCache.prepare
@@ -141,7 +141,7 @@ def test_each_finetune_setting_has_one_flag_one_field_and_one_default(tmp_path: 
 
     import client.finetune_command as command
     from core.cli import DEVICE_DEFAULT, SEED_DEFAULT
-    from core.site_finetune import FinetuneConfig
+    from core.stages.site_finetune import FinetuneConfig
 
     assert {f.name for f in fields(FinetuneConfig)} == set(FINETUNE_SCHEMA.settings)
     parser = argparse.ArgumentParser()

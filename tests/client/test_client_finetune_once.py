@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from client.__main__ import main
-from core.central import evaluate_checkpoint
+from core.stages.central import evaluate_checkpoint
 from core.checkpoint import describe, save_checkpoint
 from core.data import AugmentConfig, BoneAgeDataset, SiteDataConfig
 from core.data import dataset as dataset_module
 from core.data.pool import DecodedPool
-from core.metrics import Predictions
+from core.stats.metrics import Predictions
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
 from core.data.manifest import Record
 from core.data.split import split_of
-from core.site_finetune import calibrated_folds, inner_split
+from core.stages.site_finetune import calibrated_folds, inner_split
 from sim.phantom.writer import generate_site
 
 PREPROCESS = PreprocessConfig(canonical=False, small_angle=False, output_size=32)

@@ -18,8 +18,8 @@ from client import predict as client_predict
 from client.__main__ import main
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import read_image
-from core.inference import model_input, predict_batch
-from core.tta import TTAConfig
+from core.predict.inference import model_input, predict_batch
+from core.predict.tta import TTAConfig
 from tests.core.data.data_sites import write_image
 
 

@@ -12,8 +12,8 @@ from predict_helpers import radiograph, tiny_checkpoint
 from client import calibrate_command
 from client.__main__ import main
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.conformal import ConformalInterval, conformal_quantile, coverage_by_band
-from core.conformal_bands import AgeBand, fit_bands
+from core.intervals.conformal import ConformalInterval, conformal_quantile, coverage_by_band
+from core.intervals.conformal_bands import AgeBand, fit_bands
 from tests.core.data.data_sites import write_image
 
 

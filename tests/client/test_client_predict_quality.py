@@ -13,7 +13,7 @@ from predict_helpers import tree_digest
 from client.__main__ import main
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
 from core.data import read_image
-from core.inference import model_input
+from core.predict.inference import model_input
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig, preprocessor_for

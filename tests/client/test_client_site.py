@@ -12,7 +12,7 @@ from client.config import SiteConfig
 from client.site import TRAIN_METRICS, SiteSession, evaluate_metric_keys
 from core.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from core.errors import ConfigError
-from core.local_layers import load_local_layers
+from core.stages.local_layers import load_local_layers
 from core.model.groups import block_of_key, norm_layer_keys, parameter_groups
 
 
@@ -110,7 +110,7 @@ def test_a_fedbn_site_never_returns_its_normalisation_layers_even_when_sent_them
 
 def test_a_site_trains_on_cached_frozen_features_unless_its_node_config_says_no(site, monkeypatch) -> None:
     import client.site
-    from core.feature_cache import FeatureCache
+    from core.train.feature_cache import FeatureCache
 
     config, pretrained = site
     sent = {k: v for k, v in _state(pretrained).items() if block_of_key(k) >= 4}
@@ -173,11 +173,11 @@ def test_fedbn_layers_survive_a_server_side_resume_of_the_same_federation_only(s
 
 
 def test_a_calibrating_site_reports_its_calibrated_test_metrics_and_keeps_its_line(site, tmp_path: Path) -> None:
-    from core.calibration import fit_sex_calibration
+    from core.predict.calibration import fit_sex_calibration
     from core.data import load_site, make_loader
-    from core.local_layers import load_site_calibration
-    from core.metrics import Predictions, compute_metrics
-    from core.training import predict
+    from core.stages.local_layers import load_site_calibration
+    from core.stats.metrics import Predictions, compute_metrics
+    from core.train.training import predict
 
     config, pretrained = site
     calibrating = SiteConfig(**{**config.__dict__, "calibrate": True, "state_dir": tmp_path})

@@ -89,7 +89,7 @@ def test_no_two_modules_import_each_other() -> None:
 
 
 def test_no_two_of_cores_subpackages_import_each_other_even_lazily() -> None:
-    def unit(module: str) -> str:  # core.data.site -> core.data; core.central -> core.central; sim.run -> sim
+    def unit(module: str) -> str:  # core.data.site -> core.data; core.stages.central -> core.stages.central; sim.run -> sim
         return ".".join(module.split(".")[:2]) if module.startswith("core.") else module.split(".")[0]
 
     units: dict[str, set[str]] = {}

@@ -10,7 +10,7 @@ from core.inputs import InputSettings
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
-from core.tta import TTAConfig
+from core.predict.tta import TTAConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,5 +32,5 @@ def test_readers_use_the_one_object_rather_than_the_metadata() -> None:
     by_hand = re.compile(r"\b(preprocess_config_of|tta_config_of|views_of)\(")
     readers = {str(p.relative_to(ROOT)) for package in ("client", "server", "sim", "core")
                for p in (ROOT / package).rglob("*.py") if by_hand.search(p.read_text(encoding="utf-8"))}
-    readers -= {"core/inputs.py", "core/tta.py", "core/preprocess/pipeline.py", "core/preprocess/__init__.py"}
+    readers -= {"core/inputs.py", "core/predict/tta.py", "core/preprocess/pipeline.py", "core/preprocess/__init__.py"}
     assert not readers, sorted(readers)  # each reads them through InputSettings.of

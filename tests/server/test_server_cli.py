@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from core.evaluation import evaluate_model
+from core.train.evaluation import evaluate_model
 from core.checkpoint import load_checkpoint
 from core.data import AugmentConfig, SiteDataConfig, load_site
-from core.finetune import train_site_round
+from core.stages.finetune import train_site_round
 from core.round_settings import RoundSettings
 from core.privacy import DPConfig
-from core.tta import TTAConfig
+from core.predict.tta import TTAConfig
 from server.cli import main
 from sim.phantom.writer import generate_site
 

@@ -1,4 +1,4 @@
-"""The federated prediction interval from binned score counts (`core.federated_conformal`); the end-to-end run is in
+"""The federated prediction interval from binned score counts (`core.intervals.federated_conformal`); the end-to-end run is in
 tests/server/test_server_federation.py."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.conformal import ConformalError, conformal_quantile
-from core.federated_conformal import (BIN_MONTHS, SiteCounts, account_release, add_noise, coverage_from_counts,
+from core.intervals.conformal import ConformalError, conformal_quantile
+from core.intervals.federated_conformal import (BIN_MONTHS, SiteCounts, account_release, add_noise, coverage_from_counts,
                                       fit_federated, halfwidth_from_counts, noise_multiplier, score_counts)
 from core.privacy import BudgetExceeded, DPConfig, PrivacyLedger
 
@@ -234,7 +234,7 @@ def test_the_run_config_names_the_model_to_refit() -> None:
 def test_predict_uses_the_interval_the_site_kept_when_asked(federated, capsys) -> None:
     from client.__main__ import main as client_main
     from core.checkpoint import load_checkpoint
-    from core.conformal import interval_bounds, max_months
+    from core.intervals.conformal import interval_bounds, max_months
 
     root, sites = federated
     state = root / "plain" / "state" / sites[0].name

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from core.central import raw_weights_path
+from core.stages.central import raw_weights_path
 from core.checkpoint import load_checkpoint
 from server.cli import main
 from sim.phantom.writer import generate_site

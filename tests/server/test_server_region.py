@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.central import evaluate_checkpoint
-from core.evaluation import evaluate_model
+from core.stages.central import evaluate_checkpoint
+from core.train.evaluation import evaluate_model
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig, load_site
 from core.preprocess import PreprocessConfig, preprocess_config_of
-from core.training import resolve_device
+from core.train.training import resolve_device
 
 
 def test_the_checkpoint_records_the_region_and_keeps_it_through_a_round_trip(region_models, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from core.metrics import Predictions, compute_metrics
+from core.stats.metrics import Predictions, compute_metrics
 from sim.__main__ import main
 from sim.config import PRESETS, preset
 from sim.experiment import Evaluation

@@ -15,7 +15,7 @@ from client.config import SiteConfig
 from core.data import DataError, SiteDataConfig, load_site, make_loader
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
-from core.training import predict
+from core.train.training import predict
 from sim.__main__ import main
 from sim.baselines import calibrated, seeded
 from sim.config import RealSite, SimConfig, load_experiment, preset

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import sim.run
-from core.feature_cache import FeatureCache
+from core.train.feature_cache import FeatureCache
 from sim.__main__ import main
 from sim.baselines import feature_cache_of
 from sim.experiment import federation_runs

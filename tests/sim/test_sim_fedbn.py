@@ -10,7 +10,7 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.errors import FederationFailed
-from core.local_layers import LOCAL_LAYERS_FILE
+from core.stages.local_layers import LOCAL_LAYERS_FILE
 from core.model.groups import parameter_groups
 from core.preprocess import preprocess_config_of
 from sim.config import SimConfig

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.calibration import fit_sex_calibration
+from core.predict.calibration import fit_sex_calibration
 from core.data import load_site, make_loader
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
-from core.training import predict
+from core.train.training import predict
 from sim.baselines import federated_calibrated
 from sim.config import SimConfig
 from sim.experiment import load_test_splits

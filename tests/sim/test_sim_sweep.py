@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.data import load_site
-from core.metrics import Predictions, compute_metrics
+from core.stats.metrics import Predictions, compute_metrics
 from sim.__main__ import main
 from sim.config import SimConfig, load_experiment, preset
 from sim.cross_site import cross_site_lines, plot_cross_site, write_cross_site

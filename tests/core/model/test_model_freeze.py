@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.loss import JointLoss
+from core.train.loss import JointLoss
 from core.model.config import TJNetConfig
 from core.model.freeze import (FreezeSpec, FreezeSpecError, block_of_key, format_freeze_spec, freeze_blocks,
                                parse_freeze_spec, parse_freeze_spec_list, trainable_state_keys)

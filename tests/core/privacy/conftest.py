@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from core.loss import JointLoss, JointLossConfig
+from core.train.loss import JointLoss, JointLossConfig
 from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks
 from core.model.tjnet import TJNet

@@ -12,7 +12,7 @@ import torch
 from core.privacy import DPConfig, LedgerError, PrivacyLedger, train_private_round
 from core.privacy.guard import AUDIT_FILENAME, LedgerBusy, site_lock
 from core.privacy.settings import SETTINGS_FILENAME
-from core.training import TrainConfig
+from core.train.training import TrainConfig
 
 CPU = torch.device("cpu")
 TRAIN = TrainConfig(batch_size=8, lr=1e-2)

@@ -14,7 +14,7 @@ from core.errors import ConfigError
 from core.privacy import DPConfig, LedgerError, PrivacyLedger, train_private_round
 from core.privacy.guard import AUDIT_FILENAME
 from core.privacy.ledger import history_epsilon
-from core.training import TrainConfig
+from core.train.training import TrainConfig
 
 CPU = torch.device("cpu")
 TRAIN = TrainConfig(batch_size=8, lr=1e-2)

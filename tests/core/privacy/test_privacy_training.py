@@ -10,10 +10,10 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from core.loss import JointLoss
+from core.train.loss import JointLoss
 from core.privacy import (BudgetExceeded, DPConfig, DPIncompatibleModel, PrivacyLedger, PrivateRoundResult,
                           train_private_round)
-from core.training import TrainConfig
+from core.train.training import TrainConfig
 
 CPU = torch.device("cpu")
 TRAIN = TrainConfig(batch_size=8, lr=1e-2)
