@@ -105,6 +105,20 @@ def test_results_carry_the_site_size_and_the_crossover_is_named_with_its_interva
     assert (tmp_path / "sizes.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("pattern,expected", [
+    # (federated, alone) per size 25..400; a win is a significant negative difference only
+    ([(10, 20), (12, 15), (14, 14.05), (14, 10), (14, 10)], "up to 50 images and no longer from 100 on (difference"),
+    ([(10, 20), (14, 10), (10, 20), (14, 10), (14, 10)], "up to 25 images and no longer from 50 on (not monotone"),
+    ([(20, 10), (20, 10), (10, 20), (10, 20), (14, 14.05)], "not beat the site alone at the smallest size (25) yet "
+                                                            "does at 100, 200: no clean crossover"),
+])
+def test_the_crossover_is_the_first_size_the_federation_stops_winning_at(pattern, expected) -> None:
+    rows = []
+    for size, (fed, alone) in zip((25, 50, 100, 200, 400), pattern):
+        rows += [_row("a", "fedavg", "1-3", fed, size), _row("a", "site-alone", "1-3", alone, size)]
+    assert expected in crossover(by_size(rows), "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
+
+
 @pytest.mark.parametrize("errors,expected", [
     ({"calibrated": 20, "alone": 15, "fed": 12, "local": 8, "calib": 11}, "**federate then fine-tune**"),
     ({"calibrated": 20, "alone": 15, "fed": 15.05, "local": 14.9, "calib": 15.1}, "**stay alone**: no federated"),
