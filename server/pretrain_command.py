@@ -58,6 +58,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--region", choices=REGION_NAMES, default=None,
                        help="train on this crop of the registered hand (switches registration on in --preprocess, "
                             "'default' when that is none); images whose registration fails are skipped")
+    train.add_argument("--init", type=Path, default=None,
+                       help="start from this checkpoint's weights, head included, instead of random ones (same "
+                            "--arch and model settings: --image-size, --width, ...); e.g. to retrain an existing "
+                            "source model briefly with --preprocess default")
     train.add_argument("--no-progress", action="store_true")
 
     train.set_defaults(handler=run_pretrain)
@@ -136,6 +140,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                              label_sigma_months=args.label_sigma, alpha_mad_margin=args.alpha_mad_margin),
         head_init=args.head_init,
         tta=TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
+        init=args.init,
     )
     pretrain(job)
     return 0

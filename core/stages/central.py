@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.checkpoint import build_model, check_output_path, describe, load_checkpoint, save_checkpoint
+from core.checkpoint import build_model, check_output_path, describe, file_sha256, load_checkpoint, save_checkpoint
 from core.intervals.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
@@ -49,6 +49,7 @@ class PretrainJob:
     sex_specific: bool = False
     tta: TTAConfig = TTAConfig()
     head_init: str = DEFAULT_HEAD_INIT  # `core.model.heads.init_age_head`: the output starts at the ages' prior
+    init: Path | None = None  # start from this checkpoint's weights (same architecture and model settings)
 
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:
@@ -60,10 +61,15 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     With `job.train.ema_decay` > 0, `job.out` holds the moving average of the weights at the end of training
     (`core.train.ema`) and `raw_weights_path(job.out)` the best epoch's own weights, so that the two can be scored on
     the same images; the metadata of both records both val MADs ("ema").
+
+    With `job.init`, training starts from that checkpoint's weights, head included (`head_init` is not applied), for
+    example to retrain an existing source model briefly with preprocessing; the metadata records it ("init").
     """
     check_output_path(job.out)  # before hours of training, not after
     if job.train.ema_decay > 0 and job.sex_specific:
         raise ConfigError("--ema-decay is not supported with --sex-specific")
+    if job.init is not None and job.sex_specific:
+        raise ConfigError("--init is not supported with --sex-specific")
     if job.head_init not in HEAD_INITS:
         raise ConfigError(f"head init must be one of {HEAD_INITS}, got {job.head_init!r}")
     if job.threads:
@@ -71,6 +77,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     seed_everything(job.train.seed)
     device = resolve_device(job.train.device)
     model = build_model(job.architecture, job.model_config).to(device)
+    init = None if job.init is None else start_from(model, job.architecture, job.init)
     preprocess = None
     if job.preprocess is not None:  # the orientation model checked (or fitted) on this folder's own images
         preprocess, _ = orientation_for_site(job.preprocess, [r.path for r in load_manifest(job.data).records])
@@ -96,6 +103,8 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     else:
         result, loss_fn = _fit(job, model, site.train, site.val, device)
         best = {"best_epoch": result.best_epoch, "best_val_mad_months": result.best_val_mad, "history": result.history}
+    if init is not None:
+        best["init"] = init
     seconds = time.perf_counter() - started
     save = {"seconds": seconds, "loss_fn": loss_fn, "site": site, "device": device, "preprocess": preprocess}
     if job.train.ema_decay > 0:
@@ -112,6 +121,30 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     logger.info("best val MAD %.2f months; saved %s (%.0f s, %.1f s/epoch)", best["best_val_mad_months"], job.out,
                 seconds, seconds / max(job.train.epochs * (2 if job.sex_specific else 1), 1))
     return metadata
+
+
+def start_from(model: nn.Module, architecture: str, path: Path) -> dict[str, Any]:
+    """Load the weights of the checkpoint at `path` into `model`; returns what the metadata records of it.
+
+    Raises:
+        ConfigError: the checkpoint holds another architecture or other model settings (the keys that differ).
+        CheckpointError: it cannot be read.
+    """
+    source = load_checkpoint(path)
+    theirs, ours = source.metadata.get("architecture"), architecture
+    if theirs != ours:
+        raise ConfigError(f"--init {path} holds a {theirs} model, not a {ours} one")
+    wanted, held = model.config.to_dict(), source.model.config.to_dict()
+    differ = [f"{key} {held.get(key)!r} (asked {wanted.get(key)!r})" for key in sorted(set(wanted) | set(held))
+              if wanted.get(key) != held.get(key)]
+    if differ:
+        raise ConfigError(f"--init {path} has other model settings: {', '.join(differ)}; give the same ones")
+    model.load_state_dict(source.model.state_dict())
+    logger.info("starting from the weights of %s (val MAD %s months)", path,
+                source.metadata.get("best_val_mad_months", "unknown"))
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path),
+            "best_val_mad_months": source.metadata.get("best_val_mad_months"),
+            "preprocess": source.metadata.get("preprocess")}
 
 
 def raw_weights_path(out: Path) -> Path:
@@ -157,7 +190,8 @@ def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAge
                                num_workers=job.train.num_workers, drop_last=len(train) > job.train.batch_size)
     val_loader = make_loader(val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
     loss_fn = make_loss(model, job.loss)
-    init_age_head(model, job.head_init, np.array([record.age_months for record in train.records]))
+    if job.init is None:  # a model started from a checkpoint keeps its trained head
+        init_age_head(model, job.head_init, np.array([record.age_months for record in train.records]))
     logger.info("training %s (%d parameters) on %s: %d train / %d val images, %d px, device %s",
                 job.architecture, sum(p.numel() for p in model.parameters()), job.data.root, len(train), len(val),
                 model.config.image_size, device)

@@ -136,3 +136,31 @@ def test_a_bad_recipe_setting_is_one_line_and_exit_code_2(site, tmp_path, capsys
     code = main(["pretrain", "--data", str(site), "--out", str(tmp_path / "x.pt"), "--tta-shift", "0.7"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "\n" not in err
+
+
+INIT_ARGS = ["--image-size", "48", "--width", "0.25", "--batch-size", "8", "--no-progress", "--no-cbam", "--seed", "6"]
+
+
+def test_init_starts_from_the_checkpoints_weights_head_included(site, checkpoint, tmp_path):
+    out = tmp_path / "again.pt"
+    assert main(["pretrain", "--data", str(site), "--out", str(out), "--epochs", "1", "--lr", "1e-12",
+                 "--init", str(checkpoint), *INIT_ARGS]) == 0
+    start, result = load_checkpoint(checkpoint), load_checkpoint(out)
+    before, after = start.model.state_dict(), result.model.state_dict()
+    for key in before:  # a step of 1e-12 leaves the started weights (the head's bias is not reset to the prior)
+        assert torch.allclose(before[key].float(), after[key].float(), atol=1e-6), key
+    init = result.metadata["init"]
+    assert init["path"] == str(checkpoint.resolve()) and len(init["sha256"]) == 64
+    assert init["best_val_mad_months"] == start.metadata["best_val_mad_months"]
+
+
+@pytest.mark.parametrize("extra, message", [(["--image-size", "64"], "image_size 48 (asked 64)"),
+                                            (["--arch", "resnet"], "holds a tjnet model"),
+                                            (["--sex-specific"], "--sex-specific")])
+def test_init_with_other_model_settings_is_one_line_and_exit_code_2(site, checkpoint, tmp_path, capsys, extra,
+                                                                    message):
+    code = main(["pretrain", "--data", str(site), "--out", str(tmp_path / "x.pt"), "--epochs", "1",
+                 "--init", str(checkpoint), *INIT_ARGS, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "x.pt").exists()
