@@ -69,7 +69,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The training recipe (docs/benchmarks.md, "Training recipe"); defaults from the typed configs."""
-    loss, train, tta = JointLossConfig(), TrainConfig(), TTAConfig()
+    loss, train, tta = JointLossConfig(), TrainConfig(), PretrainJob.tta
     parser.add_argument("--alpha-rule", choices=ALPHA_RULES, default=loss.alpha_rule,
                         help="when alpha rises: mad (the model's MAD over the last batches beats the batches' mean "
                              "age by --alpha-mad-margin), loss (batch loss stable), val (val MAD stable), ramp (linear)")
@@ -93,10 +93,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep a moving average of the weights with this decay per step (e.g. 0.999; 0: off) "
                              "and save it as --out, with the best epoch's own weights beside it as OUT.raw.pt")
     parser.add_argument("--tta-shift", type=float, default=tta.shift,
-                        help="test-time augmentation: average over shifts by this fraction of the side (0: off); "
-                             "saved in the checkpoint and applied by evaluate and predict")
+                        help=f"test-time augmentation: average over shifts by this fraction of the side (default "
+                             f"{tta.shift}; 0: none); saved in the checkpoint and applied by evaluate and predict")
     parser.add_argument("--tta-scale", type=float, default=tta.scale,
-                        help="test-time augmentation: average over zooms by 1 +- this (0: off)")
+                        help=f"test-time augmentation: average over zooms by 1 +- this (default {tta.scale}; 0: none)")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="record no test-time augmentation (one forward pass per image wherever the model is scored)")
 
 
 def _model_config(args: argparse.Namespace) -> dict:
@@ -139,7 +141,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                              alpha_val_tolerance=args.alpha_val_tolerance, alpha_ramp_steps=args.alpha_ramp_steps,
                              label_sigma_months=args.label_sigma, alpha_mad_margin=args.alpha_mad_margin),
         head_init=args.head_init,
-        tta=TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
+        tta=TTAConfig() if args.no_tta else TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
         init=args.init,
     )
     pretrain(job)

@@ -12,10 +12,16 @@ from core.stages.central import PretrainJob, pretrain
 from core.checkpoint import CheckpointError
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest
 from core.train.training import TrainConfig
+from core.predict.tta import TTAConfig
 from sim.config import SimConfig, SiteSpec
 from sim.phantom.writer import generate_site
 
 logger = logging.getLogger("ossifl.sim")
+
+# The simulation scores every model with one forward pass (no TTA), so its pretrained model records none: `server
+# evaluate` on the cached checkpoint then agrees with the simulation's own rows, and its conformal fit stays one
+# pass per image (TTA would add ~9 CPU s, 1.9 % of the default run's pretraining: `python -m bench.bench_tta`).
+SIM_PRETRAIN_TTA = TTAConfig()
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ def pretrained_model(config: SimConfig, source: PreparedSite | None) -> Path:
         train=TrainConfig(epochs=config.pretrain_epochs, batch_size=config.batch_size, lr=config.pretrain_lr,
                           seed=config.seed, progress=True, device=config.device),
         augment=AugmentConfig(),
+        tta=SIM_PRETRAIN_TTA,
     )
     pretrain(job)
     return path

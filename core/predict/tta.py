@@ -6,9 +6,10 @@ side left, right, up and down; with z > 0 the image zoomed in and out by z about
 value of the mean of the views' class probabilities). No horizontal flip: it would turn a left hand
 into a right one. Uncovered pixels take the black background of the model's input squares.
 
-A checkpoint that was trained with ``--tta-shift``/``--tta-scale`` records them in metadata["tta"];
-evaluation, conformal calibration and prediction read them from there (`tta_config_of`), so every path
-scores the model the same way. The sex head's logits are those of the unaugmented image.
+A checkpoint records its setting in metadata["tta"] (`server pretrain` writes `PRETRAIN_TTA` unless told
+otherwise: ``--no-tta`` or ``--tta-shift``/``--tta-scale``); evaluation, conformal calibration, prediction,
+acceptance and ensembles read it from there (`tta_config_of`), so every path scores the model the same way.
+The sex head's logits are those of the unaugmented image.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class TTAConfig:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+PRETRAIN_TTA = TTAConfig(shift=0.04, scale=0.05)
+"""What `server pretrain` records by default: -0.77 [-1.25, -0.29] months for TJ-Net and -0.53 [-0.71, -0.35] for
+ResNet-18 at 96 px on rsna100, better on every seed of both (docs/benchmarks.md, "Training recipe"); it costs seven
+forward passes per image wherever the checkpoint is scored (not in training or in the federation's rounds)."""
 
 
 def tta_config_of(metadata: dict[str, Any]) -> TTAConfig:

@@ -27,7 +27,7 @@ from core.data.views import load_site_views
 from core.inputs import InputSettings
 from core.preprocess import PreprocessConfig
 from core.preprocess.site import orientation_for_site
-from core.predict.tta import TTAConfig
+from core.predict.tta import PRETRAIN_TTA, TTAConfig
 from core.train.training import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class PretrainJob:
     threads: int | None = None
     preprocess: PreprocessConfig | None = None
     sex_specific: bool = False
-    tta: TTAConfig = TTAConfig()
+    tta: TTAConfig = PRETRAIN_TTA  # recorded in the checkpoint; TTAConfig() for none
     head_init: str = DEFAULT_HEAD_INIT  # `core.model.heads.init_age_head`: the output starts at the ages' prior
     init: Path | None = None  # start from this checkpoint's weights (same architecture and model settings)
 

@@ -8,7 +8,9 @@ checkpoint (architecture "ensemble") that holds the members' weights and the fit
 every path that reads checkpoints take it like any model. Members trained on differently preprocessed images
 (a region crop beside the whole hand) each read their own: the checkpoint records the distinct settings
 (metadata "views") and which one each member reads; `evaluate` and `predict` feed every view
-(`core.data.views`), and an image one view refuses is refused for the ensemble.
+(`core.data.views`), and an image one view refuses is refused for the ensemble. Members that record the same
+test-time augmentation (`server pretrain`'s default) are fitted on their augmented predictions and the ensemble
+records it too; members that record different ones are refused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from core.preprocess import PreprocessConfig
 from core.stats.metrics import compute_metrics, Predictions
 from core.model.combined import CombinedConfig, EnsembleModel, MemberSpec
 from core.train.training import resolve_device
+from core.predict.tta import TTAConfig, transform
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +70,17 @@ def fit_linear(predictions: np.ndarray, target: np.ndarray, groups: np.ndarray, 
 
 
 def member_predictions(model: EnsembleModel, dataset: BoneAgeDataset | StackedViews, device: torch.device,
-                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """([N, members] predicted ages, [N] labels, [N] sex) on `dataset`, in order."""
+                       batch_size: int = 64, tta: TTAConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([N, members] predicted ages, [N] labels, [N] sex) on `dataset`, in order; each member's age averaged over
+    the views of `tta` when given (the ensemble is linear in its members, so its own TTA gives the same)."""
     model.to(device).eval()
+    shifts = tta.views() if tta is not None and tta.enabled else [(0.0, 0.0, 1.0)]
     ages, labels, sexes = [], [], []
     with torch.inference_mode():
         for batch in make_loader(dataset, batch_size, shuffle=False, seed=0):
-            male = batch["male"].to(device)
-            ages.append(model.member_predictions(batch["image"].to(device), male).cpu().numpy())
+            male, images = batch["male"].to(device), batch["image"].to(device)
+            ages.append(sum(model.member_predictions(transform(images, *view), male) for view in shifts).cpu().numpy()
+                        / len(shifts))
             labels.append(batch["age"].numpy())
             sexes.append(batch["male"].numpy())
     if not ages:
@@ -97,6 +103,17 @@ def member_views_of(members: list[InputSettings]) -> tuple[tuple[PreprocessConfi
             views.append(view)
         indices.append(views.index(view))
     return tuple(views), tuple(indices)
+
+
+def shared_tta(paths: tuple[Path, ...], members: list[InputSettings]) -> TTAConfig:
+    """The test-time augmentation every member records (the ensemble is fitted and scored with it); members that
+    record different ones are refused in one line: each was scored its own way, and the fit needs one."""
+    settings = {inputs.tta for inputs in members}
+    if len(settings) > 1:
+        named = ", ".join(f"{path.name} {inputs.tta.to_dict()}" for path, inputs in zip(paths, members))
+        raise ConfigError(f"the members record different test-time augmentation ({named}); retrain or score them "
+                          "alike (server pretrain --tta-shift/--tta-scale, or --no-tta)")
+    return settings.pop()
 
 
 @dataclass(frozen=True)
@@ -153,9 +170,7 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
         raise ConfigError(f"--out {job.out} is one of the --models: an ensemble never overwrites a member")
     loaded = [load_checkpoint(path) for path in job.models]
     members = [InputSettings.of(c) for c in loaded]
-    with_tta = [path.name for path, inputs in zip(job.models, members) if inputs.tta.enabled]
-    if with_tta:
-        raise ConfigError(f"members with test-time augmentation cannot be ensembled yet: {', '.join(with_tta)}")
+    tta = shared_tta(job.models, members)
     views, member_views = member_views_of(members)
     config = CombinedConfig(
         members=tuple(MemberSpec(architecture_of(c.model), c.model.config.to_dict()) for c in loaded),
@@ -166,7 +181,7 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
     site = load_site_views(job.data, config.image_size, views, splits=("val", "test"))
     if len(site.val) == 0:
         raise DataError(f"{job.data.root}: the val split has no usable images to fit the ensemble on")
-    val_ages, val_true, val_male = member_predictions(model, site.val, device)
+    val_ages, val_true, val_male = member_predictions(model, site.val, device, tta=tta)
     n_groups = 2 if job.per_sex else 1
     val_groups = (val_male > 0.5).astype(int) if job.per_sex else np.zeros(len(val_true), dtype=int)
     check_fit_generalises(val_ages, val_true, val_groups, n_groups)
@@ -178,7 +193,7 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
         if split == "val":
             ages, true, male = val_ages, val_true, val_male
         else:
-            ages, true, male = member_predictions(model, dataset, device)
+            ages, true, male = member_predictions(model, dataset, device, tta=tta)
         groups = (male > 0.5).astype(int) if job.per_sex else np.zeros(len(true), dtype=int)
         columns = {name: ages[:, i] for i, name in enumerate(config.names)}
         columns["ensemble"] = fit.apply(ages, groups)
@@ -189,7 +204,7 @@ def build_ensemble(job: EnsembleJob) -> dict[str, Any]:
                         member_checkpoints=[{"file": str(p), "sha256": file_sha256(p)} for p in job.models],
                         data={"root": str(job.data.root), "label_unit": job.data.label_unit,
                               "summary": site.summary()},
-                        **({"views": settings} if len(views) > 1 else {"preprocess": settings[0]}))
+                        tta=tta.to_dict(), **({"views": settings} if len(views) > 1 else {"preprocess": settings[0]}))
     save_checkpoint(job.out, model, metadata)
     logger.info("ensemble of %d members saved to %s; val MAD %.2f months", len(loaded), job.out,
                 report["val"]["ensemble"])

@@ -13,6 +13,7 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import SiteDataConfig, load_site
 from core.preprocess import PreprocessConfig, preprocess_config_of
 from core.train.training import resolve_device
+from core.predict.tta import tta_config_of
 
 
 def test_the_checkpoint_records_the_region_and_keeps_it_through_a_round_trip(region_models, tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_evaluate_reads_the_recorded_crop_and_counts_refusals(region_models, tmp
     metrics = evaluate_checkpoint(region_models.carpal, site, "test", "cpu")
     loaded = load_checkpoint(region_models.carpal)
     crops = load_site(site, 32, None, seed=0, splits=("test",), preprocess=preprocess_config_of(loaded.metadata))
-    by_hand = evaluate_model(loaded.model, crops.test, resolve_device("cpu"))
+    by_hand = evaluate_model(loaded.model, crops.test, resolve_device("cpu"), tta=tta_config_of(loaded.metadata))
     assert metrics["n"] == len(crops.test) and metrics["mad_months"] == pytest.approx(by_hand["mad_months"])
     # without the orientation model the phantom's inverted hands are refused (no hand), each counted
     assert sum(metrics["skipped_by_reason"].values()) >= len(crops.test.skipped) >= 1

@@ -237,3 +237,14 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def test_the_simulation_pretrains_without_test_time_augmentation(tmp_path: Path, monkeypatch) -> None:
+    """`server pretrain` records TTA by default; the simulation scores with one pass, so its model records none."""
+    import sim.sites
+
+    jobs = []
+    monkeypatch.setattr(sim.sites, "pretrain", jobs.append)
+    config = SimConfig(cache_dir=tmp_path, pretrain_epochs=1)
+    sim.sites.pretrained_model(config, PreparedSite("source", tmp_path / "source", "months"))
+    assert len(jobs) == 1 and not jobs[0].tta.enabled

@@ -87,13 +87,37 @@ def test_ensemble_command_prints_members_and_ensemble(members, capsys):
     assert "at least two" in capsys.readouterr().err
 
 
-def test_a_member_with_test_time_augmentation_is_refused_in_one_line(tmp_path):
+def test_members_with_one_test_time_augmentation_are_fitted_and_scored_with_it(members):
+    """`server pretrain` records TTA by default: an ensemble of such members fits on their augmented predictions and
+    records the same setting, so `evaluate` scores it the way it was fitted."""
+    site, paths, root = members
+    tta = {"shift": 0.04, "scale": 0.05}
+    augmented = []
+    for path in paths:
+        loaded = load_checkpoint(path)
+        augmented.append(save_checkpoint(root / f"tta_{path.name}", loaded.model, describe(loaded.model, tta=tta)))
+    plain = build_ensemble(EnsembleJob(models=tuple(paths), data=SiteDataConfig(site), out=root / "plain.pt",
+                                       device="cpu"))
+    report = build_ensemble(EnsembleJob(models=tuple(augmented), data=SiteDataConfig(site), out=root / "tta.pt",
+                                        device="cpu"))
+    assert load_checkpoint(root / "tta.pt").metadata["tta"] == tta
+    assert load_checkpoint(root / "plain.pt").metadata["tta"] == {"shift": 0.0, "scale": 0.0}
+    assert report["val"]["ensemble"] != pytest.approx(plain["val"]["ensemble"], abs=1e-4)  # the views were used
+    # the 48 px member's column is that member scored its own way, with TTA (the 40 px one reads a resized image)
+    own = evaluate_checkpoint(augmented[0], SiteDataConfig(site), "val", "cpu")["mad_months"]
+    assert report["val"][augmented[0].name] == pytest.approx(own, abs=1e-3)
+    val = evaluate_checkpoint(root / "tta.pt", SiteDataConfig(site), "val", "cpu")
+    assert val["tta"] == tta and val["mad_months"] == pytest.approx(report["val"]["ensemble"], abs=1e-3)
+
+
+def test_members_with_different_test_time_augmentation_are_refused_in_one_line(tmp_path):
     torch.manual_seed(0)
     model = TJNet(TJNetConfig(image_size=48, width=0.25))
     plain = save_checkpoint(tmp_path / "plain.pt", model, describe(model))
     tta = save_checkpoint(tmp_path / "tta.pt", model, describe(model, tta={"shift": 0.04, "scale": 0.0}))
-    with pytest.raises(ConfigError, match="tta.pt"):
+    with pytest.raises(ConfigError, match="different test-time augmentation") as error:
         build_ensemble(EnsembleJob(models=(plain, tta), data=SiteDataConfig(tmp_path / "no-site"), out=tmp_path / "e.pt"))
+    assert "tta.pt" in str(error.value) and "plain.pt" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_fit_on_too_few_images_that_does_not_generalise_is_refused():

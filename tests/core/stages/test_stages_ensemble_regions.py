@@ -19,6 +19,7 @@ from core.stages.ensemble import EnsembleJob, build_ensemble
 from core.errors import ConfigError
 from core.predict.inference import model_input
 from core.preprocess import Preprocessor, preprocess_config_of, views_of
+from core.predict.tta import PRETRAIN_TTA, forward_tta, tta_config_of
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,11 @@ def test_evaluate_feeds_each_member_its_own_crop(region_models, ensemble) -> Non
     site = SiteDataConfig(region_models.site)
     metrics = evaluate_checkpoint(out, site, "val", "cpu")
     assert metrics["mad_months"] == pytest.approx(report["val"]["ensemble"], abs=1e-3)
-    # by hand: the whole-hand member on the files as they are, the carpal member on its crops, on the images both read
+    # by hand: the whole-hand member on the files as they are, the carpal member on its crops, on the images both read,
+    # each averaged over the views of the test-time augmentation its `server pretrain` recorded (the default)
     saved = load_checkpoint(out)
-    crop = views_of(saved.metadata)[1]
+    crop, tta = views_of(saved.metadata)[1], tta_config_of(saved.metadata)
+    assert tta == PRETRAIN_TTA
     members = [load_checkpoint(region_models.whole).model.eval(), load_checkpoint(region_models.carpal).model.eval()]
     carpal = load_site(site, 32, None, seed=0, splits=("val",), preprocess=crop)
     errors = []
@@ -60,7 +63,7 @@ def test_evaluate_feeds_each_member_its_own_crop(region_models, ensemble) -> Non
         inputs = [model_input(pixels, 32)[1], model_input(Preprocessor(crop)(pixels).image, 32)[1]]
         male = torch.tensor([float(record.male)])
         with torch.inference_mode():
-            ages = [float(m(x[None], male).expected_months) for m, x in zip(members, inputs)]
+            ages = [float(forward_tta(m, x[None], male, tta).expected_months) for m, x in zip(members, inputs)]
         predicted = float(np.dot(saved.model.weights[0].numpy(), ages) + float(saved.model.intercepts[0]))
         errors.append(abs(predicted - record.age_months))
     assert metrics["n"] == len(carpal.val) and metrics["mad_months"] == pytest.approx(np.mean(errors), abs=1e-3)
