@@ -16,12 +16,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_data_arguments(evaluate)
     evaluate.add_argument("--model", type=Path, required=True, help="checkpoint file")
     evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default="test")
+    evaluate.add_argument("--no-tta", action="store_true",
+                          help="one forward pass per image, without the test-time augmentation the checkpoint records "
+                               "(server pretrain's default), e.g. to compare it with a federated or fine-tuned model")
     add_shared_options(evaluate, "device", "json")
     evaluate.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    metrics = evaluate_checkpoint(args.model, data_config_from_args(args), args.split, args.device)
+    metrics = evaluate_checkpoint(args.model, data_config_from_args(args), args.split, args.device,
+                                  one_pass=args.no_tta)
     if args.json:
         print(json.dumps(metrics))
         return 0
@@ -29,6 +33,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"  MAD {metrics['mad_months']:.2f} months   RMSE {metrics['rmse_months']:.2f} months   "
           f"bias {metrics['bias_months']:+.2f} months")
     print(f"  accuracy {metrics['accuracy']:.3f}   within 1 year {metrics['accuracy_1y']:.3f}")
+    tta = metrics["tta"]
+    if tta["shift"] > 0 or tta["scale"] > 0:
+        print(f"  test-time augmentation recorded by the model: shift {tta['shift']}, scale {tta['scale']} "
+              "(--no-tta for one pass)")
     for group, mad in metrics["mad_by_age_group"].items():
         print(f"  MAD {group:>7}: {mad:6.2f} months")
     return 0

@@ -201,9 +201,12 @@ def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAge
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, data: SiteDataConfig, split: str = "test", device: str = "auto", progress: bool = False
+    checkpoint: Path, data: SiteDataConfig, split: str = "test", device: str = "auto", progress: bool = False,
+    one_pass: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder."""
+    """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder, with the test-time
+    augmentation it records unless `one_pass` (to compare it with a model that records none: a federated or
+    fine-tuned one)."""
     loaded = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
     inputs = InputSettings.of(loaded)  # the model's own preprocessing (one per view for a region ensemble)
@@ -214,9 +217,10 @@ def evaluate_checkpoint(
         dataset = {"train": site.train, "val": site.val, "test": site.test}[split]
     if len(dataset) == 0:
         raise DataError(f"{data.root}: the {split} split has no usable images")
-    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit, tta=inputs.tta)
+    tta = TTAConfig() if one_pass else inputs.tta
+    metrics = evaluate_model(loaded.model, dataset, torch_device, data.label_unit, tta=tta)
     metrics["split"] = split
-    metrics["tta"] = inputs.tta.to_dict()
+    metrics["tta"] = tta.to_dict()
     summary = site.summary()
     metrics["skipped"] = summary["n_skipped"]
     metrics["skipped_by_reason"] = summary["skipped_by_reason"]

@@ -47,7 +47,16 @@ def test_pretrain_records_test_time_augmentation_by_default_and_no_tta_records_n
     assert PRETRAIN_TTA == TTAConfig(shift=0.04, scale=0.05)
     assert tta_config_of(load_checkpoint(checkpoint).metadata) == PRETRAIN_TTA
     assert main(["evaluate", "--model", str(checkpoint), "--data", str(site), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["tta"] == {"shift": 0.04, "scale": 0.05}  # evaluate applies it
+    with_tta = json.loads(capsys.readouterr().out)
+    assert with_tta["tta"] == {"shift": 0.04, "scale": 0.05}  # evaluate applies it, or not with --no-tta:
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(site), "--json", "--no-tta"]) == 0
+    one_pass = json.loads(capsys.readouterr().out)
+    test_split = load_site(SiteDataConfig(site), 48, None, seed=0).test
+    plain = evaluate_model(load_checkpoint(checkpoint).model, test_split, torch.device("cpu"))
+    assert one_pass["tta"] == {"shift": 0.0, "scale": 0.0} and one_pass["mad_months"] == pytest.approx(plain["mad_months"])
+    assert with_tta["mad_months"] != pytest.approx(plain["mad_months"], abs=1e-6)
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(site)]) == 0
+    assert "test-time augmentation recorded by the model: shift 0.04, scale 0.05" in capsys.readouterr().out
     out = tmp_path / "plain.pt"
     assert main(["pretrain", "--data", str(site), "--out", str(out), "--epochs", "1", "--image-size", "48",
                  "--width", "0.25", "--batch-size", "8", "--no-progress", "--no-tta"]) == 0
