@@ -18,11 +18,24 @@ from typing import Any, Mapping
 from client.audit import AUDIT_FILENAME, append_audit
 from client.config import SiteConfigError, state_dir_of
 from core.stages.acceptance import AcceptancePolicy, Verdict
-from core.errors import UserError
+from core.errors import ConfigError, UserError
+from core.schema import Schema, Setting, to_bool, to_int
 
 ACCEPTANCE_EVENT = "model_acceptance"
-_POLICY_KEYS = {"accept-margin-months": "margin_months", "accept-max-refused": "max_refused_share",
-                "accept-pose-images": "pose_images", "accept-max-pose-change-months": "max_pose_change_months"}
+_POLICY = AcceptancePolicy()
+# The node config keys of acceptance (`deploy/site.toml`); the thresholds' defaults are AcceptancePolicy's.
+ACCEPT_SCHEMA = Schema(
+    Setting("require", to_bool, False, "predict refuses a model this site has not accepted",
+            node_key="require-acceptance"),
+    Setting("margin_months", float, _POLICY.margin_months, "the new model's MAD may exceed the current one's by "
+            "at most this much, with 95 % confidence", node_key="accept-margin-months"),
+    Setting("max_refused_share", float, _POLICY.max_refused_share, "largest share of the split the quality gate "
+            "may refuse", node_key="accept-max-refused"),
+    Setting("pose_images", to_int, _POLICY.pose_images, "images turned, mirrored and inverted",
+            node_key="accept-pose-images"),
+    Setting("max_pose_change_months", float, _POLICY.max_pose_change_months, "largest mean change of the age on a "
+            "turned/mirrored/inverted copy", node_key="accept-max-pose-change-months"),
+)
 
 
 class NotAcceptedError(UserError):
@@ -50,16 +63,11 @@ def site_acceptance(site_config: Path | None, state_dir: Path | None, data: Path
     """Settings from `--site-config` (its keys) and `--state-dir` (wins over the config's `state-dir`); without
     either, the state folder a SuperNode serving `data` would use by default (None when `data` is not given)."""
     node: Mapping[str, Any] = read_site_config(site_config) if site_config is not None else {}
-    values = {}
-    for key, name in _POLICY_KEYS.items():
-        if key in node:
-            try:
-                values[name] = type(getattr(AcceptancePolicy, name))(node[key])
-            except (TypeError, ValueError):
-                raise SiteConfigError(f"{site_config}: {key} = {node[key]!r} is not a number") from None
-    require = node.get("require-acceptance", False)
-    if not isinstance(require, bool):
-        raise SiteConfigError(f"{site_config}: require-acceptance must be true or false, got {require!r}")
+    try:
+        values = ACCEPT_SCHEMA.read(node, "node")
+    except ConfigError as exc:
+        raise SiteConfigError(f"{site_config}: {exc}") from None
+    require = values.pop("require", ACCEPT_SCHEMA.default("require"))
     known = {"data-path": str(data), **node} if data is not None else dict(node)
     if state_dir is None and any(key in known for key in ("state-dir", "site-id", "data-path")):
         state_dir = state_dir_of(known)

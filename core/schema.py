@@ -57,6 +57,13 @@ class Setting:
         node_key: its key in a site's node config (None: not there).
         flag: its command-line flag (None: `--` + run_key or node_key).
         choices: the allowed values, when they are few.
+        text: how one command-line string becomes a raw value for `kind` (e.g. "1-3,none" -> its specs); None: the
+            string itself.
+        repeat: the flag may be given several times; the raw values of all occurrences are joined into one list.
+        metavar: what `--help` shows for the flag's value (None: the flag's name in capitals).
+
+    A setting of kind `to_bool` is a switch on the command line: its flag takes no value and sets the opposite of
+    the default (`--fedrep`; `--no-feature-cache` for a setting that is on by default).
     """
 
     name: str
@@ -67,16 +74,21 @@ class Setting:
     node_key: str | None = None
     flag: str | None = None
     choices: tuple[Any, ...] = ()
+    text: Callable[[str], Any] | None = None
+    repeat: bool = False
+    metavar: str | None = None
 
-    def convert(self, raw: Any, key: str | None = None) -> Any:
-        """The typed value of `raw`; a bad one is a one-line ConfigError naming the key."""
+    def convert(self, raw: Any, key: str | None = None, shown: str | None = None) -> Any:
+        """The typed value of `raw`; a bad one is a one-line ConfigError naming the key (and `shown`, the text the
+        user wrote, when it is not `raw` itself)."""
+        shown = repr(raw) if shown is None else shown
         try:
             value = self.kind(raw)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key or self.run_key or self.name} = {raw!r} is not a valid value ({exc})") from None
+            raise ConfigError(f"{key or self.run_key or self.name} = {shown} is not a valid value ({exc})") from None
         if self.choices and value not in self.choices:
             raise ConfigError(f"{key or self.run_key or self.name} must be one of "
-                              f"{', '.join(map(str, self.choices))}, got {raw!r}")
+                              f"{', '.join(map(str, self.choices))}, got {shown}")
         return value
 
     @property
@@ -122,14 +134,38 @@ class Schema:
             s = self.settings[name]
             default = None if inherit else s.default
             shown = "the preset's" if inherit else s.default
-            kind = {"type": lambda raw, s=s: _argparse_convert(s, raw)} if check else {}
+            if s.kind is to_bool:
+                parser.add_argument(s.option, dest=name, action="store_const", const=not s.default, default=default,
+                                    help=f"{s.help} (default: {shown})")
+                continue
+            kind = {"type": lambda raw, s=s: _argparse_convert(s, raw)} if check and not s.repeat else {}
             parser.add_argument(s.option, dest=name, default=default, help=f"{s.help} (default: {shown})",
-                                metavar=s.option.lstrip("-").upper(), **kind)
+                                metavar=s.metavar or s.option.lstrip("-").upper(),
+                                action="append" if s.repeat else "store", **kind)
 
     def from_args(self, args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
         """The typed values the command line gave for `names` (None ones left out); a bad one is a ConfigError."""
-        return {name: self.settings[name].convert(getattr(args, name), self.settings[name].option)
+        return {name: _from_text(self.settings[name], getattr(args, name))
                 for name in names if getattr(args, name, None) is not None}
+
+
+def _from_text(setting: Setting, raw: Any) -> Any:
+    """The typed value of a flag's raw value: its text (or, for a repeatable flag, the list of its texts)."""
+    texts = list(raw) if setting.repeat else [raw]
+    parts = []
+    for text in texts:
+        try:
+            parts.append(setting.text(text) if setting.text and isinstance(text, str) else text)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{setting.option} = {text!r} is not a valid value ({exc})") from None
+    if setting.repeat:
+        value = [v for part in parts for v in (part if setting.text else [part])]
+    else:
+        value = parts[0]
+    shown = repr(" ".join(map(str, texts))) if setting.repeat or setting.text else None
+    return setting.convert(value, setting.option, shown)
 
 
 def _argparse_convert(setting: Setting, raw: str) -> Any:

@@ -21,11 +21,11 @@ from core.train.loss import JointLossConfig
 from core.model.heads import DEFAULT_HEAD_INIT
 from core.train.training import TrainConfig
 from core.errors import ConfigError
-from core.model.freeze import FreezeSpec
+from core.model.freeze import FreezeSpec, parse_freeze_spec_list
 from core.round_settings import RoundSettings
 from core.schema import Schema, Setting, to_bool, to_int
 from strategies import STRATEGY_NAMES
-from strategies.options import strategy_options
+from strategies.options import parse_option_assignments, strategy_options
 
 
 def pretrain_recipe() -> dict[str, Any]:
@@ -92,8 +92,53 @@ def _size_list(raw: Any) -> tuple[int, ...]:
     return tuple(to_int(size) for size in raw)
 
 
-# Settings an experiment file (key: the field name, except `freeze`) and the command line share; the defaults are
-# the `default` preset's. The list-valued ones have flags of their own syntax (comma-separated, repeatable).
+def _comma_list(text: str) -> list[str]:
+    """A flag's comma-separated values (`--site-sizes 25,50`, `--dp 0.8,1.2`)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _number(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("expected a number")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _number_list(raw: Any) -> tuple[float, ...]:
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise ValueError("expected a list of numbers, e.g. [0.8, 1.2]")
+    return tuple(_number(value) for value in raw)
+
+
+def _strategy_options(raw: Any) -> tuple[tuple[str, float], ...]:
+    """A table (`{server-momentum = 0.9}`) or `KEY=VALUE` texts -> sorted (key, value) pairs."""
+    if isinstance(raw, dict):
+        raw = [f"{key}={value}" for key, value in raw.items()]
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise ValueError("expected a table of options, e.g. {server-momentum = 0.9}")
+    if all(isinstance(pair, tuple) for pair in raw):  # already typed (a preset's value)
+        raw = [f"{key}={value}" for key, value in raw]
+    return tuple(sorted(parse_option_assignments([str(text) for text in raw]).items()))
+
+
+def _real_sites(raw: Any) -> tuple["RealSite", ...]:
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
+        raise ValueError("expected a list of site folders")
+    return tuple(site if isinstance(site, RealSite) else RealSite.parse(str(site)) for site in raw)
+
+
+def _optional_path(raw: Any) -> Path | None:
+    return None if raw is None else Path(str(raw))
+
+
+# The settings of a simulation run, each declared once: its experiment-file key (the field name, except `freeze`,
+# `source`; None: the command line only), its flag, type, the `default` preset's value and help. A list-valued
+# setting takes comma-separated values on the command line, or repeats its flag; an on/off one is a switch.
 SIM_SCHEMA = Schema(
     Setting("rounds", to_int, 4, "federated rounds", "rounds", flag="--rounds"),
     Setting("local_epochs", to_int, ROUND.local_epochs, "local epochs per round (also the site-alone baseline's)",
@@ -104,12 +149,36 @@ SIM_SCHEMA = Schema(
     Setting("seeds", to_int, 1, "repeat the whole comparison with N seeds", "seeds", flag="--seeds"),
     Setting("strategy", str, "fedavg", "fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg", "strategy",
             flag="--strategy", choices=STRATEGY_NAMES),
-    Setting("freeze_specs", _freeze_list, FREEZE_SPECS, "freeze specs compared", "freeze", flag="--freeze"),
-    Setting("site_sizes", _size_list, (), "training images per site, one comparison each", "site_sizes",
-            flag="--site-sizes"),
+    Setting("strategy_options", _strategy_options, (),
+            "a strategy option, repeatable: server-momentum, server-learning-rate (fedavgm), eta, beta-1, beta-2, tau "
+            "(fedadam), trimmed-beta (fedtrimmedavg), proximal-mu (fedprox); see docs/strategies.md",
+            "strategy_options", flag="--strategy-option", repeat=True, metavar="KEY=VALUE"),
+    Setting("freeze_specs", _freeze_list, FREEZE_SPECS,
+            "comma-separated freeze specs, e.g. '1-3,none' (repeatable); one spec freezing several blocks is a range "
+            "or joined with '+' (1-3, 1-2+4): '1,2,3' is refused as ambiguous", "freeze", flag="--freeze",
+            text=parse_freeze_spec_list, repeat=True, metavar="SPECS"),
+    Setting("site_sizes", _size_list, (), "repeat the comparison with each site's training split cut to N images, "
+            "e.g. 25,50,100,200,400 (test split fixed; see docs/federation.md)", "site_sizes", flag="--site-sizes",
+            text=_comma_list, metavar="N,N,..."),
+    Setting("dp_noise_multipliers", _number_list, (), "comma-separated DP noise multipliers: adds one DP federation "
+            "per value (freeze 1-3)", "dp_noise_multipliers", flag="--dp", text=_comma_list, metavar="SIGMA,..."),
+    Setting("dp_max_epsilon", _number, 10.0, "each DP site's privacy budget: a site refuses a round that would pass "
+            "it", "dp_max_epsilon", flag="--dp-max-epsilon"),
+    Setting("feature_cache", to_bool, True, "run the frozen blocks once per image and view (sites, baselines); "
+            "--no-feature-cache recomputes them at every step", "feature_cache", flag="--no-feature-cache"),
     Setting("fedrep", to_bool, False, "also run FedRep (each site keeps its own head)", "fedrep", flag="--fedrep"),
-    Setting("leave_one_out", to_bool, False, "also federate without each site in turn", "leave_one_out",
-            flag="--leave-one-out"),
+    Setting("leave_one_out", to_bool, False, "also federate without each site in turn and score that model on the "
+            "site left out", "leave_one_out", flag="--leave-one-out"),
+    Setting("wandb", to_bool, False, "also log to wandb (offline unless configured)", flag="--wandb"),
+    Setting("pretrained", _optional_path, None, "start from this checkpoint (no pretraining)", "pretrained",
+            flag="--pretrained"),
+    Setting("source_dir", _optional_path, None, "pretrain on this RSNA-format folder instead", "source",
+            flag="--source"),
+    Setting("real_sites", _real_sites, (), "a real hospital folder (repeatable; ':years' for whole-year labels); "
+            "replaces the phantom sites (an experiment file's [[sites]] tables declare columns too)",
+            flag="--site", repeat=True, metavar="DIR[:years]"),
+    Setting("out_dir", Path, Path("runs/sim"), "output folder", flag="--out"),
+    Setting("cache_dir", Path, Path("runs/cache"), "cache of sites and pretrained models", flag="--cache"),
 )
 _D = SIM_SCHEMA.default
 
@@ -135,21 +204,21 @@ class SimConfig:
     batch_size: int = _D("batch_size")
     freeze_specs: tuple[str, ...] = _D("freeze_specs")  # canonical FreezeSpecs once built
     strategy: str = _D("strategy")
-    strategy_options: tuple[tuple[str, float], ...] = ()  # (kebab-case key, value); see strategies/options.py
+    strategy_options: tuple[tuple[str, float], ...] = _D("strategy_options")  # (kebab-case key, value); see strategies/options.py
     device: str = "auto"  # every stage: pretraining, baselines, evaluation, the simulated sites
     baseline_freeze: str = ROUND.freeze_spec
     seed: int = _D("seed")
-    dp_noise_multipliers: tuple[float, ...] = ()
+    dp_noise_multipliers: tuple[float, ...] = _D("dp_noise_multipliers")
     dp_max_grad_norm: float = 1.0
-    dp_max_epsilon: float = 10.0  # each DP site's budget: a site never trains privately without one
-    wandb: bool = False
-    out_dir: Path = Path("runs/sim")
-    cache_dir: Path = Path("runs/cache")
+    dp_max_epsilon: float = _D("dp_max_epsilon")  # each DP site's budget: a site never trains privately without one
+    wandb: bool = _D("wandb")
+    out_dir: Path = _D("out_dir")
+    cache_dir: Path = _D("cache_dir")
     seeds: int = _D("seeds")
-    pretrained: Path | None = None
-    source_dir: Path | None = None
-    real_sites: tuple[RealSite, ...] = ()
-    feature_cache: bool = True  # frozen blocks run once per image and view (core.train.feature_cache), sites and baselines
+    pretrained: Path | None = _D("pretrained")
+    source_dir: Path | None = _D("source_dir")
+    real_sites: tuple[RealSite, ...] = _D("real_sites")
+    feature_cache: bool = _D("feature_cache")  # frozen blocks run once per image and view (core.train.feature_cache), sites and baselines
     site_sizes: tuple[int, ...] = _D("site_sizes")  # training images per site, one comparison each (empty: the sites as they are)
     fedrep: bool = _D("fedrep")  # also a FedRep federation (each site keeps and first trains its own head, block 6)
     leave_one_out: bool = _D("leave_one_out")  # also, for each site, a federation of the others scored on its test split
@@ -212,7 +281,7 @@ PRESETS: dict[str, SimConfig] = {
 }
 
 
-EXPERIMENT_KEYS = {"pretrained", "source", "sites", "preset", *SIM_SCHEMA.keys().values()}
+EXPERIMENT_KEYS = {"sites", "preset", *SIM_SCHEMA.keys().values()}
 # a [[sites]] table: path, name, and the site layout under the snake_case of its node-config keys (csv, image_dir...)
 SITE_LAYOUT_KEYS = {key.replace("-", "_"): key for key in LAYOUT_SCHEMA.keys("node").values()}
 SITE_KEYS = {"path", "name", *SITE_LAYOUT_KEYS}
@@ -221,9 +290,10 @@ SITE_KEYS = {"path", "name", *SITE_LAYOUT_KEYS}
 def load_experiment(path: Path) -> dict[str, Any]:
     """Overrides of `preset` from an experiment file (TOML); relative paths are relative to the file.
 
-    Keys: pretrained or source, preset, the keys of `SIM_SCHEMA` (strategy, freeze (list), rounds, local_epochs, lr,
-    seed, seeds, batch_size, site_sizes (list of training images per site), fedrep and leave_one_out (true/false)),
-    and [[sites]] tables with path, name and the layout keys label_unit, csv, image_dir, id_column, age_column,
+    Keys: preset, the experiment-file keys of `SIM_SCHEMA` (pretrained or source, strategy, strategy_options (a
+    table), freeze (list), rounds, local_epochs, lr, seed, seeds, batch_size, site_sizes (list of training images per
+    site), dp_noise_multipliers (list), dp_max_epsilon, feature_cache, fedrep and leave_one_out (true/false)), and
+    [[sites]] tables with path, name and the layout keys label_unit, csv, image_dir, id_column, age_column,
     sex_column.
     """
     try:
@@ -245,9 +315,9 @@ def load_experiment(path: Path) -> dict[str, Any]:
             sites.append(RealSite(path=here / site["path"], name=str(site.get("name", "")), **layout))
     except ConfigError as exc:
         raise ConfigError(f"experiment file {path}: {exc}") from None
-    for key, field_name in (("pretrained", "pretrained"), ("source", "source_dir")):
-        if key in data:
-            overrides[field_name] = here / data[key]
+    for name in ("pretrained", "source_dir"):
+        if name in overrides:
+            overrides[name] = here / overrides[name]
     if sites:
         overrides["real_sites"] = tuple(sites)
     return {"preset": data.get("preset", "default"), **overrides}

@@ -21,7 +21,9 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from client.config import NODE_KEYS, SITE_SCHEMA
 from core.data import SiteDataConfig
+from core.data.config import LAYOUT_SCHEMA
 from core.errors import FederationFailed
 from server.config import FederationConfig
 from server.federation import run_federation
@@ -42,9 +44,17 @@ class SimulatedRun:
 
 def site_node_config(data: Path, site_id: int, state_dir: Path, pretrained: Path, label_unit: str = "months",
                      device: str = "cpu", **extra: Any) -> dict[str, Any]:
-    """A simulated site's node config: the keys of `deploy/site.toml`, decoded images kept in memory."""
-    return {"data-path": str(data), "label-unit": label_unit, "site-id": site_id, "state-dir": str(state_dir),
-            "pretrained": str(pretrained), "device": device, "decode-cache": "none", **extra}
+    """A simulated site's node config: the keys of `deploy/site.toml`, decoded images kept in memory.
+
+    `extra` holds more node config keys (the manifest's, `dp-*`, `feature-cache`, `freeze`); a key no site reads
+    is a bug here, not a setting the site would silently ignore.
+    """
+    unknown = set(extra) - NODE_KEYS
+    if unknown:
+        raise ValueError(f"no site reads the node config keys {sorted(unknown)}; known: {sorted(NODE_KEYS)}")
+    own = SITE_SCHEMA.write({"data_path": str(data), "site_id": site_id, "state_dir": str(state_dir),
+                             "pretrained": str(pretrained), "device": device, "decode_cache": "none"}, "node")
+    return {**own, **LAYOUT_SCHEMA.write({"label_unit": label_unit}, "node"), **extra}
 
 
 def manifest_keys(data: SiteDataConfig) -> dict[str, str]:

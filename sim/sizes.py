@@ -21,19 +21,9 @@ import numpy as np
 
 from core.data import SiteDataConfig, load_manifest
 from core.data.split import split_of
-from core.errors import ConfigError
-from sim.config import check_site_sizes
 from sim.sites import PreparedSite
 
 logger = logging.getLogger("ossifl.sim")
-
-
-def parse_site_sizes(text: str) -> tuple[int, ...]:
-    """`--site-sizes 25,50,100`."""
-    try:
-        return check_site_sizes(tuple(int(v) for v in text.split(",") if v.strip()))
-    except ValueError:
-        raise ConfigError(f"--site-sizes takes whole numbers separated by commas, got {text!r}") from None
 
 
 def training_order(site: PreparedSite, seed: int, site_index: int) -> list[str]:

@@ -117,9 +117,11 @@ def test_presets_exist_and_overrides_apply():
 
 @pytest.mark.parametrize("argv,message", [
     (["--freeze", "1-9"], "freeze spec"), (["--strategy", "fedfoo"], "--strategy must be one of fedavg"), (["--rounds", "two"], "--rounds = 'two' is not a valid value (expected a whole number)"),
-    (["--dp", "-1"], "noise multipliers"), (["--dp", "nan"], "noise multipliers must be positive numbers"),
-    (["--dp", "abc"], "--dp takes comma-separated numbers, got 'abc'"),
-    (["--dp", "1", "--dp-max-epsilon", "0"], "--dp-max-epsilon must be a positive number"),
+    (["--dp", "-1"], "--dp = '-1' is not a valid value (expected a positive number)"),
+    (["--dp", "1,nan"], "--dp = '1,nan' is not a valid value (expected a positive number)"),
+    (["--dp", "abc"], "--dp = 'abc' is not a valid value (expected a number)"),
+    (["--dp", "1", "--dp-max-epsilon", "0"], "--dp-max-epsilon = '0' is not a valid value (expected a positive number)"),
+    (["--strategy-option", "server-momentum=0.5", "--strategy-option", "speed=2"], "unknown strategy option 'speed'"),
     (["--out", "sim_test_file.txt"], "is an existing file"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):

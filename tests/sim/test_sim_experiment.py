@@ -186,51 +186,6 @@ def test_the_dp_options_reach_each_simulated_site_as_the_node_config_it_reads(tm
         enabled=True, noise_multiplier=1.5, max_epsilon=6.0, max_grad_norm=2.0, seed=4)
 
 
-def test_each_sim_setting_has_one_flag_one_experiment_key_and_one_field(tmp_path: Path, monkeypatch) -> None:
-    from dataclasses import fields
-
-    import sim.run
-    from core.data.config import LAYOUT_SCHEMA
-    from sim.__main__ import build_parser
-    from sim.config import SIM_SCHEMA
-
-    default = SimConfig()
-    assert {name: getattr(default, name) for name in SIM_SCHEMA.settings} == {
-        name: s.default for name, s in SIM_SCHEMA.settings.items()}  # the default preset's values, declared once
-    assert set(SIM_SCHEMA.settings) <= {f.name for f in fields(SimConfig)}
-    flags = {o for a in build_parser()._actions for o in a.option_strings}
-    assert {s.option for s in SIM_SCHEMA.settings.values()} <= flags
-    changed = {"rounds": 2, "local_epochs": 3, "lr": 0.01, "batch_size": 4, "seed": 5, "seeds": 2,
-               "strategy": "fedavgm", "freeze_specs": ("1,2,3", "none"), "site_sizes": (20, 10), "fedrep": True,
-               "leave_one_out": True}
-    assert set(changed) == set(SIM_SCHEMA.settings)
-    expected = {**changed, "freeze_specs": ("1-3", "none"), "site_sizes": (10, 20)}
-    lines = [f"{SIM_SCHEMA[name].run_key} = {_toml(value)}" for name, value in changed.items()]
-    layout = {"csv": "scan.csv", "image_dir": "png", "id_column": "image", "age_column": "age", "sex_column": "sex",
-              "label_unit": "years"}
-    assert set(layout) == {key.replace("-", "_") for key in LAYOUT_SCHEMA.keys("node").values()}
-    lines += ["[[sites]]", 'path = "a"'] + [f'{key} = "{value}"' for key, value in layout.items()]
-    (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
-    overrides = load_experiment(tmp_path / "exp.toml")
-    from_file = preset(overrides.pop("preset"), **overrides)
-    recorded = from_file.to_dict()  # what the run writes beside its results
-    for name, value in expected.items():
-        assert getattr(from_file, name) == value and recorded[name] == json.loads(json.dumps(value)), name
-    assert from_file.real_sites[0].data == SiteDataConfig(tmp_path / "a", "scan.csv", "png", "image", "age", "sex",
-                                                          "years")
-    seen = []
-    monkeypatch.setattr(sim.run, "run_experiment", seen.append)
-    argv = ["--out", str(tmp_path / "o"), "--fedrep", "--leave-one-out", "--freeze", "1-3", "--freeze", "none",
-            "--site-sizes", "20,10"]
-    argv += [x for name in ("rounds", "local_epochs", "lr", "batch_size", "seed", "seeds", "strategy")
-             for x in (SIM_SCHEMA[name].option, str(changed[name]))]
-    assert main(argv) == 0
-    assert all(getattr(seen[0], name) == value for name, value in expected.items())
-    (tmp_path / "bad.toml").write_text('rounds = "two"\n')  # was a traceback once the run compared it with 1
-    with pytest.raises(ValueError, match=r"bad.toml: rounds = 'two' is not a valid value \(expected a whole number\)"):
-        load_experiment(tmp_path / "bad.toml")
-
-
 def _toml(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()

@@ -77,7 +77,7 @@ def test_site_sizes_come_from_the_experiment_file_or_the_command_line(tmp_path: 
     with pytest.raises(ValueError, match="at least 2"):
         SimConfig(site_sizes=(0, 10))
     assert main(["--site-sizes", "25,x", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]) == 2
-    assert "--site-sizes takes whole numbers" in capsys.readouterr().err
+    assert "--site-sizes = '25,x' is not a valid value (expected a whole number)" in capsys.readouterr().err
 
 
 def test_results_carry_the_site_size_and_the_crossover_is_named_with_its_intervals(tmp_path: Path) -> None:
