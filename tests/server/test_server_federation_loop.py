@@ -1,0 +1,188 @@
+"""A whole federation without Flower's engine: a grid that answers each message in-process (every site returns
+what it was sent plus one), so the rounds, the final checkpoint, a resume and a failed run are checked in seconds.
+
+`tests/server/test_server_federation.py` runs real sites in the engine (minutes); these tests pin what the server
+itself does with their replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+import server.federation as federation_module
+from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
+from core.errors import ResumeMismatch
+from core.model.config import TJNetConfig
+from core.model.tjnet import TJNet
+from core.round_settings import RoundSettings
+from server.config import FederationConfig
+from server.federation import FINAL, LATEST, run_federation
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instruction Messages read the run/node/task ids a ServerApp process sets at start-up."""
+    for attribute in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    return save_checkpoint(tmp_path_factory.mktemp("loop") / "pretrained.pt", model, describe(model))
+
+
+class SitesGrid:
+    """Two sites that answer at once: a training message with its arrays plus one (integers stay integers), an
+    evaluation with a MAD; from round `fail_from` on (counted over resumes) every site answers with an error."""
+
+    def __init__(self, fail_from: int = 10**6) -> None:
+        self.fail_from = fail_from
+        self.sent: list[tuple[str, dict]] = []  # (message type, its config as sent: the record is reused)
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            self.sent.append((msg.metadata.message_type, dict(msg.content["config"])))
+            if int(msg.content["config"]["server-round"]) >= self.fail_from:
+                replies.append(Message(Error(code=0, reason="site offline"), reply_to=msg))
+                continue
+            content = {"metrics": MetricRecord({"num-examples": 4, "site-id": msg.metadata.dst_node_id,
+                                                "mad-months": 10.0})}
+            if msg.metadata.message_type.startswith("train"):
+                content["arrays"] = ArrayRecord({k: Array(a.numpy() + np.ones(1, a.numpy().dtype))
+                                                 for k, a in msg.content["arrays"].items()})
+            replies.append(Message(RecordDict(content), reply_to=msg))
+        return replies
+
+    def rounds(self, kind: str = "train") -> list[int]:
+        return [int(config["server-round"]) for sent, config in self.sent if sent.startswith(kind)]
+
+
+def _config(pretrained: Path, out: Path, rounds: int = 2, **extra) -> FederationConfig:
+    return FederationConfig(pretrained=pretrained, settings=RoundSettings(num_rounds=rounds, seed=3), out_dir=out,
+                            device="cpu", interval=False, **extra)
+
+
+def test_a_run_sends_its_settings_merges_every_round_and_writes_what_it_applied(pretrained: Path, tmp_path: Path,
+                                                                               caplog) -> None:
+    grid = SitesGrid()
+    with caplog.at_level(logging.INFO, logger="ossifl.server"):
+        outcome = run_federation(grid, _config(pretrained, tmp_path))
+    final = load_checkpoint(tmp_path / FINAL)
+    before = load_checkpoint(pretrained).model.state_dict()
+    after = final.model.state_dict()
+    assert outcome.final_checkpoint == tmp_path / FINAL and outcome.failure == "" and outcome.rounds_done == 2
+    assert outcome.shared_keys and all(k.startswith(("block4", "block5", "block6")) for k in outcome.shared_keys)
+    for key, value in after.items():  # the shared arrays moved by one per round, the frozen blocks not at all
+        moved = 2 if key in outcome.shared_keys else 0
+        torch.testing.assert_close(value, before[key] + moved, msg=key)
+    assert outcome.bytes_per_site_per_round == sum(after[k].numel() * after[k].element_size()
+                                                   for k in outcome.shared_keys)
+    assert [r.round for r in outcome.rounds] == [1, 2] and outcome.central_epsilon is None
+    assert grid.rounds("train") == [1, 1, 2, 2] and grid.rounds("evaluate") == [1, 1, 2, 2]
+    config = grid.sent[0][1]
+    assert config["pretrained-sha256"] == file_sha256(pretrained) and config["freeze"] == "1-3"
+    assert config["seed"] == 3 and config["num-rounds"] == 2
+    assert {config["federation-id"] for _, config in grid.sent} == {final.metadata["federation_id"]}
+    meta = final.metadata
+    assert (meta["round"], meta["strategy"], meta["seed"], meta["pretrained"]) == (2, "fedavg", 3, str(pretrained))
+    assert meta["pretrained_sha256"] == file_sha256(pretrained) and meta["run_config"] == outcome.settings
+    assert outcome.settings["strategy"] == "fedavg" and outcome.settings["freeze"] == "1-3"
+    latest = load_checkpoint(tmp_path / LATEST)
+    assert latest.metadata["round"] == 2 and latest.metadata["strategy_state"] is not None
+    assert latest.metadata["run_config"] == outcome.settings and latest.metadata["federation_id"] == meta["federation_id"]
+    assert "central_dp_state" not in latest.metadata and "central_epsilon" not in meta
+    assert f"federation done: 2 rounds, {len(outcome.shared_keys)} arrays" in caplog.text
+
+
+def test_a_resumed_run_trains_only_the_rounds_left_and_keeps_its_id(pretrained: Path, tmp_path: Path) -> None:
+    first = SitesGrid()
+    run_federation(first, _config(pretrained, tmp_path, rounds=1))
+    federation_id = load_checkpoint(tmp_path / LATEST).metadata["federation_id"]
+    resumed = SitesGrid()
+    outcome = run_federation(resumed, _config(pretrained, tmp_path, rounds=3, resume=True))
+    assert resumed.rounds("train") == [2, 2, 3, 3] and outcome.rounds_done == 3
+    assert [r.round for r in outcome.rounds] == [2, 3]  # the rounds this process ran
+    assert {config["federation-id"] for _, config in resumed.sent} == {federation_id}
+    final = load_checkpoint(tmp_path / FINAL)
+    assert final.metadata["round"] == 3 and final.metadata["federation_id"] == federation_id
+    before = load_checkpoint(pretrained).model.state_dict()
+    for key in outcome.shared_keys:
+        torch.testing.assert_close(final.model.state_dict()[key], before[key] + 3, msg=key)
+    done = SitesGrid()  # nothing left to train: the final model is written again, no message sent
+    assert run_federation(done, _config(pretrained, tmp_path, rounds=3, resume=True)).rounds_done == 3
+    assert done.sent == []
+    with pytest.raises(ResumeMismatch, match="cannot resume .* under a different run config .*lr"):
+        run_federation(SitesGrid(), FederationConfig(
+            pretrained=pretrained, settings=RoundSettings(num_rounds=4, seed=3, lr=0.5), out_dir=tmp_path,
+            device="cpu", interval=False, resume=True))
+    fresh = SitesGrid()  # without resume the run starts again from the pretrained model
+    assert run_federation(fresh, _config(pretrained, tmp_path, rounds=1)).rounds_done == 1
+    assert fresh.rounds("train") == [1, 1]
+
+
+def test_a_run_in_which_no_site_trains_stops_without_a_final_model(pretrained: Path, tmp_path: Path,
+                                                                   caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger="ossifl.server"):
+        outcome = run_federation(SitesGrid(fail_from=1), _config(pretrained, tmp_path / "none"))
+    assert outcome.final_checkpoint is None and outcome.rounds_done == 0 and outcome.bytes_per_site_per_round == 0
+    assert outcome.failure.endswith("; the run stops without a final model (no round was merged)")
+    assert not (tmp_path / "none" / FINAL).exists() and "federation failed: " in caplog.text
+    later = run_federation(SitesGrid(fail_from=2), _config(pretrained, tmp_path / "later", rounds=3))
+    assert later.final_checkpoint is None and later.rounds_done == 1 and [r.round for r in later.rounds] == [1, 2]
+    assert later.failure.endswith(f"the run stops without a final model ({LATEST} holds round 1)")
+    assert load_checkpoint(tmp_path / "later" / LATEST).metadata["round"] == 1
+    assert later.settings == load_checkpoint(tmp_path / "later" / LATEST).metadata["run_config"]
+
+
+def test_the_server_evaluates_its_central_set_before_and_after_every_round(pretrained: Path, tmp_path: Path,
+                                                                           caplog) -> None:
+    from sim.phantom.writer import generate_site
+
+    central = generate_site("rsna", 40, tmp_path / "central", seed=5, image_size=32)
+    with caplog.at_level(logging.INFO, logger="ossifl.server"):
+        outcome = run_federation(SitesGrid(), _config(pretrained, tmp_path / "run", central_data=central))
+    assert [r.round for r in outcome.rounds] == [0, 1, 2]
+    mads = [r.central["mad_months"] for r in outcome.rounds]
+    assert all(np.isfinite(mads)) and mads[0] != mads[1]  # round 0: the pretrained model; then the merged one
+    assert all(r.central["n"] > 0 for r in outcome.rounds) and "round 2: central MAD" in caplog.text
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert sum(",central,server,ok,,mad_months," in row for row in rows) == 3
+
+
+def test_the_interval_is_fitted_after_the_last_round_on_the_final_arrays(pretrained: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    calls = []
+
+    def fitted(grid, arrays, config, timeout):
+        calls.append((grid, {k: a.numpy().copy() for k, a in arrays.items()}, dict(config), timeout))
+        return {"conformal_months": 7.5}
+
+    monkeypatch.setattr(federation_module, "federated_interval", fitted)
+    grid = SitesGrid()
+    config = FederationConfig(pretrained=pretrained, settings=RoundSettings(num_rounds=2), out_dir=tmp_path,
+                              device="cpu", timeout=12.0)
+    outcome = run_federation(grid, config)
+    (used, arrays, sent, timeout), = calls
+    final = load_checkpoint(tmp_path / FINAL)
+    assert used is grid and timeout == 12.0 and sent["server-round"] == 2
+    assert sent["federation-id"] == final.metadata["federation_id"]
+    assert list(arrays) == outcome.shared_keys
+    assert all(np.array_equal(arrays[k], final.model.state_dict()[k].numpy()) for k in arrays)
+    assert final.metadata["conformal_months"] == 7.5
+    calls.clear()
+    run_federation(SitesGrid(fail_from=1), FederationConfig(pretrained=pretrained, out_dir=tmp_path / "f",
+                                                            settings=RoundSettings(num_rounds=1), device="cpu"))
+    assert calls == []  # no model, no interval
