@@ -2,16 +2,18 @@
 
 Usage:
     python -m bench.bench_feature_cache_site --pretrained MODEL.pt --data SITE [--freeze 1-3] [--seeds 0,1,2]
-                                             [--epochs 8] [--views 4] [--threads 1]
+                                             [--epochs 8] [--views 4] [--feature-augment images,features]
+                                             [--threads 1]
 
 For each seed, the site fine-tunes the pretrained model as `python -m client finetune --freeze F` does
-(`core.stages.site_finetune.finetune_site`: best epoch by val MAD, then the test split), once with the cache (`--views`
-views per image) and once with `--no-feature-cache`, one after the other in this process; then once more with the
-cache of the first run, every view already computed ("warm": what the command costs when the frozen blocks cost
-nothing, the ceiling of any cache). Prints each run's wall and CPU seconds, the speed-ups, each test MAD, and the
-paired difference of absolute errors on the same test images (cached minus uncached) with a 95 % bootstrap
-interval pooled over seeds (`core.stats.bootstrap`): the cache is "no worse" when the interval's upper end is small against
-the seed-to-seed spread.
+(`core.stages.site_finetune.finetune_site`: best epoch by val MAD, then the test split): once with
+`--no-feature-cache`, once with the cache for each of `--feature-augment`'s modes (`images`: `--views` views of
+augmented images; `features`: one un-augmented view augmented in feature space), one after the other in this
+process; then once more with the first cached run's cache, every view already computed ("warm": what the command
+costs when the frozen blocks cost nothing, the ceiling of any cache of them). Prints each run's wall and CPU
+seconds, the speed-ups, each test MAD, and per cached arm the paired difference of absolute errors on the same
+test images (cached minus uncached) with a 95 % bootstrap interval pooled over seeds (`core.stats.bootstrap`):
+an arm is "no worse" when the interval's upper end is small against the seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -60,15 +62,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
     parser.add_argument("--views", type=int, default=FinetuneConfig.feature_views)
+    parser.add_argument("--feature-augment", default=FinetuneConfig.feature_augment,
+                        help="comma-separated: where the cache augments, one cached arm each (images, features)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     data = SiteDataConfig(root=args.data)
-    arms = ("on", "off", "warm")
+    modes = args.feature_augment.split(",")
+    arms = ("off", *modes, "warm")  # "warm": the first mode's cache again, every view already computed
     errors: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     print(f"client finetune --freeze {args.freeze} --epochs {args.epochs} on {args.data}, {args.threads} thread(s); "
-          f"cache with {args.views} views")
+          f"cache with {args.views} views; arms {', '.join(arms)}")
     print("| seed | cache | wall (s) | CPU (s) | test MAD (months) |")
     print("|---|---|---|---|---|")
     totals = {arm: [0.0, 0.0] for arm in arms}
@@ -78,27 +83,29 @@ def main() -> None:
                           FinetuneConfig(freeze=args.freeze, epochs=1, device="cpu", progress=False,
                                          feature_cache=cached))
         for seed in (int(s) for s in args.seeds.split(",")):
-            cache = FeatureCache(views=args.views)  # "on" fills it, "warm" finds every view in it
+            caches = {mode: FeatureCache(views=args.views, augment_where=mode) for mode in modes}
+            caches["warm"], caches["off"] = caches[modes[0]], None  # the first cached arm fills what "warm" finds
             for arm in arms:
-                config = replace(FinetuneConfig(freeze=args.freeze, epochs=args.epochs, seed=seed, device="cpu",
-                                                progress=False, feature_views=args.views), feature_cache=arm != "off")
+                mode = modes[0] if arm in ("warm", "off") else arm
+                config = FinetuneConfig(freeze=args.freeze, epochs=args.epochs, seed=seed, device="cpu", progress=False,
+                                        feature_views=args.views, feature_cache=arm != "off", feature_augment=mode)
                 out = Path(folder) / f"site_{seed}_{arm}.pt"
-                wall, cpu = timed_finetune(args.pretrained, data, out, config, cache if arm != "off" else None)
+                wall, cpu = timed_finetune(args.pretrained, data, out, config, caches[arm])
                 totals[arm][0] += wall
                 totals[arm][1] += cpu
                 errors[arm].append(test_errors(out, data))
                 print(f"| {seed} | {arm} | {wall:.1f} | {cpu:.1f} | {errors[arm][-1].mean():.2f} |", flush=True)
-    difference = paired_difference(errors["on"], errors["off"])
-    off = totals["off"]
-    print(f"\nspeed-up of the whole command (wall, CPU): {off[0] / totals['on'][0]:.2f}x, {off[1] / totals['on'][1]:.2f}x; "
-          f"with every view already computed (the ceiling): {off[0] / totals['warm'][0]:.2f}x, "
-          f"{off[1] / totals['warm'][1]:.2f}x")
-    print(f"CPU seconds per seed: no cache {off[1] / len(errors['off']):.2f}, cache {totals['on'][1] / len(errors['on']):.2f}"
-          f" (of which computing the views {(totals['on'][1] - totals['warm'][1]) / len(errors['on']):.2f})")
-    print(f"test MAD over seeds: cache {np.mean([e.mean() for e in errors['on']]):.2f}, "
-          f"no cache {np.mean([e.mean() for e in errors['off']]):.2f} months; paired difference (cache - no cache) "
-          f"{difference} months, {sum(len(e) for e in errors['on'])} image-seed pairs; the warm runs' models are the "
-          f"cached runs' ({'identical' if all(np.array_equal(a, b) for a, b in zip(errors['on'], errors['warm'])) else 'DIFFERENT'})")
+    off, count = totals["off"], len(errors["off"])
+    print(f"\nCPU seconds per seed: no cache {off[1] / count:.2f}, " + ", ".join(
+        f"{arm} {totals[arm][1] / count:.2f}" for arm in arms[1:]))
+    for arm in arms[1:]:
+        difference = paired_difference(errors[arm], errors["off"])
+        print(f"{arm}: speed-up of the whole command (wall, CPU) {off[0] / totals[arm][0]:.2f}x, "
+              f"{off[1] / totals[arm][1]:.2f}x; test MAD {np.mean([e.mean() for e in errors[arm]]):.2f} months "
+              f"(no cache {np.mean([e.mean() for e in errors['off']]):.2f}); paired difference ({arm} - no cache) "
+              f"{difference} months, {sum(len(e) for e in errors[arm])} image-seed pairs")
+    same = all(np.array_equal(a, b) for a, b in zip(errors[modes[0]], errors["warm"]))
+    print(f"the warm runs' models are the {modes[0]} runs' ({'identical' if same else 'DIFFERENT'})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from core.stages.site_finetune import (FINETUNE_SCHEMA, FinetuneConfig, compare_
                                 site_pool)
 
 # the settings with a flag of their own (seed and device are shared options, the feature cache a switch)
-FLAGS = ("freeze", "folds", "epochs", "lr", "batch_size", "weight_decay", "feature_views")
+FLAGS = ("freeze", "folds", "epochs", "lr", "batch_size", "weight_decay", "feature_views", "feature_augment")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

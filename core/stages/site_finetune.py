@@ -28,6 +28,7 @@ from core.data.manifest import Record
 from core.data.pool import DecodedPool
 from core.data.split import split_of
 from core.errors import ConfigError
+from core.train.feature_augment import AUGMENT_WHERE
 from core.train.feature_cache import DEFAULT_VIEWS, FeatureCache, feature_budget_from_env
 from core.train.loss import JointLossConfig
 from core.stats.metrics import Predictions, compute_metrics
@@ -63,6 +64,9 @@ FINETUNE_SCHEMA = Schema(
             flag="--no-feature-cache"),
     Setting("feature_views", to_int, DEFAULT_VIEWS, "augmented views per image the feature cache keeps "
             "(epoch e trains on view e mod N)", flag="--feature-views"),
+    Setting("feature_augment", str, "images", "where the feature cache augments: 'images' (--feature-views "
+            "views of augmented images) or 'features' (one un-augmented view; its feature maps rotated, zoomed and "
+            "shifted anew every epoch: faster, approximate)", flag="--feature-augment", choices=AUGMENT_WHERE),
 )
 _D = FINETUNE_SCHEMA.default
 
@@ -82,6 +86,7 @@ class FinetuneConfig:
     progress: bool = _D("progress")
     feature_cache: bool = _D("feature_cache")
     feature_views: int = _D("feature_views")
+    feature_augment: str = _D("feature_augment")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze", FreezeSpec.parse(self.freeze))
@@ -95,7 +100,8 @@ class FinetuneConfig:
 
 def feature_cache_of(config: FinetuneConfig) -> FeatureCache | None:
     """The frozen-block feature cache `config` asks for (None: off)."""
-    return FeatureCache(feature_budget_from_env(), config.feature_views) if config.feature_cache else None
+    return (FeatureCache(feature_budget_from_env(), config.feature_views, augment_where=config.feature_augment)
+            if config.feature_cache else None)
 
 
 def finetune_model(model: nn.Module, train: BoneAgeDataset, val: BoneAgeDataset, freeze: tuple[int, ...],

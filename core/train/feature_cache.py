@@ -8,13 +8,17 @@ gradients as the full model on the same images.
 
 Augmentation is kept as a fixed number of `views` per image: epoch e of a training split uses view
 e mod views, the augmentation the uncached dataset draws at epoch (e mod views). Each view is computed
-the first time an epoch asks for it. A split without augmentation has a single view.
+the first time an epoch asks for it. A split without augmentation has a single view. With
+`augment_where="features"` an augmented split keeps one un-augmented view instead and every epoch augments
+its feature maps anew (`core.train.feature_augment`: no view costs a pass of the frozen blocks after the
+first, but training sees an approximation of the image augmentation).
 
 An entry is keyed by everything its features depend on: the SHA-256 of the frozen blocks' weights (the
 pretrained model, and whatever a server sent into them), the SHA-256 of the decoded pixels (the site's
 images, their preprocessing and input size), the input size, the frozen depth, the augmentation, its
-seed and the number of views. A change of any gives a new entry; entries beyond the memory budget are
-dropped, least recently used first, and a split whose features would not fit at all trains uncached.
+seed, the number of views and where the augmentation happens. A change of any gives a new entry; entries
+beyond the memory budget are dropped, least recently used first, and a split whose features would not fit
+at all trains uncached.
 Features live in memory only: a deployed SuperNode starting a fresh process per message recomputes them
 once per round (no slower than without the cache), a simulation actor or `client finetune` reuses them.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -35,6 +40,7 @@ from core.data.dataset import AugmentConfig, BoneAgeDataset, make_loader
 from core.errors import ConfigError
 from core.model.split import FrozenPrefix, TrainableTail, cached_depth
 from core.model.tjnet import BLOCK_NAMES, TJNet
+from core.train.feature_augment import AUGMENT_WHERE, augment_maps, plain_view, sampling_grids
 from core.train.training import channels_last_layout
 
 logger = logging.getLogger(__name__)
@@ -60,6 +66,7 @@ class FeatureKey:
     augment: AugmentConfig | None
     seed: int
     views: int
+    in_features: bool = False  # one un-augmented view, augmented in feature space
 
 
 def frozen_weights_sha256(model: nn.Module, depth: int) -> str:
@@ -91,10 +98,11 @@ class _Entry:
 class CachedFeatures(Dataset):
     """A split as the tail sees it: items {"image": [D] features, "male", "age"}, views chosen by `set_epoch`."""
 
-    def __init__(self, entry: _Entry, source: BoneAgeDataset, prefix: FrozenPrefix, feature_size: int,
-                 device: torch.device, views: int, channels_last: bool = True) -> None:
+    def __init__(self, entry: _Entry, source: BoneAgeDataset, prefix: FrozenPrefix, shapes: list[tuple[int, ...]],
+                 device: torch.device, views: int, channels_last: bool = True, in_features: bool = False) -> None:
         self.entry, self.source, self.prefix, self.device, self.views = entry, source, prefix, device, views
-        self.feature_size, self.channels_last = feature_size, channels_last
+        self.shapes, self.feature_size = shapes, sum(math.prod(shape) for shape in shapes)
+        self.channels_last, self.in_features = channels_last, in_features
         self.ages, self.male = source.ages_months, source.male_flags
         self.features: torch.Tensor | None = None  # the view in use; computed at the first set_epoch or item
 
@@ -102,25 +110,32 @@ class CachedFeatures(Dataset):
         return len(self.source)
 
     def set_epoch(self, epoch: int) -> None:
-        """Use view epoch mod views (computing it now if no epoch used it before)."""
-        self.view = epoch % self.views
+        """Use view epoch mod views (computing it now if no epoch used it before); in feature space, the one
+        un-augmented view with this epoch's augmentation of its maps."""
+        self.view = 0 if self.in_features else epoch % self.views
         if self.view not in self.entry.views:
             self.entry.views[self.view] = self._compute(self.view)
         self.features = self.entry.views[self.view]
+        if self.in_features:
+            augment = self.source.augment
+            ratio = self.source.images.shape[-1] / self.source.image_size
+            grids = sampling_grids(augment, len(self.source), self.source.seed, epoch, ratio)
+            self.features = augment_maps(self.features, self.shapes, grids)
 
     def _compute(self, view: int) -> torch.Tensor:
-        previous = self.source.epoch
-        self.source.set_epoch(view)
+        source = plain_view(self.source) if self.in_features else self.source
+        previous = source.epoch
+        source.set_epoch(view)
         self.prefix.eval()  # frozen blocks: eval mode already, stated again
-        out = torch.empty(len(self.source), self.feature_size, dtype=torch.float32)
+        out = torch.empty(len(source), self.feature_size, dtype=torch.float32)
         start = 0
         with channels_last_layout(self.prefix, self.channels_last) as layout, torch.no_grad():
-            for batch in make_loader(self.source, PREFIX_BATCH, shuffle=False, seed=0):
+            for batch in make_loader(source, PREFIX_BATCH, shuffle=False, seed=0):
                 image = batch["image"].to(self.device, memory_format=layout)
                 flat = self.prefix(image)
                 out[start:start + len(flat)] = flat.cpu()
                 start += len(flat)
-        self.source.set_epoch(previous)
+        source.set_epoch(previous)
         logger.debug("frozen-block features of %d images, view %d: %.1f MB", len(out), view, out.nbytes / 1e6)
         return out
 
@@ -138,10 +153,15 @@ class FeatureCache:
         views: augmented views kept per image of an augmented split (>= 1).
         channels_last: run the frozen blocks in channels-last layout (faster on CPU; the same values up to
             rounding as the standard layout).
+        augment_where: "images" (an augmented split keeps `views` views of augmented images) or "features"
+            (one view of the un-augmented images, its feature maps augmented every epoch: `core.train.feature_augment`).
     """
 
     def __init__(self, max_bytes: int = DEFAULT_FEATURE_BYTES, views: int = DEFAULT_VIEWS,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, augment_where: str = "images") -> None:
+        if augment_where not in AUGMENT_WHERE:
+            raise ConfigError(f"the feature cache augments in {' or '.join(AUGMENT_WHERE)}, not {augment_where!r}")
+        self.augment_where = augment_where
         if max_bytes < 0:
             raise ConfigError(f"the feature cache's memory budget must be >= 0 bytes, got {max_bytes}")
         if views < 1:
@@ -156,9 +176,10 @@ class FeatureCache:
         return sum(entry.nbytes for entry in self._entries.values())
 
     def key(self, model: nn.Module, dataset: BoneAgeDataset, depth: int) -> FeatureKey:
-        views = self.views if dataset.augment is not None else 1
+        in_features = dataset.augment is not None and self.augment_where == "features"
+        views = self.views if dataset.augment is not None and not in_features else 1
         return FeatureKey(frozen_weights_sha256(model, depth), pixels_sha256(dataset), dataset.image_size, depth,
-                          dataset.augment, dataset.seed, views)
+                          dataset.augment, dataset.seed, views, in_features)
 
     def prepare(self, model: nn.Module, dataset: BoneAgeDataset, device: torch.device,
                 tail: TrainableTail | None = None) -> tuple[TrainableTail, CachedFeatures] | None:
@@ -187,8 +208,8 @@ class FeatureCache:
             self.misses += 1
             self._entries[key] = entry
             self._evict()
-        return tail, CachedFeatures(entry, dataset, FrozenPrefix(model, depth), tail.feature_size, device, key.views,
-                                    self.channels_last)
+        return tail, CachedFeatures(entry, dataset, FrozenPrefix(model, depth), tail.shapes, device, key.views,
+                                    self.channels_last, key.in_features)
 
     def _evict(self) -> None:
         while self.nbytes > self.max_bytes:

@@ -156,8 +156,9 @@ def test_each_finetune_setting_has_one_flag_one_field_and_one_default(tmp_path: 
     base = ["finetune", "--pretrained", str(tmp_path / "p.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(base + ["--json"]) == 0 and seen[-1] == FinetuneConfig(progress=False)  # flags' defaults: the record's
     changed = {"freeze": "1-2", "epochs": 3, "lr": 0.01, "batch_size": 4, "weight_decay": 0.5, "seed": 7, "folds": 3,
-               "device": "cpu", "feature_views": 2}
+               "device": "cpu", "feature_views": 2, "feature_augment": "features"}
     flags = [x for name, value in changed.items() for x in (FINETUNE_SCHEMA[name].option, str(value))]
     assert main(base + flags + ["--no-feature-cache"]) == 0
     assert asdict(seen[-1]) == {**asdict(FinetuneConfig()), **changed, "feature_cache": False}
     assert main(base + ["--epochs", "2.5"]) == 2  # one line, not argparse's usage
+    assert main(base + ["--feature-augment", "pixels"]) == 2

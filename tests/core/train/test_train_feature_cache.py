@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -14,6 +15,7 @@ from core.data import AugmentConfig
 from core.data.dataset import BoneAgeDataset
 from core.data.manifest import load_manifest
 from core.data.config import SiteDataConfig
+from core.train.feature_augment import plain_view
 from core.train.feature_cache import FeatureCache
 from core.stages.finetune import train_site_round
 from core.train.loss import JointLossConfig
@@ -197,3 +199,33 @@ def test_the_memory_bound_is_kept_and_an_oversized_split_trains_uncached(records
     assert "training without the cache" in caplog.text
     assert FeatureCache(max_bytes=0).prepare(model, dataset, CPU) is None
     assert FeatureCache().prepare(_model(freeze="none"), dataset, CPU) is None  # nothing frozen: nothing to cache
+
+
+def test_in_feature_space_one_unaugmented_view_is_augmented_anew_every_epoch(records: list) -> None:
+    cache = FeatureCache(views=4, channels_last=False, augment_where="features")
+    model, dataset = _model(freeze="1-2"), _dataset(records)  # 1-2: block 2's maps, 6 x 6 at 48 px
+    tail, features = cache.prepare(model, dataset, CPU)
+    assert cache.key(model, dataset, 2).in_features and not FeatureCache().key(model, dataset, 2).in_features
+    evaluated = _dataset(records, augment=None)  # what evaluation sees: the centre of the training canvas
+    assert np.array_equal(plain_view(dataset).images, evaluated.images)
+    with torch.no_grad():
+        plain = FrozenPrefix(model, 2).eval()(torch.stack([evaluated[i]["image"] for i in range(len(evaluated))]))
+    epochs = {}
+    for epoch in (1, 2, 1):
+        features.set_epoch(epoch)
+        epochs.setdefault(epoch, []).append(torch.stack([features[i]["image"] for i in range(len(features))]))
+    entry = next(iter(cache._entries.values()))
+    assert list(entry.views) == [0] and entry.nbytes == len(dataset) * tail.feature_size * 4  # one view is kept
+    assert torch.allclose(entry.views[0], plain, atol=1e-5)
+    assert torch.equal(epochs[1][0], epochs[1][1]) and not torch.allclose(epochs[1][0], epochs[2][0], atol=1e-3)
+    similarity = torch.nn.functional.cosine_similarity(epochs[1][0], plain).mean()
+    assert 0.5 < similarity < 0.9999  # the same images, moved a little
+
+
+def test_a_round_trains_on_features_augmented_in_feature_space(records: list) -> None:
+    cache = FeatureCache(views=8, augment_where="features")
+    state, result = _round(records, cache)
+    (key, entry), = cache._entries.items()
+    assert key.in_features and key.views == 1 and list(entry.views) == [0]  # one view served both epochs
+    assert np.isfinite(result.val_mad_months)
+    assert any(not torch.equal(state[k], _model().state_dict()[k]) for k in state if k.startswith("block4"))
