@@ -54,9 +54,10 @@ def _describe(verdict: Verdict) -> list[str]:
         lines.append(f"quality gate: refuses {gate['refused']} of {gate['n']} images ({gate['refused_share']:.1%})")
     poses = figures.get("poses")
     if poses and "images" in poses:
-        lines.append(f"poses ({poses['images']} images): " + ", ".join(
-            f"{name} {poses[name]['refused']} refused, {poses[name]['mean_change_months']:.1f} mo"
-            for name in POSES))
+        lines.append(f"poses ({poses['images']} images; moved: read more than {poses['tolerance_months']:g} months "
+                     f"off, at most {poses['max_moved_share']:.0%} per pose): " + ", ".join(
+                         f"{name} {poses[name]['moved']} moved, {poses[name]['refused']} refused, median "
+                         f"{poses[name]['median_change_months']:.1f} mo" for name in POSES))
     return lines
 
 

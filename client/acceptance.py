@@ -33,9 +33,13 @@ ACCEPT_SCHEMA = Schema(
             "may refuse", node_key="accept-max-refused"),
     Setting("pose_images", to_int, _POLICY.pose_images, "images turned, mirrored and inverted",
             node_key="accept-pose-images"),
-    Setting("max_pose_change_months", float, _POLICY.max_pose_change_months, "largest mean change of the age on a "
-            "turned/mirrored/inverted copy", node_key="accept-max-pose-change-months"),
+    Setting("pose_tolerance_months", float, _POLICY.pose_tolerance_months, "a turned, mirrored or inverted copy "
+            "read more than this far from its upright image has moved", node_key="accept-pose-tolerance-months"),
+    Setting("max_pose_moved_share", float, _POLICY.max_pose_moved_share, "largest share of the images whose copy "
+            "moved, per pose", node_key="accept-max-pose-moved"),
 )
+
+RETIRED_POSE_KEY = "accept-max-pose-change-months"
 
 
 class NotAcceptedError(UserError):
@@ -63,6 +67,10 @@ def site_acceptance(site_config: Path | None, state_dir: Path | None, data: Path
     """Settings from `--site-config` (its keys) and `--state-dir` (wins over the config's `state-dir`); without
     either, the state folder a SuperNode serving `data` would use by default (None when `data` is not given)."""
     node: Mapping[str, Any] = read_site_config(site_config) if site_config is not None else {}
+    if RETIRED_POSE_KEY in node:
+        raise SiteConfigError(f"{site_config}: {RETIRED_POSE_KEY} (a limit on the mean change) is retired: the pose "
+                              "check now counts the copies that moved (accept-pose-tolerance-months, "
+                              "accept-max-pose-moved; docs/prediction.md)")
     try:
         values = ACCEPT_SCHEMA.read(node, "node")
     except ConfigError as exc:

@@ -10,9 +10,14 @@ Four checks, each with its figures and a pass/fail against a threshold the site 
 - **interval**: the share of the site's cases the model's own 90 % interval holds (Wilson 95 % interval); fails when
   the whole Wilson interval lies below the stated coverage, or when the model carries no interval.
 - **quality gate**: the share of the split's images the model's preprocessing refuses; fails above the site's limit.
-- **poses**: a few of the site's images turned (90, 180, 270 degrees), mirrored and inverted; each copy must be
-  refused by the model's quality gate or be read within the site's tolerance of the upright image's age. A model
-  without canonicalising preprocessing fails it: it reads a turned hand as another age.
+- **poses**: the first images of the split turned (90, 180, 270 degrees), mirrored and inverted, each copy through
+  the model's own preprocessing. A copy the quality gate did not refuse and that is read more than the tolerance
+  (12 months) from its upright image has moved; a pose fails when more than the allowed share (half) of its images
+  moved, i.e. when the median copy of that pose is read a year off. A share, not a mean: on real films a
+  canonicalising pipeline brings nearly every copy back to the upright image, but the few it leaves mirrored or
+  cropped differently are read 20-70 months off and decided a mean over 8-24 images by chance of the images
+  (docs/prediction.md has the figures). A model without canonicalising preprocessing fails: it reads most turned
+  hands as another age.
 
 Broken weights (a checkpoint that does not load, or holds NaN or infinite values) are a rejection with the reason,
 never a traceback. Plain PyTorch: the site's audit log and command line live in `client/`.
@@ -56,15 +61,17 @@ class AcceptancePolicy:
             confidence (accept-margin-months).
         max_refused_share: largest share of the split the quality gate may refuse (accept-max-refused).
         pose_images: images of the split turned, mirrored and inverted (accept-pose-images).
-        max_pose_change_months: largest mean change of the age on a turned/mirrored/inverted copy that the quality
-            gate did not refuse (accept-max-pose-change-months).
+        pose_tolerance_months: a copy the quality gate did not refuse and that is read more than this far from
+            its upright image has moved (accept-pose-tolerance-months).
+        max_pose_moved_share: largest share of the images whose copy moved, per pose (accept-max-pose-moved).
         split: the site's split the checks run on ("test": the images no federation trained on).
     """
 
     margin_months: float = 1.5
     max_refused_share: float = 0.10
-    pose_images: int = 8
-    max_pose_change_months: float = 3.0
+    pose_images: int = 24
+    pose_tolerance_months: float = 12.0
+    max_pose_moved_share: float = 0.5
     split: str = "test"
 
 
@@ -197,13 +204,16 @@ def _read_through(checkpoint: Any, pixels: np.ndarray, preprocessors: list[Prepr
     return torch.cat(tensors)
 
 
-def _poses(checkpoint: Any, data_records: list[Record], policy: AcceptancePolicy, device: torch.device) -> Check:
+def pose_changes(checkpoint: Any, data_records: list[Record], images: int,
+                 device: torch.device) -> tuple[int, dict[str, np.ndarray]]:
+    """How far each turned, mirrored and inverted copy of the first `images` readable records is read from the
+    upright image, each through the model's own preprocessing: (images read upright, pose -> |age change| in months
+    per image, NaN where the model's quality gate refused the copy)."""
     inputs = InputSettings.of(checkpoint)
     preprocessors = [None if view is None else Preprocessor(view) for view in inputs.views]
-    tta = inputs.tta
-    inputs: dict[str, list[torch.Tensor | None]] = {name: [] for name in ("upright", *POSES)}
+    copies: dict[str, list[torch.Tensor | None]] = {name: [] for name in ("upright", *POSES)}
     sexes = []
-    for index, record in enumerate(data_records[:policy.pose_images]):
+    for index, record in enumerate(data_records[:images]):
         try:
             pixels = read_image(record.path)
         except ImageError:
@@ -211,36 +221,46 @@ def _poses(checkpoint: Any, data_records: list[Record], policy: AcceptancePolicy
         upright = _read_through(checkpoint, pixels, preprocessors)
         if upright is None:
             continue
-        inputs["upright"].append(upright)
+        copies["upright"].append(upright)
         sexes.append(float(record.male))
         for name in POSES:
             turned = STRESS[name](pixels, np.random.default_rng([0, index]))
-            inputs[name].append(_read_through(checkpoint, turned, preprocessors))
-    if not sexes:
-        return Check("poses", False, "none of the images picked for the pose check could be read upright")
+            copies[name].append(_read_through(checkpoint, turned, preprocessors))
 
     def ages(tensors: list[torch.Tensor | None]) -> np.ndarray:
         kept = [i for i, t in enumerate(tensors) if t is not None]
         out = np.full(len(tensors), np.nan)
         if kept:
             batch = predict_batch(checkpoint.model.to(device), torch.stack([tensors[i] for i in kept]),
-                                  torch.tensor([sexes[i] for i in kept]), device, tta)
+                                  torch.tensor([sexes[i] for i in kept]), device, inputs.tta)
             out[kept] = batch.expected_months
         return out
 
-    upright = ages(inputs["upright"])
-    figures: dict[str, Any] = {"images": len(sexes), "limit_months": policy.max_pose_change_months}
+    upright = ages(copies["upright"])
+    return len(sexes), {name: np.abs(ages(copies[name]) - upright) for name in POSES}
+
+
+def _poses(checkpoint: Any, data_records: list[Record], policy: AcceptancePolicy, device: torch.device) -> Check:
+    images, changes = pose_changes(checkpoint, data_records, policy.pose_images, device)
+    if not images:
+        return Check("poses", False, "none of the images picked for the pose check could be read upright")
+    figures: dict[str, Any] = {"images": images, "tolerance_months": policy.pose_tolerance_months,
+                               "max_moved_share": policy.max_pose_moved_share}
     failed = []
     for name in POSES:
-        turned = ages(inputs[name])
-        read = ~np.isnan(turned)
-        change = float(np.mean(np.abs(turned[read] - upright[read]))) if read.any() else 0.0
-        figures[name] = {"refused": int((~read).sum()), "read": int(read.sum()), "mean_change_months": change}
-        if change > policy.max_pose_change_months:
-            failed.append(f"{name} {change:.1f}")
+        change = changes[name]
+        read = ~np.isnan(change)
+        moved = int((change[read] > policy.pose_tolerance_months).sum())
+        share = moved / images  # a refused copy is the gate doing its work: not moved
+        figures[name] = {"refused": int((~read).sum()), "read": int(read.sum()), "moved": moved,
+                         "moved_share": share,
+                         "median_change_months": float(np.median(change[read])) if read.any() else 0.0}
+        if share > policy.max_pose_moved_share:
+            failed.append(f"{name} {moved} of {images}")
     if failed:
         return Check("poses", False, "turned, mirrored or inverted copies read as another age and not refused "
-                     f"(mean change in months: {', '.join(failed)}; limit {policy.max_pose_change_months:g})", figures)
+                     f"(copies read more than {policy.pose_tolerance_months:g} months off: {', '.join(failed)}; "
+                     f"limit {policy.max_pose_moved_share:.0%} per pose)", figures)
     return Check("poses", True, "", figures)
 
 

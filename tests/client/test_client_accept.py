@@ -17,6 +17,9 @@ from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
 from sim.phantom.writer import generate_site
 
+# a pose check no model passes: any change moves a copy, and no pose may have one
+EVERY_COPY_MOVES = "accept-pose-tolerance-months = 0.0\naccept-max-pose-moved = 0.0\n"
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -56,7 +59,8 @@ def test_a_good_model_is_accepted_against_itself_and_recorded(site: Path, good: 
     figures = result["figures"]
     assert figures["accuracy"]["compared"] and figures["accuracy"]["difference_months"] == 0.0
     assert figures["accuracy"]["n"] == figures["interval"]["n"] > 0
-    assert figures["quality_gate"]["refused"] == 0 and figures["poses"]["images"] == 8
+    # the pose check reads up to 24 images: here the whole test split (11)
+    assert figures["quality_gate"]["refused"] == 0 and figures["poses"]["images"] == figures["accuracy"]["n"]
     entry = _audit(tmp_path)[-1]
     assert entry["event"] == "model_acceptance" and entry["accepted"] is True
     assert entry["model_sha256"] == result["model_sha256"] and len(entry["model_sha256"]) == 64
@@ -112,7 +116,7 @@ def test_interval_quality_gate_and_pose_checks_each_reject(site: Path, good: Pat
     code, result = _accept(tmp_path, capsys, "--model", str(path), "--data", str(site))
     assert code == 1 and "quality gate refuses 100.0%" in result["reason"]
     config = tmp_path / "site.toml"
-    config.write_text(f'state-dir = "{tmp_path / "state"}"\naccept-max-pose-change-months = 0.0\n')
+    config.write_text(f'state-dir = "{tmp_path / "state"}"\n{EVERY_COPY_MOVES}')
     code = client_main(["accept", "--site-config", str(config), "--model", str(good), "--data", str(site), "--json"])
     result = json.loads(capsys.readouterr().out)
     poses = result["figures"]["poses"]
@@ -133,13 +137,14 @@ def test_predict_says_whether_the_model_was_accepted_and_refuses_an_unaccepted_o
     assert client_main([*predict, "--site-config", str(config)]) == 2
     assert "requires acceptance" in capsys.readouterr().err
     assert client_main(["accept", "--state-dir", str(state), "--model", str(good), "--data", str(site)]) == 0
-    capsys.readouterr()
+    assert "poses (11 images; moved: read more than 12 months off, at most 50% per pose): rotate90 " \
+        in capsys.readouterr().out
     code = client_main([*predict, "--site-config", str(config), "--report", "--out", str(tmp_path / "out")])
     row = json.loads(capsys.readouterr().out)
     assert code == 0 and row["model_acceptance"].startswith("accepted at this site 20")
     report = next((tmp_path / "out" / "reports").iterdir()).read_text()
     assert "accepted at this site" in report
-    config.write_text(f'state-dir = "{state}"\nrequire-acceptance = true\naccept-max-pose-change-months = 0.0\n')
+    config.write_text(f'state-dir = "{state}"\nrequire-acceptance = true\n{EVERY_COPY_MOVES}')
     assert client_main(["accept", "--site-config", str(config), "--model", str(good), "--data", str(site)]) == 1
     capsys.readouterr()
     assert client_main([*predict, "--site-config", str(config)]) == 2  # the latest verdict counts

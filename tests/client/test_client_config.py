@@ -178,12 +178,15 @@ def test_the_acceptance_keys_of_a_site_config_reach_its_policy(tmp_path: Path) -
     from core.stages.acceptance import AcceptancePolicy
 
     entries = {"require-acceptance": "true", "accept-margin-months": "2.5", "accept-max-refused": "0.2",
-               "accept-pose-images": "4", "accept-max-pose-change-months": "1.0"}
+               "accept-pose-images": "4", "accept-pose-tolerance-months": "6.0", "accept-max-pose-moved": "0.25"}
     assert set(entries) == set(ACCEPT_SCHEMA.keys("node").values())
     (tmp_path / "site.toml").write_text("".join(f"{k} = {v}\n" for k, v in entries.items()))
     got = site_acceptance(tmp_path / "site.toml", tmp_path)
-    assert got.require and got.policy == AcceptancePolicy(2.5, 0.2, 4, 1.0)
+    assert got.require and got.policy == AcceptancePolicy(2.5, 0.2, 4, 6.0, 0.25)
     assert site_acceptance(None, tmp_path).policy == AcceptancePolicy() and not site_acceptance(None, tmp_path).require
     (tmp_path / "site.toml").write_text('accept-pose-images = "many"\n')
     with pytest.raises(SiteConfigError, match=re.escape("accept-pose-images = 'many' is not a valid value")):
+        site_acceptance(tmp_path / "site.toml", tmp_path)
+    (tmp_path / "site.toml").write_text("accept-max-pose-change-months = 3.0\n")  # the retired mean limit
+    with pytest.raises(SiteConfigError, match="accept-max-pose-change-months .* is retired"):
         site_acceptance(tmp_path / "site.toml", tmp_path)
