@@ -1,9 +1,10 @@
 """A site's part in the federated prediction interval: counts of its scores in fixed bins, never a score per image.
 
 The reply to the server's query after the last round (`server.interval`): the final model's absolute errors on the
-site's calibration (val) and test splits, counted in `core.intervals.federated_conformal`'s bins, with the sex given and with
-the sex from the sex head. A private site adds Gaussian noise (node config `dp-interval-noise`, default 5 counts)
-and records the release in its privacy ledger before anything leaves; past its budget it refuses.
+site's calibration (val) and test splits, counted in `core.intervals.federated_conformal`'s bins (0.5 months; 2 at a
+private site), with the sex given and with the sex from the sex head. A private site adds Gaussian noise (node
+config `dp-interval-noise`, default 5 counts) and records the release in its privacy ledger before anything leaves;
+past its budget it refuses.
 
 The site also fits its own interval of the same model from its exact scores (the quantile of its own validation
 split, and that interval's coverage of its test split) and keeps it in its state folder (`own_intervals.jsonl`),
@@ -26,7 +27,7 @@ from core.intervals.conformal import (ConformalInterval, conformal_quantile, has
                             predictions_of)
 from core.data import BoneAgeDataset
 from core.errors import UserError
-from core.intervals.federated_conformal import account_release, add_noise, score_counts
+from core.intervals.federated_conformal import BIN_MONTHS, PRIVATE_BIN_MONTHS, account_release, add_noise, score_counts
 from core.privacy import LEDGER_FILENAME
 
 logger = logging.getLogger("ossifl.client")
@@ -82,7 +83,8 @@ def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
         scores[f"{split}-given"] = _scores(model, dataset, device, False)
         scores[f"{split}-head"] = _scores(model, dataset, device, True) if head else None
     _keep_own_interval(session, scores)
-    counts = {k: None if v is None else score_counts(v) for k, v in scores.items()}
+    width = PRIVATE_BIN_MONTHS if site.dp.enabled else BIN_MONTHS  # noise per bin: a private site's bins are wider
+    counts = {k: None if v is None else score_counts(v, width) for k, v in scores.items()}
     sigma, epsilon, delta = 0.0, 0.0, 0.0
     if site.dp.enabled:
         sigma = site.dp.interval_noise

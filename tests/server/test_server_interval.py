@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from core.intervals.conformal import ConformalError, conformal_quantile
-from core.intervals.federated_conformal import (BIN_MONTHS, SiteCounts, account_release, add_noise, coverage_from_counts,
-                                      fit_federated, halfwidth_from_counts, noise_multiplier, score_counts)
+from core.intervals.federated_conformal import (BIN_MONTHS, PRIVATE_BIN_MONTHS, SiteCounts, account_release, add_noise,
+                                                coverage_from_counts, fit_federated, halfwidth_from_counts,
+                                                noise_multiplier, score_counts)
 from core.privacy import BudgetExceeded, DPConfig, PrivacyLedger
 
 PRIVATE = {"dp-noise-multiplier": 1.0, "dp-seed": 3, "dp-max-epsilon": 100.0}
@@ -22,15 +23,46 @@ PRIVATE = {"dp-noise-multiplier": 1.0, "dp-seed": 3, "dp-max-epsilon": 100.0}
 
 def test_the_binned_quantile_is_the_exact_one_rounded_up_to_its_bin_edge() -> None:
     rng = np.random.default_rng(0)
-    for n in (*range(9, 60), 200, 1000):
-        scores = np.abs(rng.normal(0, 25, n))
-        exact = conformal_quantile(scores, 0.9)
-        binned = halfwidth_from_counts(score_counts(scores), 0.9)
-        assert binned == (np.floor(exact / BIN_MONTHS) + 1) * BIN_MONTHS  # the upper edge of the exact one's bin
-        covered, counted = coverage_from_counts(score_counts(scores), binned)
-        assert counted == n and covered == np.mean(scores < binned)
+    for width in (BIN_MONTHS, PRIVATE_BIN_MONTHS):
+        for n in (*range(9, 60), 200, 1000):
+            scores = np.abs(rng.normal(0, 25, n))
+            exact = conformal_quantile(scores, 0.9)
+            counts = score_counts(scores, width)
+            binned = halfwidth_from_counts(counts, 0.9)
+            assert binned == (np.floor(exact / width) + 1) * width  # the upper edge of the exact one's bin
+            covered, counted = coverage_from_counts(counts, binned)
+            assert counted == n and covered == np.mean(scores < binned)
     with pytest.raises(ConformalError, match="at least 9"):
         halfwidth_from_counts(score_counts(np.arange(8.0)), 0.9)
+
+
+@pytest.mark.parametrize("n, rank", [(9, 9), (10, 10), (19, 18), (20, 19), (29, 27), (99, 90), (100, 91)])
+def test_the_half_width_is_the_bin_of_the_split_conformal_rank_ceil_n_plus_1_times_coverage(n: int, rank: int) -> None:
+    scores = np.arange(n) + 0.25  # one score per 0.5-month bin, the k-th smallest in the bin [k - 1, k - 0.5)
+    assert halfwidth_from_counts(score_counts(scores), 0.9) == rank - 0.5
+    assert halfwidth_from_counts(score_counts(np.arange(n) * 2 + 0.5, PRIVATE_BIN_MONTHS), 0.9) == 2 * rank
+
+
+def test_sites_without_dp_release_fine_bins_and_a_private_site_sets_the_coarse_grid() -> None:
+    rng = np.random.default_rng(3)
+    one, two = np.abs(rng.normal(0, 20, 400)), np.abs(rng.normal(0, 30, 300))
+    exact = conformal_quantile(np.concatenate([one[:200], two[:150]]), 0.9)
+    open_sites = [SiteCounts("1", score_counts(one[:200]), score_counts(one[200:])),
+                  SiteCounts("2", score_counts(two[:150]), score_counts(two[150:]))]
+    interval, summary = fit_federated(open_sites)
+    assert exact <= interval.halfwidth_months < exact + BIN_MONTHS and summary["bin_months"] == BIN_MONTHS
+    assert "0.5-month bins" in interval.method and len(score_counts(one)) == 481
+    private = SiteCounts("2", score_counts(two[:150], PRIVATE_BIN_MONTHS), score_counts(two[150:], PRIVATE_BIN_MONTHS),
+                         sigma=1e-9)
+    mixed, summary = fit_federated([open_sites[0], private])
+    assert mixed.halfwidth_months == (np.floor(exact / PRIVATE_BIN_MONTHS) + 1) * PRIVATE_BIN_MONTHS
+    assert summary["bin_months"] == PRIVATE_BIN_MONTHS and mixed.n == 350
+    assert summary["per_site"]["1"]["test_images"] == 200  # the open site's counts summed into the coarse bins
+    assert summary["per_site"]["1"]["pooled_test_coverage"] == np.mean(one[200:] < mixed.halfwidth_months)
+    assert summary["per_site"]["1"]["own_halfwidth_months"] % BIN_MONTHS == 0  # its own interval on its own bins
+    assert summary["per_site"]["1"]["own_halfwidth_months"] == halfwidth_from_counts(score_counts(one[:200]), 0.9)
+    with pytest.raises(ConformalError, match="a site releases 481 .* or 121"):
+        fit_federated([SiteCounts("3", np.ones(60), np.ones(60))])
 
 
 def test_pooled_counts_give_the_interval_of_the_pooled_scores_and_per_site_figures() -> None:
@@ -53,7 +85,7 @@ def test_noisy_counts_only_widen_the_interval_and_the_summary_says_when_noise_se
 
     def fitted(n: int, sigma: float) -> tuple[float, float, dict]:
         scores = [np.abs(rng.normal(0, 30, n)) for _ in range(2)]
-        noisy = [add_noise(score_counts(x), sigma, rng) for x in scores]
+        noisy = [add_noise(score_counts(x, PRIVATE_BIN_MONTHS), sigma, rng) for x in scores]
         interval, summary = fit_federated([SiteCounts(str(i), c, c, sigma=sigma) for i, c in enumerate(noisy)])
         return interval.halfwidth_months, conformal_quantile(np.concatenate(scores), 0.9), summary
 
@@ -132,6 +164,7 @@ def test_a_federation_ends_with_an_interval_fitted_from_the_sites_counts(federat
     conformal, how = final["conformal"], final["conformal_federated"]
     assert conformal["n"] == sum(len(s.val) for s in splits) and conformal["source"] == "2 sites"
     assert conformal["halfwidth_months"] % BIN_MONTHS == 0 and conformal["halfwidth_months_sex_from_head"]
+    assert how["bin_months"] == BIN_MONTHS  # no private site: the fine bins
     assert how["sites"] == 2 and how["private_sites"] == 0 and how["refused"] == {}
     assert how["test_images"] == sum(len(s.test) for s in splits) and 0 <= how["pooled_test_coverage"] <= 1
     for index, (site, split) in enumerate(zip(sites, splits)):
@@ -139,7 +172,7 @@ def test_a_federation_ends_with_an_interval_fitted_from_the_sites_counts(federat
         assert figures["calibration_images"] == len(split.val) and figures["test_images"] == len(split.test)
         released = _audited_counts(root / "plain" / "state" / site.name)
         for key in ("calibration-given", "calibration-head", "test-given", "test-head"):
-            assert len(released[key]) == 121 and all(float(c).is_integer() for c in released[key])
+            assert len(released[key]) == 481 and all(float(c).is_integer() for c in released[key])
         assert sum(released["calibration-given"]) == len(split.val) and released["noise-sigma"] == 0
     image = next((sites[0] / "images").iterdir())
     code = client_main(["predict", "--model", str(root / "plain" / "federated_final.pt"), "--sex", "F", "--json",
@@ -154,10 +187,12 @@ def test_private_sites_release_noisy_counts_accounted_in_their_ledgers(federated
     root, sites = federated
     how = load_checkpoint(root / "private" / "federated_final.pt").metadata["conformal_federated"]
     assert how["private_sites"] == 2 and all(s["noise_sigma"] == 5.0 for s in how["per_site"].values())
+    assert how["bin_months"] == PRIVATE_BIN_MONTHS
     for site in sites:
         state = root / "private" / "state" / site.name
         released = _audited_counts(state)
         assert released["noise-sigma"] == 5.0 and not all(float(c).is_integer() for c in released["test-given"])
+        assert len(released["test-given"]) == 121  # 2-month bins: fewer bins, fewer noise counts
         entries = PrivacyLedger(state / "privacy_ledger.jsonl").entries()
         assert entries[-1].context["release"] == "interval score counts" and entries[-1].sample_rate == 1.0
         assert released["epsilon"] > 0 and 0 < released["delta"] < 1
