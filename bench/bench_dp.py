@@ -27,6 +27,7 @@ from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
 from core.train.training import TrainConfig, make_optimizer
+from core.cli import add_shared_options
 
 
 def make_step(model: TJNet, loss_fn: JointLoss, batch: tuple[torch.Tensor, ...], private: bool) -> Callable[[], None]:
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    add_shared_options(parser, "threads", threads_default=1)
     parser.add_argument("--freeze", nargs="+", default=["1-3", "none"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="(Secure RNG|Full backward hook)")

@@ -33,6 +33,7 @@ from core.model.config import TJNetConfig
 from core.model.freeze import freeze_blocks, parse_freeze_spec
 from core.model.tjnet import TJNet
 from core.train.training import TrainConfig, make_optimizer, train_epoch
+from core.cli import add_shared_options
 
 
 def synthetic_split(images: int, size: int, seed: int = 0) -> BoneAgeDataset:
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--freeze", default="1-2,1-3,1-4")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    add_shared_options(parser, "threads", threads_default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"local epoch of {args.images} images at {args.size} px, width {args.width}, batch {args.batch}, "

@@ -35,6 +35,7 @@ from core.train.feature_cache import FeatureCache
 from core.stages.site_finetune import FinetuneConfig, finetune_site
 from core.stats.bootstrap import paired_difference
 from core.train.training import predict
+from core.cli import add_shared_options
 
 
 def test_errors(checkpoint: Path, data: SiteDataConfig) -> np.ndarray:
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=FinetuneConfig.feature_views)
     parser.add_argument("--feature-augment", default=FinetuneConfig.feature_augment,
                         help="comma-separated: where the cache augments, one cached arm each (images, features)")
-    parser.add_argument("--threads", type=int, default=1)
+    add_shared_options(parser, "threads", threads_default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)

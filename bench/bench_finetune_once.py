@@ -30,6 +30,7 @@ from core.model.freeze import parse_freeze_spec_list
 from core.preprocess import PreprocessConfig
 from core.stages.site_finetune import FinetuneConfig, compare_freeze_specs
 from sim.phantom.writer import generate_site
+from core.cli import add_shared_options
 
 logger = logging.getLogger("bench_finetune_once")
 
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--specs", default="1-3,none")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    add_shared_options(parser, "threads", threads_default=1)
     parser.add_argument("--repeats", type=int, default=1, help="alternated runs of each; the fastest is kept")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from core.checkpoint import load_checkpoint
-from core.cli import add_data_arguments, data_config_from_args, setup_logging
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args, setup_logging
 from core.data import SiteDataConfig, make_loader
 from core.data.dataset import BoneAgeDataset
 from core.data.views import StackedViews, load_site_views
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, required=True, help="folder of <row>_s<seed>.pt checkpoints")
     parser.add_argument("--baseline", default="resnet18", help="row the others are compared with")
     parser.add_argument("--split", choices=("val", "test"), default="test")
-    parser.add_argument("--threads", type=int, default=1)
+    add_shared_options(parser, "threads", threads_default=1)
     parser.add_argument("--tta", type=_tta, default=None, metavar="SHIFT,SCALE",
                         help="also score each checkpoint with this test-time augmentation (rows <row>+tta)")
     parser.add_argument("--pairs", type=_pair, nargs="*", default=[], metavar="A:B",

@@ -40,6 +40,7 @@ from core.train.loss import JointLossConfig
 from core.model.baseline import ResNetConfig, ResNetRegressor
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
+from core.cli import add_shared_options
 
 PRESET_SIZES = {"smoke": (64, 0.25), "default": (96, 0.5), "paper": (500, 1.0)}
 DEFAULT_SIZE, DEFAULT_WIDTH = PRESET_SIZES["default"]
@@ -214,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", "--reps", dest="reps", type=int, default=5, help="timed repetitions per variant (median taken)")
     parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=32)
     parser.add_argument("--image-size", "--size", dest="size", type=int, default=DEFAULT_SIZE)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the TJ-Net vs ResNet, memory, batch and size sections (default 1)")
+    add_shared_options(parser, "threads", threads_default=1)
     parser.add_argument("--quick", action="store_true", help="one repetition, small batches: a sanity run")
     parser.add_argument("--memory-child", choices=("tjnet", "resnet50"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ from core.model.freeze import freeze_blocks
 from core.model.tjnet import TJNet
 from core.train.training import TrainConfig, make_optimizer, train_epoch
 from sim.phantom.writer import generate_site
+from core.cli import add_shared_options
 
 logger = logging.getLogger("bench.pipeline")
 CPU = torch.device("cpu")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", "--size", dest="size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", "--reps", dest="reps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    add_shared_options(parser, "threads", threads_default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("core", "sim"):

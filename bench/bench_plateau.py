@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from core.checkpoint import build_model
-from core.cli import add_data_arguments, data_config_from_args, setup_logging
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args, setup_logging
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
 from core.train.loss import ALPHA_RULES, JointLossConfig, make_loss
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0])
     parser.add_argument("--norm", choices=("group", "batch"), default="group")
     parser.add_argument("--equalise", action="store_true", help="histogram-equalise every stored image first")
-    parser.add_argument("--seed", type=int, default=0)
+    add_shared_options(parser, "seed")
     args = parser.parse_args(argv)
     setup_logging()
     torch.set_num_threads(1)

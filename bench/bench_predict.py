@@ -32,6 +32,7 @@ from core.checkpoint import describe, save_checkpoint
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from sim.phantom.writer import generate_site
+from core.cli import add_shared_options
 
 logger = logging.getLogger("bench_predict")
 
@@ -54,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="images in the folder")
     parser.add_argument("--image-size", "--size", dest="size", type=int, default=1024, help="side of the phantom images in pixels")
-    parser.add_argument("--threads", type=int, default=2)
+    add_shared_options(parser, "threads", threads_default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from core.checkpoint import load_checkpoint
-from core.cli import add_data_arguments, data_config_from_args, run_command, setup_logging
+from core.cli import add_data_arguments, add_shared_options, data_config_from_args, run_command, setup_logging
 from core.data import ImageError, load_manifest, make_loader, read_image
 from core.data.dataset import BoneAgeDataset, DecodedSplit, fit_to_square, refusal_reason
 from core.data.manifest import Record
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--transforms", nargs="+", default=list(STRESS), help=f"subset of: {' '.join(STRESS)}")
     parser.add_argument("--limit", type=int, default=0, help="first N images of the split only (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    add_shared_options(parser, "seed", "threads", "json", threads_default=1, json_help="print the rows as one JSON list")
     args = parser.parse_args(argv)
     setup_logging()
     return run_command(run, args)

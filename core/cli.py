@@ -54,11 +54,13 @@ def add_verbose_option(parser: argparse.ArgumentParser, root: bool = False) -> N
 
 
 def add_shared_options(parser: argparse.ArgumentParser, *names: str, json_help: str = JSON_HELP,
-                       seed_help: str = SEED_HELP, seed_default: int | None = SEED_DEFAULT) -> None:
+                       seed_help: str = SEED_HELP, seed_default: int | None = SEED_DEFAULT,
+                       threads_default: int | None = None) -> None:
     """Add the shared options `names` (of `SHARED_OPTIONS`) with their one meaning and default.
 
     `seed_default=None` is for a command whose seed may come from a file it reads (its help says so); the
-    value the run uses is still 0 when nothing sets it.
+    value the run uses is still 0 when nothing sets it. `threads_default` is for the benchmarks, whose timings
+    are taken on a fixed number of threads (their help says so); every command leaves it to torch.
     """
     unknown = set(names) - set(SHARED_OPTIONS)
     if unknown:
@@ -66,7 +68,9 @@ def add_shared_options(parser: argparse.ArgumentParser, *names: str, json_help: 
     if "device" in names:
         parser.add_argument("--device", default=DEVICE_DEFAULT, help=DEVICE_HELP)
     if "threads" in names:
-        parser.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+        shown = THREADS_HELP if threads_default is None else \
+            f"CPU threads for torch (default {threads_default}: the benchmark's timings are taken on that many)"
+        parser.add_argument("--threads", type=_positive_int, default=threads_default, help=shown)
     if "seed" in names:
         parser.add_argument("--seed", type=int, default=seed_default, help=seed_help)
     if "json" in names:

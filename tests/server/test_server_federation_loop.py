@@ -107,12 +107,15 @@ def test_a_run_sends_its_settings_merges_every_round_and_writes_what_it_applied(
     assert f"federation done: 2 rounds, {len(outcome.shared_keys)} arrays" in caplog.text
 
 
-def test_a_resumed_run_trains_only_the_rounds_left_and_keeps_its_id(pretrained: Path, tmp_path: Path) -> None:
+def test_a_resumed_run_trains_only_the_rounds_left_and_keeps_its_id(pretrained: Path, tmp_path: Path,
+                                                                      caplog) -> None:
     first = SitesGrid()
     run_federation(first, _config(pretrained, tmp_path, rounds=1))
     federation_id = load_checkpoint(tmp_path / LATEST).metadata["federation_id"]
     resumed = SitesGrid()
-    outcome = run_federation(resumed, _config(pretrained, tmp_path, rounds=3, resume=True))
+    with caplog.at_level(logging.INFO, logger="ossifl.server"):
+        outcome = run_federation(resumed, _config(pretrained, tmp_path, rounds=3, resume=True))
+    assert f"resuming after round 1 from {tmp_path / LATEST}" in caplog.text
     assert resumed.rounds("train") == [2, 2, 3, 3] and outcome.rounds_done == 3
     assert [r.round for r in outcome.rounds] == [2, 3]  # the rounds this process ran
     assert {config["federation-id"] for _, config in resumed.sent} == {federation_id}
@@ -124,10 +127,12 @@ def test_a_resumed_run_trains_only_the_rounds_left_and_keeps_its_id(pretrained: 
     done = SitesGrid()  # nothing left to train: the final model is written again, no message sent
     assert run_federation(done, _config(pretrained, tmp_path, rounds=3, resume=True)).rounds_done == 3
     assert done.sent == []
-    with pytest.raises(ResumeMismatch, match="cannot resume .* under a different run config .*lr"):
+    with pytest.raises(ResumeMismatch, match=r"cannot resume .* under a different run config \(local-epochs: 1 -> 2; "
+                                             r"lr: 0.0003 -> 0.5\); start a new out-dir or resume with the original "
+                                             r"settings$"):
         run_federation(SitesGrid(), FederationConfig(
-            pretrained=pretrained, settings=RoundSettings(num_rounds=4, seed=3, lr=0.5), out_dir=tmp_path,
-            device="cpu", interval=False, resume=True))
+            pretrained=pretrained, settings=RoundSettings(num_rounds=4, seed=3, lr=0.5, local_epochs=2),
+            out_dir=tmp_path, device="cpu", interval=False, resume=True))
     fresh = SitesGrid()  # without resume the run starts again from the pretrained model
     assert run_federation(fresh, _config(pretrained, tmp_path, rounds=1)).rounds_done == 1
     assert fresh.rounds("train") == [1, 1]
@@ -139,7 +144,8 @@ def test_a_run_in_which_no_site_trains_stops_without_a_final_model(pretrained: P
         outcome = run_federation(SitesGrid(fail_from=1), _config(pretrained, tmp_path / "none"))
     assert outcome.final_checkpoint is None and outcome.rounds_done == 0 and outcome.bytes_per_site_per_round == 0
     assert outcome.failure.endswith("; the run stops without a final model (no round was merged)")
-    assert not (tmp_path / "none" / FINAL).exists() and "federation failed: " in caplog.text
+    assert not (tmp_path / "none" / FINAL).exists() and f"federation failed: {outcome.failure}" in caplog.text
+    assert outcome.shared_keys and all(k.startswith(("block4", "block5", "block6")) for k in outcome.shared_keys)
     later = run_federation(SitesGrid(fail_from=2), _config(pretrained, tmp_path / "later", rounds=3))
     assert later.final_checkpoint is None and later.rounds_done == 1 and [r.round for r in later.rounds] == [1, 2]
     assert later.failure.endswith(f"the run stops without a final model ({LATEST} holds round 1)")
@@ -186,3 +192,18 @@ def test_the_interval_is_fitted_after_the_last_round_on_the_final_arrays(pretrai
     run_federation(SitesGrid(fail_from=1), FederationConfig(pretrained=pretrained, out_dir=tmp_path / "f",
                                                             settings=RoundSettings(num_rounds=1), device="cpu"))
     assert calls == []  # no model, no interval
+
+
+def test_a_resume_restores_the_strategys_state(pretrained: Path, tmp_path: Path) -> None:
+    """FedAvgM's momentum carries over a resume: two rounds in one go and one plus one resumed give one model."""
+    def config(out: Path, rounds: int, resume: bool = False) -> FederationConfig:
+        return _config(pretrained, out, rounds=rounds, resume=resume, strategy="fedavgm",
+                       strategy_options={"server-momentum": 0.5})
+
+    run_federation(SitesGrid(), config(tmp_path / "straight", 2))
+    run_federation(SitesGrid(), config(tmp_path / "resumed", 1))
+    run_federation(SitesGrid(), config(tmp_path / "resumed", 2, resume=True))
+    straight, resumed = (load_checkpoint(tmp_path / name / FINAL).model.state_dict() for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    fresh = load_checkpoint(pretrained).model.state_dict()
+    assert any(not torch.equal(straight[k], fresh[k] + 2) for k in straight if k.startswith("block6"))  # momentum
