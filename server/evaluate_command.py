@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core.stages.central import evaluate_checkpoint
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
+from core.predict.tta import TTAConfig
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -33,9 +34,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"  MAD {metrics['mad_months']:.2f} months   RMSE {metrics['rmse_months']:.2f} months   "
           f"bias {metrics['bias_months']:+.2f} months")
     print(f"  accuracy {metrics['accuracy']:.3f}   within 1 year {metrics['accuracy_1y']:.3f}")
-    tta = metrics["tta"]
-    if tta["shift"] > 0 or tta["scale"] > 0:
-        print(f"  test-time augmentation recorded by the model: shift {tta['shift']}, scale {tta['scale']} "
+    tta = TTAConfig(**metrics["tta"])
+    if tta.enabled:
+        print(f"  test-time augmentation recorded by the model: shift {tta.shift}, scale {tta.scale} "
               "(--no-tta for one pass)")
     for group, mad in metrics["mad_by_age_group"].items():
         print(f"  MAD {group:>7}: {mad:6.2f} months")
