@@ -2,7 +2,7 @@
 
 Every size is its own comparison (`Comparison` of the rows of that size): differences are paired on the same test
 images, which do not change with the size. A method "beats" another at a size when the 95 % interval of the paired
-difference lies wholly below zero.
+difference lies wholly below zero, is worse than it when the interval lies wholly above zero, and is level otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from core.stats.bootstrap import Interval  # noqa: E402
 from sim.experiment import Evaluation  # noqa: E402
 from sim.verdicts import ALL, Comparison, Key, label  # noqa: E402
 
@@ -58,16 +59,18 @@ def plot_sizes(comparisons: dict[int | None, Comparison], keys: list[Key], path)
 
 
 def crossover(comparisons: dict[int | None, Comparison], site: str, method: Key, alone: Key) -> str:
-    """Where `method` stops beating `alone` at `site` as the sites grow, in words with the intervals behind it."""
+    """Where `method` stops beating `alone` at `site` as the sites grow, in words with the intervals behind it; for a
+    method that never beats it, where it stops being level with it (the reverse crossover), if it does."""
     sizes = [s for s in comparisons if s is not None and comparisons[s].has(site, method)
              and comparisons[s].has(site, alone)]
     if not sizes:
         return f"{label(method)}: not run at these sizes"
     diffs = {s: comparisons[s].difference(site, method, alone) for s in sizes}
     wins = [s for s in sizes if diffs[s].excludes_zero and diffs[s].estimate < 0]
-    shown = "; ".join(f"{s}: {diffs[s].estimate:+.2f} [{diffs[s].low:+.2f}, {diffs[s].high:+.2f}]" for s in sizes)
+    shown = "; ".join(f"{s}: {_interval(diffs[s])}" for s in sizes)
     if not wins:
-        return f"{label(method)} beats the site alone at no size tried: no crossover found ({shown})"
+        losses = [s for s in sizes if diffs[s].excludes_zero and diffs[s].estimate > 0]
+        return f"{label(method)} {_never_wins(sizes, losses, diffs)} (difference in months [95 % CI] by size: {shown})"
     if len(wins) == len(sizes):
         return (f"{label(method)} beats the site alone at every size tried, up to {sizes[-1]} images: no crossover "
                 f"found within the sweep ({shown})")
@@ -81,13 +84,39 @@ def crossover(comparisons: dict[int | None, Comparison], site: str, method: Key,
             f"{tail} (difference in months [95 % CI] by size: {shown})")
 
 
+def _interval(d: Interval) -> str:
+    return f"{d.estimate:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+
+
+def _never_wins(sizes: list[int], losses: list[int], diffs: dict[int, Interval]) -> str:
+    """A method that beats the site alone at no size: level throughout, worse throughout, level at the small sizes
+    and worse from some size on (that size named, with its interval), or a mixture."""
+    if not losses:
+        return "beats the site alone at no size tried and is level with it at every one: no crossover found"
+    if len(losses) == len(sizes):
+        return "beats the site alone at no size tried and is worse at every one: no crossover found"
+    first = losses[0]
+    level = [s for s in sizes if s not in losses]
+    if first == sizes[0]:
+        return (f"beats the site alone at no size tried; worse at {', '.join(map(str, losses))}, level at "
+                f"{', '.join(map(str, level))}: no clean crossover")
+    tail = "" if all(s in losses for s in sizes if s > first) else (
+        f" (not monotone: level again at {', '.join(str(s) for s in level if s > first)})")
+    below = [s for s in sizes if s < first]
+    return (f"beats the site alone at no size tried; level with it up to {below[-1]} images and worse from {first} on "
+            f"({first}: {_interval(diffs[first])}){tail}: reverse crossover at {first} images")
+
+
 def crossover_lines(comparisons: dict[int | None, Comparison], strategy: str, freeze: str) -> list[str]:
-    """Per site, the crossover of federating and of federating then fine-tuning locally against the site alone."""
+    """Over all sites and per site, the crossover of federating and of federating then fine-tuning locally against
+    the site alone."""
     alone = ("site-alone", freeze)
-    sites = next(iter(comparisons.values())).sites
+    sites = [ALL, *next(iter(comparisons.values())).sites]
     lines = ["## Site size: when federating stops paying", "",
              "Paired differences of MAD (method minus site alone, months; negative: the method is better) at each "
-             "size, 95 % intervals over test images and seeds.", ""]
+             "size, 95 % intervals over test images and seeds. A method beats the site alone where the interval lies "
+             "wholly below 0, is worse where it lies wholly above 0 and is level otherwise; a reverse crossover is the "
+             "size from which a method that was level becomes worse.", ""]
     for site in sites:
         for method in ((strategy, freeze), (f"{strategy}+local", freeze)):
             lines.append(f"- {site}: {crossover(comparisons, site, method, alone)}.")

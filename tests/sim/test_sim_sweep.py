@@ -19,7 +19,7 @@ from sim.report import write_results
 from sim.site_verdict import site_verdict
 from sim.sites import PreparedSite
 from sim.sizes import sized_sites, subsample_site
-from sim.sweep import by_size, crossover, plot_sizes, size_keys
+from sim.sweep import by_size, crossover, crossover_lines, plot_sizes, size_keys
 
 TRUE = np.linspace(10.0, 220.0, 40)
 
@@ -100,7 +100,8 @@ def test_results_carry_the_site_size_and_the_crossover_is_named_with_its_interva
     assert "at every size tried, up to 50 images: no crossover" in crossover(always, "a", ("fedavg", "1-3"),
                                                                             ("site-alone", "1-3"))
     never = by_size([r for r in rows if r.extra["site_size"] >= 100])
-    assert "at no size tried: no crossover found" in crossover(never, "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
+    assert "level with it up to 100 images and worse from 200 on (200: +4.0" in crossover(
+        never, "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
     plot_sizes(comparisons, size_keys("fedavg", "1-3"), tmp_path / "sizes.png")
     assert (tmp_path / "sizes.png").stat().st_size > 1000
 
@@ -117,6 +118,36 @@ def test_the_crossover_is_the_first_size_the_federation_stops_winning_at(pattern
     for size, (fed, alone) in zip((25, 50, 100, 200, 400), pattern):
         rows += [_row("a", "fedavg", "1-3", fed, size), _row("a", "site-alone", "1-3", alone, size)]
     assert expected in crossover(by_size(rows), "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
+
+
+@pytest.mark.parametrize("pattern,expected,reverse", [
+    # (federated, alone) per size 25..400, never a win: where the federation stops being level with the site alone
+    ([(14, 14)] * 5, "at no size tried and is level with it at every one: no crossover found (difference in months", False),
+    ([(20, 10)] * 5, "at no size tried and is worse at every one: no crossover found", False),
+    ([(14, 14), (14, 14), (16, 14), (18, 14), (20, 14)], "level with it up to 50 images and worse from 100 on "
+                                                         "(100: +2.0", True),
+    ([(14, 14), (18, 14), (14, 14), (18, 14), (18, 14)], "worse from 50 on (50: +4.0", True),
+    ([(18, 14), (14, 14), (14, 14), (18, 14), (18, 14)], "worse at 25, 200, 400, level at 50, 100: no clean crossover",
+     False),
+])
+def test_a_federation_level_at_small_sizes_and_worse_above_names_the_size_it_turns_worse(pattern, expected,
+                                                                                         reverse) -> None:
+    rows = []
+    for size, (fed, alone) in zip((25, 50, 100, 200, 400), pattern):
+        rows += [_row("a", "fedavg", "1-3", fed, size), _row("a", "site-alone", "1-3", alone, size)]
+    words = crossover(by_size(rows), "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
+    assert expected in words
+    assert ("reverse crossover at" in words) == reverse, words
+    lines = crossover_lines(by_size(rows), "fedavg", "1-3")
+    assert [line.split(":")[0] for line in lines if line.startswith("- ")] == ["- all sites", "- all sites", "- a", "- a"]
+
+
+def test_a_reverse_crossover_that_is_not_monotone_says_where_it_is_level_again() -> None:
+    rows = []
+    for size, fed in zip((25, 50, 100, 200, 400), (14, 18, 14, 18, 18)):
+        rows += [_row("a", "fedavg", "1-3", fed, size), _row("a", "site-alone", "1-3", 14, size)]
+    assert "(not monotone: level again at 100): reverse crossover at 50 images" in crossover(
+        by_size(rows), "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
 
 
 @pytest.mark.parametrize("errors,expected", [
