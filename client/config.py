@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +23,7 @@ from core.model.freeze import FreezeSpec
 from core.privacy import DPConfig
 from core.privacy.config import DP_SCHEMA
 from core.schema import Schema, Setting, to_bool, to_int
+from core.train.feature_augment import FEATURE_AUGMENT
 
 DEFAULT_STATE_ROOT = Path(os.environ.get("OSSIFL_STATE", Path.home() / ".ossifl" / "state"))
 
@@ -69,6 +70,7 @@ SITE_SCHEMA = Schema(
             node_key="min-group-images"),
     Setting("feature_cache", to_bool, True, "reuse the frozen blocks' outputs between epochs and rounds",
             node_key="feature-cache"),
+    replace(FEATURE_AUGMENT, node_key="feature-augment"),
     Setting("calibrate", to_bool, False, "fit the site's own sex-specific output line at every evaluation",
             node_key="calibrate"),
 )
@@ -98,6 +100,7 @@ class SiteConfig:
     min_group_images: int = _D("min_group_images")  # an age group with fewer test images is not reported (n, MAD 0)
     feature_cache: bool = _D("feature_cache")  # reuse the frozen blocks' outputs (core.train.feature_cache)
     calibrate: bool = _D("calibrate")  # the site's own sex-specific output line (core.predict.calibration)
+    feature_augment: str = _D("feature_augment")  # where that cache augments (core.train.feature_augment)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, Any], server_pretrained: str = "") -> "SiteConfig":
@@ -122,7 +125,8 @@ class SiteConfig:
         cache = values["decode_cache"]
         decode_cache = state_dir / "decoded" if cache is None else None if cache.lower() in _OFF else Path(cache)
         return cls(values["site_id"], data, Path(pretrained), state_dir, values["device"], values["freeze"].blocks,
-                   dp, decode_cache, values["min_group_images"], values["feature_cache"], values["calibrate"])
+                   dp, decode_cache, values["min_group_images"], values["feature_cache"], values["calibrate"],
+                   values["feature_augment"])
 
     def node_config(self) -> dict[str, Any]:
         """The node config that gives back these settings (the simulation writes its sites' with it)."""
@@ -130,5 +134,5 @@ class SiteConfig:
                   "pretrained": str(self.pretrained), "device": self.device, "freeze": FreezeSpec.of(self.freeze),
                   "decode_cache": "none" if self.decode_cache is None else str(self.decode_cache),
                   "min_group_images": self.min_group_images, "feature_cache": self.feature_cache,
-                  "calibrate": self.calibrate}
+                  "calibrate": self.calibrate, "feature_augment": self.feature_augment}
         return {**SITE_SCHEMA.write(values, "node"), **self.data.node_config(), **self.dp.node_config()}

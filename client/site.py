@@ -20,6 +20,7 @@ from core.predict.calibration import attach_calibration, fit_sex_calibration
 from core.data import AugmentConfig, DataError, SiteData, make_loader
 from core.data.cache import SiteDataCache, cache_budget_from_env
 from core.errors import USER_ERRORS, ConfigError
+from core.train.feature_augment import AUGMENT_WHERE
 from core.train.feature_cache import FeatureCache, feature_budget_from_env
 from core.stages.finetune import SiteRoundResult, load_arrays, train_site_round
 from core.stages.local_layers import LocalLayers, SiteCalibration, load_local_layers, save_local_layers, save_site_calibration
@@ -42,10 +43,11 @@ TRAIN_METRICS = ("num-examples", "val-mad-months", "train-seconds", "private", "
 # check the files' size and modification time on every use. OSSIFL_DECODE_CACHE_MB bounds the decoded
 # images held (default 2 GiB; 0 turns that cache off). A deployed site also keeps them in its state folder
 # (node config `decode-cache`), since its SuperNode starts a fresh process for every message. The frozen
-# blocks' outputs are kept too (`core.train.feature_cache`, OSSIFL_FEATURE_CACHE_MB, node config `feature-cache`).
+# blocks' outputs are kept too (`core.train.feature_cache`, OSSIFL_FEATURE_CACHE_MB, node config `feature-cache`), in
+# the cache of the site's `feature-augment` (one per mode; a site uses one, so one holds its features).
 PRETRAINED = CheckpointCache()
 DECODED = SiteDataCache(cache_budget_from_env())
-FEATURES = FeatureCache(feature_budget_from_env())
+FEATURES = {where: FeatureCache(feature_budget_from_env(), augment_where=where) for where in AUGMENT_WHERE}
 
 
 def evaluate_metric_keys() -> tuple[str, ...]:
@@ -100,7 +102,7 @@ class SiteSession:
         else:
             result = train_site_round(self.model, data.train, data.val, settings, self.device, self.round,
                                       self.site.dp, self.site.state_dir, self.site.data.label_unit,
-                                      FEATURES if self.site.feature_cache else None)
+                                      FEATURES[self.site.feature_augment] if self.site.feature_cache else None)
         groups = parameter_groups(self.model, frozen, settings.local_layers)
         self._keep_local_layers(groups.local)
         state = self.model.state_dict()

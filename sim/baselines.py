@@ -34,8 +34,10 @@ logger = logging.getLogger("ossifl.sim")
 
 
 def feature_cache_of(config: SimConfig) -> FeatureCache | None:
-    """The frozen-block feature cache of the baselines (None with `--no-feature-cache`)."""
-    return FeatureCache(feature_budget_from_env()) if config.feature_cache else None
+    """The frozen-block feature cache of the baselines (None with `--no-feature-cache`), augmenting where
+    `--feature-augment` says."""
+    return (FeatureCache(feature_budget_from_env(), augment_where=config.feature_augment) if config.feature_cache
+            else None)
 
 
 def local_rounds(model: torch.nn.Module, train: BoneAgeDataset, val: BoneAgeDataset, config: SimConfig,

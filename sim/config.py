@@ -19,6 +19,7 @@ from core.data import SiteDataConfig
 from core.data.config import LAYOUT_SCHEMA
 from core.train.loss import JointLossConfig
 from core.model.heads import DEFAULT_HEAD_INIT
+from core.train.feature_augment import FEATURE_AUGMENT
 from core.train.training import TrainConfig
 from core.errors import ConfigError
 from core.model.freeze import FreezeSpec, parse_freeze_spec_list
@@ -166,6 +167,7 @@ SIM_SCHEMA = Schema(
             "it", "dp_max_epsilon", flag="--dp-max-epsilon"),
     Setting("feature_cache", to_bool, True, "run the frozen blocks once per image and view (sites, baselines); "
             "--no-feature-cache recomputes them at every step", "feature_cache", flag="--no-feature-cache"),
+    replace(FEATURE_AUGMENT, run_key="feature_augment"),
     Setting("fedrep", to_bool, False, "also run FedRep (each site keeps its own head)", "fedrep", flag="--fedrep"),
     Setting("leave_one_out", to_bool, False, "also federate without each site in turn and score that model on the "
             "site left out", "leave_one_out", flag="--leave-one-out"),
@@ -219,6 +221,7 @@ class SimConfig:
     source_dir: Path | None = _D("source_dir")
     real_sites: tuple[RealSite, ...] = _D("real_sites")
     feature_cache: bool = _D("feature_cache")  # frozen blocks run once per image and view (core.train.feature_cache), sites and baselines
+    feature_augment: str = _D("feature_augment")  # where that cache augments (core.train.feature_augment), likewise
     site_sizes: tuple[int, ...] = _D("site_sizes")  # training images per site, one comparison each (empty: the sites as they are)
     fedrep: bool = _D("fedrep")  # also a FedRep federation (each site keeps and first trains its own head, block 6)
     leave_one_out: bool = _D("leave_one_out")  # also, for each site, a federation of the others scored on its test split
@@ -242,6 +245,7 @@ class SimConfig:
             if site.label_unit not in ("months", "years"):
                 raise ConfigError(f"site {site.path}: label unit must be months or years, got {site.label_unit!r}")
         object.__setattr__(self, "site_sizes", check_site_sizes(tuple(self.site_sizes)))
+        SIM_SCHEMA["feature_augment"].convert(self.feature_augment, "--feature-augment")  # refused before any training
         if not all(math.isfinite(sigma) and sigma > 0 for sigma in self.dp_noise_multipliers):
             raise ConfigError(f"DP noise multipliers must be positive numbers, got {self.dp_noise_multipliers}")
         for flag, folder in (("--out", self.out_dir), ("--cache", self.cache_dir)):
@@ -292,7 +296,8 @@ def load_experiment(path: Path) -> dict[str, Any]:
 
     Keys: preset, the experiment-file keys of `SIM_SCHEMA` (pretrained or source, strategy, strategy_options (a
     table), freeze (list), rounds, local_epochs, lr, seed, seeds, batch_size, site_sizes (list of training images per
-    site), dp_noise_multipliers (list), dp_max_epsilon, feature_cache, fedrep and leave_one_out (true/false)), and
+    site), dp_noise_multipliers (list), dp_max_epsilon, feature_cache, feature_augment ("images" or "features"), fedrep and
+    leave_one_out (true/false)), and
     [[sites]] tables with path, name and the layout keys label_unit, csv, image_dir, id_column, age_column,
     sex_column.
     """

@@ -119,7 +119,8 @@ def simulated_run(config: SimConfig, sites: list[PreparedSite], pretrained: Path
     state = out / "site-state"
     nodes = tuple(site_node_config(site.path, index, state / state_folder_name(site.path), pretrained,
                                    site.label_unit, config.device, **manifest_keys(site.data), **(dp or {}),
-                                   **{"feature-cache": config.feature_cache})
+                                   **{"feature-cache": config.feature_cache,
+                                      "feature-augment": config.feature_augment})
                   for index, site in enumerate(sites))
     return SimulatedRun(federation, nodes)
 

@@ -28,7 +28,7 @@ from core.data.manifest import Record
 from core.data.pool import DecodedPool
 from core.data.split import split_of
 from core.errors import ConfigError
-from core.train.feature_augment import AUGMENT_WHERE
+from core.train.feature_augment import FEATURE_AUGMENT
 from core.train.feature_cache import DEFAULT_VIEWS, FeatureCache, feature_budget_from_env
 from core.train.loss import JointLossConfig
 from core.stats.metrics import Predictions, compute_metrics
@@ -64,9 +64,7 @@ FINETUNE_SCHEMA = Schema(
             flag="--no-feature-cache"),
     Setting("feature_views", to_int, DEFAULT_VIEWS, "augmented views per image the feature cache keeps "
             "(epoch e trains on view e mod N)", flag="--feature-views"),
-    Setting("feature_augment", str, "images", "where the feature cache augments: 'images' (--feature-views "
-            "views of augmented images) or 'features' (one un-augmented view; its feature maps rotated, zoomed and "
-            "shifted anew every epoch: faster, approximate)", flag="--feature-augment", choices=AUGMENT_WHERE),
+    FEATURE_AUGMENT,
 )
 _D = FINETUNE_SCHEMA.default
 

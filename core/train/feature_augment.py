@@ -23,8 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from core.data.dataset import AugmentConfig, BoneAgeDataset, DecodedSplit
+from core.schema import Setting
 
 AUGMENT_WHERE = ("images", "features")  # where a cached training split is augmented
+# The one declaration of the setting, wherever a site fine-tunes: `client finetune --feature-augment` (FINETUNE_SCHEMA),
+# `python -m sim --feature-augment` and an experiment file's `feature_augment` (SIM_SCHEMA: sites and baselines), a
+# site's node config `feature-augment` (client.config.SITE_SCHEMA: its ClientApp); each schema adds only its key.
+FEATURE_AUGMENT = Setting(
+    "feature_augment", str, "images", "where the feature cache augments a training split: 'images' (a fixed number "
+    "of views of augmented images, each a pass of the frozen blocks) or 'features' (one un-augmented view; its "
+    "feature maps rotated, zoomed and shifted anew every epoch: faster, approximate)", flag="--feature-augment",
+    choices=AUGMENT_WHERE)
 
 
 def plain_view(dataset: BoneAgeDataset) -> BoneAgeDataset:

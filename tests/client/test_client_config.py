@@ -101,6 +101,7 @@ NODE_CASES = {
     "decode_cache": ({"decode-cache": "/fast"}, "decode_cache", Path("/fast")),
     "min_group_images": ({"min-group-images": "3"}, "min_group_images", 3),
     "feature_cache": ({"feature-cache": "no"}, "feature_cache", False),
+    "feature_augment": ({"feature-augment": "features"}, "feature_augment", "features"),
     "calibrate": ({"calibrate": True}, "calibrate", True),
 }
 BASE_NODE = {"data-path": "/data/site", "pretrained": "/m.pt"}
@@ -136,6 +137,7 @@ def test_a_sites_settings_round_trip_through_the_node_config_it_writes() -> None
     ({"min-group-images": "many"}, "min-group-images = 'many' is not a valid value (expected a whole number)"),
     ({"min-group-images": 0}, "min-group-images = 0 is not a valid value (expected a whole number of at least 1)"),
     ({"freeze": "1-9"}, "freeze = '1-9' is not a valid value"),
+    ({"feature-augment": "pixels"}, "feature-augment must be one of images, features, got 'pixels'"),
 ])
 def test_a_bad_site_value_is_one_line_naming_its_key(entry, message) -> None:
     with pytest.raises(SiteConfigError, match=re.escape(message)) as info:

@@ -115,13 +115,32 @@ def test_a_site_trains_on_cached_frozen_features_unless_its_node_config_says_no(
     config, pretrained = site
     sent = {k: v for k, v in _state(pretrained).items() if block_of_key(k) >= 4}
     cache = FeatureCache()
-    monkeypatch.setattr(client.site, "FEATURES", cache)
+    monkeypatch.setitem(client.site.FEATURES, "images", cache)
     SiteSession(config, dict(sent), {"batch-size": 8, "server-round": 1}, RecordDict()).train()
     SiteSession(config, dict(sent), {"batch-size": 8, "server-round": 2}, RecordDict()).train()
     assert (cache.misses, cache.hits) == (1, 1)  # the second round reused the first round's features
     off = SiteConfig(**{**config.__dict__, "feature_cache": False})
     SiteSession(off, dict(sent), {"batch-size": 8, "server-round": 3}, RecordDict()).train()
     assert (cache.misses, cache.hits) == (1, 1)
+
+
+def test_a_site_whose_node_config_says_feature_augment_features_trains_on_augmented_feature_maps(
+        site, monkeypatch) -> None:
+    import client.site
+    from core.train.feature_cache import FeatureCache
+
+    config, pretrained = site
+    caches = {where: FeatureCache(augment_where=where) for where in ("images", "features")}
+    monkeypatch.setattr(client.site, "FEATURES", caches)
+    sent = {k: v for k, v in _state(pretrained).items() if block_of_key(k) >= 4}
+    for where in ("features", "images"):
+        node = {**config.node_config(), "feature-augment": where}  # the key as a SuperNode reads it
+        SiteSession(SiteConfig.from_node_config(node), dict(sent), {"batch-size": 8, "server-round": 1},
+                    RecordDict()).train()
+        keys = list(caches[where]._entries)
+        assert keys and [key.in_features for key in keys] == [where == "features"], where
+    # each mode trained from its own cache: one split's features each, none in the other's
+    assert (caches["features"].misses, caches["images"].misses) == (1, 1)
 
 
 def test_fedrep_trains_the_kept_head_first_then_the_shared_blocks_and_returns_only_those(site, tmp_path,

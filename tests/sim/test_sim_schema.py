@@ -35,6 +35,7 @@ CASES = {
     "dp_noise_multipliers": ({"dp_noise_multipliers": [1.5, 0.8]}, (1.5, 0.8), ["--dp", "1.5,0.8"], (1.5, 0.8)),
     "dp_max_epsilon": ({"dp_max_epsilon": 6.0}, 6.0, ["--dp-max-epsilon", "6"], 6.0),
     "feature_cache": ({"feature_cache": False}, False, ["--no-feature-cache"], False),
+    "feature_augment": ({"feature_augment": "features"}, "features", ["--feature-augment", "features"], "features"),
     "fedrep": ({"fedrep": True}, True, ["--fedrep"], True),
     "leave_one_out": ({"leave_one_out": True}, True, ["--leave-one-out"], True),
     "wandb": (None, None, ["--wandb"], True),
