@@ -81,7 +81,7 @@ def export_site_model(model_path: Path, site: SiteConfig, out: Path) -> dict:
     metadata.update(describe(model), provenance=provenance)
     inputs = InputSettings.of(federated)
     val = load_site(site.data, inputs.image_size, None, seed=0, splits=("val",), preprocess=inputs.preprocess).val
-    metadata.update(conformal_metadata(model, val, torch.device("cpu"), str(site.data.root)))
+    metadata.update(conformal_metadata(model, val, torch.device("cpu"), str(site.data.root), tta=inputs.tta))
     save_checkpoint(out, model, metadata)
     return metadata
 

@@ -147,7 +147,7 @@ class SiteSession:
             raise DataError(f"{self.site.data.root}: the test split has no usable images")
         if self.site.calibrate:
             self._calibrate(data)
-        metrics = evaluate_model(self.model, data.test, self.device, self.site.data.label_unit)
+        metrics = evaluate_model(self.model, data.test, self.device, self.site.data.label_unit, tta=self.inputs.tta)
         reply: dict[str, float] = {
             "num-examples": metrics["n"], "mad-months": metrics["mad_months"],
             "rmse-months": metrics["rmse_months"], "accuracy": metrics["accuracy"],
@@ -168,7 +168,8 @@ class SiteSession:
         report) and keep it in the state folder for `client export`."""
         if len(data.train) < 2:
             raise DataError(f"{self.site.data.root}: calibrate = true needs training images to fit the site's line")
-        fitted = predict(self.model.to(self.device), make_loader(data.train, 64, shuffle=False, seed=0), self.device)
+        fitted = predict(self.model.to(self.device), make_loader(data.train, 64, shuffle=False, seed=0), self.device,
+                         tta=self.inputs.tta)  # the predictions the line will correct: with the model's TTA
         line = fit_sex_calibration(fitted.predicted_months, fitted.true_months, fitted.male)
         attach_calibration(self.model, line)
         save_site_calibration(self.site.state_dir, SiteCalibration(line, self.round, self.pretrained_sha256,

@@ -28,6 +28,7 @@ from core.intervals.conformal import (ConformalInterval, conformal_quantile, has
 from core.data import BoneAgeDataset
 from core.errors import UserError
 from core.intervals.federated_conformal import BIN_MONTHS, PRIVATE_BIN_MONTHS, account_release, add_noise, score_counts
+from core.predict.tta import TTAConfig
 from core.privacy import LEDGER_FILENAME
 
 logger = logging.getLogger("ossifl.client")
@@ -41,10 +42,11 @@ class NoOwnInterval(UserError):
     """The site kept no interval of its own for this model."""
 
 
-def _scores(model: torch.nn.Module, dataset: BoneAgeDataset, device: torch.device, from_head: bool) -> np.ndarray:
+def _scores(model: torch.nn.Module, dataset: BoneAgeDataset, device: torch.device, from_head: bool,
+            tta: TTAConfig) -> np.ndarray:
     if len(dataset) == 0:
         return np.zeros(0)
-    predicted, true = predictions_of(model, dataset, device, sex_from_head=from_head)
+    predicted, true = predictions_of(model, dataset, device, sex_from_head=from_head, tta=tta)
     return np.abs(true - predicted)
 
 
@@ -80,8 +82,8 @@ def interval_counts(session: Any) -> tuple[dict[str, torch.Tensor], dict[str, An
     head = has_sex_head(model)
     scores = {}
     for split, dataset in (("calibration", val), ("test", test)):
-        scores[f"{split}-given"] = _scores(model, dataset, device, False)
-        scores[f"{split}-head"] = _scores(model, dataset, device, True) if head else None
+        scores[f"{split}-given"] = _scores(model, dataset, device, False, session.inputs.tta)
+        scores[f"{split}-head"] = _scores(model, dataset, device, True, session.inputs.tta) if head else None
     _keep_own_interval(session, scores)
     width = PRIVATE_BIN_MONTHS if site.dp.enabled else BIN_MONTHS  # noise per bin: a private site's bins are wider
     counts = {k: None if v is None else score_counts(v, width) for k, v in scores.items()}

@@ -19,7 +19,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default="test")
     evaluate.add_argument("--no-tta", action="store_true",
                           help="one forward pass per image, without the test-time augmentation the checkpoint records "
-                               "(server pretrain's default), e.g. to compare it with a federated or fine-tuned model")
+                               "(server pretrain's default), e.g. to compare it with a model that records none")
     add_shared_options(evaluate, "device", "json")
     evaluate.set_defaults(handler=run_evaluate)
 

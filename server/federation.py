@@ -45,7 +45,8 @@ class Federation:
         self.config = config
         pretrained = load_checkpoint(config.pretrained)
         self.model = pretrained.model
-        self.preprocess = pretrained.metadata.get("preprocess")  # every image this model sees is preprocessed alike
+        # every image this model sees is preprocessed alike; its checkpoints record the pretrained model's TTA too
+        self.inherited = InputSettings.of(pretrained).inherited()
         set_trainable(self.model, config.settings.freeze)
         self.keys = list(parameter_groups(self.model, config.settings.freeze, config.settings.local_layers).shared)
         self.latest = config.out_dir / LATEST
@@ -120,7 +121,7 @@ class Federation:
             dp_meta["central_dp_state"] = self.private.accountant_state()
         save_checkpoint(self.latest, self.model, describe(
             self.model, round=real_round, strategy=self.config.strategy, strategy_state=self.strategy.state_dict(),
-            seed=self.config.settings.seed, run_config=self.applied, preprocess=self.preprocess,
+            seed=self.config.settings.seed, run_config=self.applied, **self.inherited,
             site_privacy=self.site_privacy.state_dict(), federation_id=self.federation_id, **dp_meta))
 
     def run(self, grid: Grid) -> FederationOutcome:
@@ -167,7 +168,7 @@ class Federation:
                                                     seed=config.settings.seed, pretrained=str(config.pretrained),
                                                     pretrained_sha256=file_sha256(config.pretrained),
                                                     federation_id=self.federation_id,
-                                                    run_config=self.applied, preprocess=self.preprocess,
+                                                    run_config=self.applied, **self.inherited,
                                                     **dp_meta, **interval))
         shared = set(self.keys)
         nbytes = sum(v.numel() * v.element_size() for k, v in self.model.state_dict().items() if k in shared)

@@ -7,8 +7,10 @@ value of the mean of the views' class probabilities). No horizontal flip: it wou
 into a right one. Uncovered pixels take the black background of the model's input squares.
 
 A checkpoint records its setting in metadata["tta"] (`server pretrain` writes `PRETRAIN_TTA` unless told
-otherwise: ``--no-tta`` or ``--tta-shift``/``--tta-scale``); evaluation, conformal calibration, prediction,
-acceptance and ensembles read it from there (`tta_config_of`), so every path scores the model the same way.
+otherwise: ``--no-tta`` or ``--tta-shift``/``--tta-scale``); a model written from another inherits it
+(`core.inputs.InputSettings.inherited`); evaluation, conformal calibration, prediction, acceptance, ensembles and a
+site's round metrics and interval counts read it from there (through `core.inputs.InputSettings`), so every path
+scores the model the same way.
 The sex head's logits are those of the unaugmented image.
 """
 

@@ -205,8 +205,8 @@ def evaluate_checkpoint(
     one_pass: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved model on one split ("train", "val", "test" or "all") of a site folder, with the test-time
-    augmentation it records unless `one_pass` (to compare it with a model that records none: a federated or
-    fine-tuned one)."""
+    augmentation it records unless `one_pass` (to compare it with a model that records none, such as a federated or
+    fine-tuned one written before descendants inherited their parent's TTA)."""
     loaded = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
     inputs = InputSettings.of(loaded)  # the model's own preprocessing (one per view for a region ensemble)

@@ -34,12 +34,12 @@ from core.train.loss import JointLossConfig
 from core.stats.metrics import Predictions, compute_metrics
 from core.model.freeze import FREEZE_CHOICES, FreezeSpec, format_freeze_spec, freeze_blocks, parse_freeze_spec
 from core.inputs import InputSettings
+from core.predict.tta import TTAConfig
 from core.schema import Schema, Setting, to_bool, to_int
 from core.stats.bootstrap import Interval, mad_interval, paired_difference
 from core.train.training import TrainConfig, fit, predict, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
-CARRIED_METADATA = ("preprocess",)  # what the pretrained checkpoint passes on to the site's model
 
 
 def _freeze(raw: Any) -> FreezeSpec:
@@ -133,8 +133,9 @@ def finetune_model(model: nn.Module, train: BoneAgeDataset, val: BoneAgeDataset,
     return result.history
 
 
-def _predict(model: nn.Module, dataset: BoneAgeDataset, device: torch.device) -> Predictions:
-    return predict(model, make_loader(dataset, 64, shuffle=False, seed=0), device)
+def _predict(model: nn.Module, dataset: BoneAgeDataset, device: torch.device,
+             tta: TTAConfig | None = None) -> Predictions:
+    return predict(model, make_loader(dataset, 64, shuffle=False, seed=0), device, tta=tta)
 
 
 def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: FinetuneConfig,
@@ -159,19 +160,21 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     if empty:  # no model selection, no measured effect: a checkpoint written anyway would report 'nan' as a result
         raise DataError(f"{data.root}: no {' or '.join(empty)} images among the usable ones; fine-tuning needs "
                         f"all three splits (python -m client check shows them; add images)")
-    before = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
+    # scored as the model is used: with the test-time augmentation the pretrained model records (and passes on)
+    before = compute_metrics(_predict(model, site.test, device, inputs.tta), model.config.class_step_months,
+                             data.label_unit)
     freeze = parse_freeze_spec(config.freeze)
     features = (features or feature_cache_of(config)) if config.feature_cache else None
     history = finetune_model(model, site.train, site.val, freeze, config, device, features)
-    after = compute_metrics(_predict(model, site.test, device), model.config.class_step_months, data.label_unit)
+    after = compute_metrics(_predict(model, site.test, device, inputs.tta), model.config.class_step_months,
+                            data.label_unit)
     provenance = {"kind": "site-finetune", "pretrained": str(pretrained), "pretrained_sha256": file_sha256(pretrained),
                   "freeze": format_freeze_spec(freeze), "data": {"root": str(data.root), "label_unit": data.label_unit,
                                                                  "summary": site.summary()},
                   "finetune_config": asdict(config)}
-    carried = {k: loaded.metadata[k] for k in CARRIED_METADATA if k in loaded.metadata}
     metadata = describe(model, seed=config.seed, provenance=provenance, history=history,
-                        test_metrics={"pretrained": before, "finetuned": after}, **carried,
-                        **conformal_metadata(model, site.val, device, str(data.root)))  # prediction interval (h12)
+                        test_metrics={"pretrained": before, "finetuned": after}, **inputs.inherited(),
+                        **conformal_metadata(model, site.val, device, str(data.root), tta=inputs.tta))
     save_checkpoint(out, model, metadata)
     logger.info("test MAD %.2f -> %.2f months (%d images); saved %s", before["mad_months"], after["mad_months"],
                 after["n"], out)
@@ -218,7 +221,8 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
                          "cross-validation; use --folds 2 or more images")
     folds = folds_of(records, config.folds, config.seed)
     tests = [pool.dataset(fold, None, config.seed) for fold in folds]
-    collected: dict[str, list[Predictions]] = {"pretrained": [_predict(base.model, t, device) for t in tests]}
+    tta = InputSettings.of(base).tta  # every spec scored as its model would be used: with the recorded TTA
+    collected: dict[str, list[Predictions]] = {"pretrained": [_predict(base.model, t, device, tta) for t in tests]}
     collected["calibrated"] = calibrated_folds(collected["pretrained"])
     quiet = FinetuneConfig(**{**asdict(config), "progress": False})
     features = feature_cache_of(config)  # one for every fold and spec: a fold's features serve each spec's run
@@ -233,7 +237,7 @@ def compare_freeze_specs(pretrained: Path, data: SiteDataConfig, config: Finetun
             finetune_model(model, pool.dataset(inner["train"], AugmentConfig(), config.seed),
                            pool.dataset(inner["val"], None, config.seed), parse_freeze_spec(spec), quiet, device,
                            features)
-            collected[spec].append(_predict(model, test, device))
+            collected[spec].append(_predict(model, test, device, tta))
             logger.info("[%d/%d] freeze %s, fold %d/%d: fold MAD %.2f months", step, len(specs) * config.folds,
                         spec, k + 1, config.folds, float(np.mean(np.abs(collected[spec][-1].predicted_months
                                                                         - collected[spec][-1].true_months))))

@@ -17,6 +17,8 @@ from core.model.groups import norm_layer_keys
 from core.model.tjnet import TJNet
 from sim.phantom.writer import generate_site
 
+TTA = {"shift": 0.04, "scale": 0.05}
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
@@ -26,8 +28,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     torch.manual_seed(0)
     model = TJNet(TJNetConfig(image_size=48, width=0.25))
     pretrained = save_checkpoint(root / "pretrained.pt", model, describe(model))
-    federated = save_checkpoint(root / "federated_final.pt", model, describe(
-        model, round=2, strategy="fedavg", pretrained=str(pretrained), pretrained_sha256=file_sha256(pretrained)))
+    federated = save_checkpoint(root / "federated_final.pt", model, describe(  # with the TTA it inherited
+        model, round=2, strategy="fedavg", pretrained=str(pretrained), pretrained_sha256=file_sha256(pretrained),
+        tta=TTA))
     config = root / "site.toml"
     config.write_text(f'data-path = "{data}"\nsite-id = 4\nstate-dir = "{root / "state"}"\ndevice = "cpu"\n')
     return config, federated, pretrained
@@ -58,6 +61,12 @@ def test_the_exported_model_is_the_federated_one_with_the_sites_layers(site, tmp
     assert exported.metadata["conformal"]["source"] == str(config.parent / "site") == result["conformal"]["source"]
     data = str(config.parent / "site")
     assert client_main(["calibrate", "--model", str(out), "--data", data, "--out", str(tmp_path / "c.pt")]) == 0
+    # the exported model keeps the federated model's TTA, and its interval was fitted with it: the same as the one
+    # `client calibrate` (which scores with the recorded TTA) fits on the same validation split
+    assert exported.metadata["tta"] == TTA
+    refitted = load_checkpoint(tmp_path / "c.pt").metadata["conformal"]
+    assert refitted["n"] == exported.metadata["conformal"]["n"]
+    assert refitted["halfwidth_months"] == pytest.approx(exported.metadata["conformal"]["halfwidth_months"], abs=1e-4)
     code = client_main(["accept", "--model", str(out), "--data", data, "--state-dir", str(tmp_path / "s"), "--json"])
     assert code in (0, 1) and json.loads(capsys.readouterr().out.splitlines()[-1])["figures"]["weights"]["passed"]
     image = next((config.parent / "site" / "images").iterdir())

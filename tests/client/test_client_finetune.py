@@ -17,11 +17,13 @@ from core.stats.metrics import Predictions
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
+from core.predict.tta import TTAConfig
 from core.stages.site_finetune import FINETUNE_SCHEMA, folds_of, summarise_specs
 from sim.phantom.writer import generate_site
 
 # a cheap preprocessing (contrast equalisation only) that the site's model must inherit
 PREPROCESS = PreprocessConfig(canonical=False, small_angle=False, output_size=32).to_dict()
+TTA = {"shift": 0.04, "scale": 0.05}  # and the test-time augmentation, which it must also be scored with
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = generate_site("eu_clinic", 30, root / "site", seed=1, image_size=32)
     torch.manual_seed(0)
     model = TJNet(TJNetConfig(image_size=32, width=0.25))
-    return folder, save_checkpoint(root / "pretrained.pt", model, describe(model, preprocess=PREPROCESS))
+    return folder, save_checkpoint(root / "pretrained.pt", model, describe(model, preprocess=PREPROCESS, tta=TTA))
 
 
-def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], tmp_path: Path, capsys,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.stages.site_finetune as stage
+
+    fitted_with = []  # the interval is fitted with the TTA the model records (too few images here for one)
+    monkeypatch.setattr(stage, "conformal_metadata", lambda *a, tta=None, **k: fitted_with.append(tta) or {})
     folder, pretrained = site
     out = tmp_path / "site.pt"
     code = main(["finetune", "--pretrained", str(pretrained), "--data", str(folder), "--freeze", "1-4",
@@ -49,11 +56,16 @@ def test_finetune_writes_a_checkpoint_with_provenance(site: tuple[Path, Path], t
     recorded = provenance["finetune_config"]  # the settings applied, under the record's names
     assert set(recorded) == set(FINETUNE_SCHEMA.settings) and (recorded["freeze"], recorded["epochs"]) == ("1-4", 1)
     assert loaded.metadata["preprocess"] == PREPROCESS  # carried over from the pretrained checkpoint
+    assert loaded.metadata["tta"] == TTA and fitted_with == [TTAConfig(**TTA)]  # so are its TTA and its interval's
     original = load_checkpoint(pretrained).model.state_dict()
     changed = [k for k, v in loaded.model.state_dict().items() if not torch.equal(v, original[k])]
     assert changed and all(k.startswith(("block5", "block6")) for k in changed)
-    metrics = evaluate_checkpoint(out, SiteDataConfig(root=folder), device="cpu")
+    metrics = evaluate_checkpoint(out, SiteDataConfig(root=folder), device="cpu")  # with the TTA it records
     assert metrics["mad_months"] == pytest.approx(printed["test_mad_months"]["finetuned"], rel=1e-4)
+    before = evaluate_checkpoint(pretrained, SiteDataConfig(root=folder), device="cpu")  # scored alike: TTA on both
+    assert before["mad_months"] == pytest.approx(printed["test_mad_months"]["pretrained"], rel=1e-4)
+    one_pass = evaluate_checkpoint(pretrained, SiteDataConfig(root=folder), device="cpu", one_pass=True)
+    assert abs(one_pass["mad_months"] - before["mad_months"]) > 1e-3  # (the TTA changes the figure it checks)
 
 
 def test_bad_input_is_one_line(site: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -94,6 +106,8 @@ def test_compare_runs_every_spec_out_of_fold(site: tuple[Path, Path], capsys) ->
     assert [r["freeze"] for r in rows] == ["pretrained", "calibrated", "1-4"]
     assert all(r["n"] == 30 and r["mad_ci_low"] <= r["mad_months"] <= r["mad_ci_high"] for r in rows)
     assert rows[0]["diff_vs_pretrained"] is None and all(len(r["diff_vs_pretrained"]) == 3 for r in rows[1:])
+    scored = evaluate_checkpoint(pretrained, SiteDataConfig(root=folder), split="all", device="cpu")  # recorded TTA
+    assert rows[0]["mad_months"] == pytest.approx(scored["mad_months"], rel=1e-4)
 
 
 def test_folds_are_disjoint_and_cover_the_site() -> None:

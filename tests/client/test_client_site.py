@@ -214,3 +214,40 @@ def test_a_calibrating_site_reports_its_calibrated_test_metrics_and_keeps_its_li
     kept = load_site_calibration(tmp_path)
     assert kept is not None and kept.round == 3 and kept.n_train == len(data.train)
     assert kept.line.boys.slope == pytest.approx(line.boys.slope, rel=1e-4)
+
+
+def test_a_site_scores_calibrates_and_counts_with_the_tta_its_pretrained_model_records(site, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    import client.site_interval as site_interval
+    from core.checkpoint import save_checkpoint
+    from core.data import load_site, make_loader
+    from core.intervals.conformal import predictions_of
+    from core.intervals.federated_conformal import BIN_MONTHS, score_counts
+    from core.predict.calibration import fit_sex_calibration
+    from core.predict.tta import TTAConfig
+    from core.stages.local_layers import load_site_calibration
+    from core.train.evaluation import evaluate_model
+    from core.train.training import predict
+
+    config, pretrained = site
+    parent, tta, cpu = load_checkpoint(pretrained), TTAConfig(shift=0.04, scale=0.05), torch.device("cpu")
+    recorded = save_checkpoint(tmp_path / "tta.pt", parent.model, {**parent.metadata, "tta": tta.to_dict()})
+    with_tta = SiteConfig(**{**config.__dict__, "pretrained": recorded, "state_dir": tmp_path / "state"})
+    data = load_site(config.data, parent.model.config.image_size, None, seed=0, splits=("train", "val", "test"))
+    _, reply = SiteSession(with_tta, _state(pretrained), {}, RecordDict()).evaluate()
+    expected, one_pass = (evaluate_model(parent.model, data.test, cpu, config.data.label_unit, tta=t)["mad_months"]
+                          for t in (tta, None))
+    assert reply["mad-months"] == pytest.approx(expected, abs=1e-3) and abs(expected - one_pass) > 1e-3
+    scored_with = []  # the interval's scores: an untrained model's errors barely move between 0.5-month bins
+    monkeypatch.setattr(site_interval, "predictions_of", lambda *a, tta=None, **k: scored_with.append(tta) or
+                        predictions_of(*a, tta=tta, **k))
+    _, counts = site_interval.interval_counts(SiteSession(with_tta, _state(pretrained), {}, RecordDict()))
+    predicted, true = predictions_of(parent.model, data.test, cpu, tta=tta)
+    assert counts["test-given"] == [float(c) for c in score_counts(abs(true - predicted), BIN_MONTHS)]
+    assert scored_with and set(scored_with) == {tta}
+    calibrating = SiteConfig(**{**with_tta.__dict__, "calibrate": True})
+    SiteSession(calibrating, _state(pretrained), {"server-round": 1}, RecordDict()).evaluate()
+    train = predict(parent.model, make_loader(data.train, 64, shuffle=False, seed=0), cpu, tta=tta)
+    line = fit_sex_calibration(train.predicted_months, train.true_months, train.male)
+    kept = load_site_calibration(tmp_path / "state")
+    assert kept is not None and kept.line.boys.slope == pytest.approx(line.boys.slope, rel=1e-4)

@@ -34,3 +34,13 @@ def test_readers_use_the_one_object_rather_than_the_metadata() -> None:
                for p in (ROOT / package).rglob("*.py") if by_hand.search(p.read_text(encoding="utf-8"))}
     readers -= {"core/inputs.py", "core/predict/tta.py", "core/preprocess/pipeline.py", "core/preprocess/__init__.py"}
     assert not readers, sorted(readers)  # each reads them through InputSettings.of
+
+
+def test_a_derived_model_inherits_the_preprocessing_and_tta_its_parent_records_and_nothing_else(tmp_path: Path) -> None:
+    model = TJNet(TJNetConfig(image_size=40, width=0.25))
+    tta, preprocess = {"shift": 0.04, "scale": 0.05}, PreprocessConfig().to_dict()
+    parent = save_checkpoint(tmp_path / "m.pt", model, describe(model, preprocess=preprocess, tta=tta, seed=3,
+                                                                conformal={"halfwidth_months": 9.0}))
+    assert InputSettings.of(load_checkpoint(parent)).inherited() == {"preprocess": preprocess, "tta": tta}
+    bare = save_checkpoint(tmp_path / "p.pt", model, describe(model))
+    assert InputSettings.of(load_checkpoint(bare)).inherited() == {}  # no TTA recorded: descendants stay one-pass

@@ -64,3 +64,18 @@ def test_fedbn_keeps_normalisation_layers_out_of_what_the_server_sends_and_aggre
     assert unfrozen_norms and unfrozen_norms <= set(plain.keys)  # without FedBN they travel
     assert fedbn.keys and not set(fedbn.keys) & norms
     assert set(fedbn.keys) == set(plain.keys) - norms
+
+
+@pytest.mark.parametrize("recorded", [{"tta": {"shift": 0.04, "scale": 0.05}, "preprocess": None}, {}])
+def test_the_federations_checkpoints_and_final_model_inherit_the_pretrained_models_tta(tmp_path: Path,
+                                                                                       recorded: dict) -> None:
+    torch.manual_seed(0)
+    model = TJNet(TJNetConfig(image_size=32, width=0.25))
+    parent = save_checkpoint(tmp_path / "pretrained.pt", model, describe(model, **recorded))
+    federation = Federation(FederationConfig(pretrained=parent, settings=RoundSettings(num_rounds=1),
+                                             out_dir=tmp_path / "run", device="cpu"))
+    federation.merge(1, ArrayRecord({k: federation.model.state_dict()[k] for k in federation.keys}))
+    final = federation._finish({}).final_checkpoint
+    for path in (tmp_path / "run" / LATEST, final):
+        written = load_checkpoint(path).metadata
+        assert {k: written[k] for k in ("tta", "preprocess") if k in written} == recorded  # none: one pass
