@@ -4,14 +4,16 @@ Options, cheapest first: calibrate only (a line on the pretrained model's output
 federate, federate then fine-tune, personalise (the federated model with the site's own calibration, norm layers or
 head). The rule, on paired differences over the same test images (95 % intervals over images and seeds):
 
-1. The local choice: stay alone if it beats calibrate-only significantly, else calibrate only (it costs least).
+1. The local choice: stay alone if it beats calibrate-only significantly, else calibrate only (it costs least);
+   where the pretrained model as it is beats calibration significantly, the pretrained model takes calibration's
+   place in this step (the site alone must then beat the pretrained model).
 2. A federated option qualifies when it beats the local choice significantly. Among those that qualify the one with
    the lowest MAD is the best; the verdict is the cheapest qualifying option that the best does not beat
    significantly (a costlier option must earn its cost).
 3. When none qualifies, the verdict is the local choice, with the best federated option's difference beside it.
 
 Where the pretrained model as it is beats calibration significantly and nothing beats it, the line says to use the
-pretrained model as it is rather than name calibration.
+pretrained model as it is rather than name calibration or a site alone that is no better than it.
 """
 
 from __future__ import annotations
@@ -45,14 +47,14 @@ def site_verdict(comparison: Comparison, site: str, strategy: str, freeze: str) 
     if len(local) < 2:
         return f"{site}: no verdict (calibration or the site-alone baseline is missing from this run)"
     calibrate, alone = local["calibrate only"], local["stay alone"]
-    base_word, base = ("stay alone", alone) if _wins(comparison, site, alone, calibrate) else ("calibrate only",
-                                                                                              calibrate)
-    local_reason = _diff(comparison, site, alone, calibrate)
     pretrained = ("pretrained", "all")
-    if base_word == "calibrate only" and comparison.has(site, pretrained) and _wins(comparison, site, pretrained,
-                                                                                    calibrate):
-        base_word, base = "use the pretrained model as it is", pretrained  # calibrating would make it worse
-        local_reason += "; " + _diff(comparison, site, pretrained, calibrate)
+    reference_word, reference, reasons = "calibrate only", calibrate, []
+    if comparison.has(site, pretrained) and _wins(comparison, site, pretrained, calibrate):
+        reference_word, reference = "use the pretrained model as it is", pretrained  # calibrating would make it worse
+        reasons.append(_diff(comparison, site, pretrained, calibrate))
+    base_word, base = ("stay alone", alone) if _wins(comparison, site, alone, reference) else (reference_word,
+                                                                                              reference)
+    local_reason = "; ".join([_diff(comparison, site, alone, reference), *reasons])
     federated = [(w, k) for w, k in options if w not in LOCAL]
     qualified = [(w, k) for w, k in federated if _wins(comparison, site, k, base)]
     if not qualified:

@@ -158,6 +158,13 @@ def test_a_reverse_crossover_that_is_not_monotone_says_where_it_is_level_again()
     ({"calibrated": 20, "alone": 15, "fed": 10.05, "local": 10.0, "calib": 12}, "**federate** (fedavg (freeze 1-3)"),
     ({"calibrated": 20, "alone": 15, "fed": 12, "local": 11, "fedrep": 6}, "**personalise** (fedavg+fedrep"),
     ({"pretrained": 8, "calibrated": 12, "alone": 12.05, "fed": 11.9}, "**use the pretrained model as it is**"),
+    # calibration makes the model worse and the site alone is better than calibration but no better than no training
+    ({"pretrained": 8, "calibrated": 12, "alone": 8.05, "fed": 11.9}, "**use the pretrained model as it is**: no "
+                                                                      "federated option beats it significantly (best: "
+                                                                      "fedavg (freeze 1-3) minus pretrained"),
+    ({"pretrained": 10, "calibrated": 12, "alone": 8, "fed": 11.9}, "**stay alone**: no federated option beats it "
+                                                                    "significantly (best: fedavg (freeze 1-3) minus "
+                                                                    "site-alone (freeze 1-3)"),
 ])
 def test_the_verdict_names_only_what_the_paired_differences_support(errors, expected) -> None:
     comparison = by_size(_options("a", errors))[None]
