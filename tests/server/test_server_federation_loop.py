@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 import server.federation as federation_module
@@ -24,6 +23,7 @@ from core.model.tjnet import TJNet
 from core.round_settings import RoundSettings
 from server.config import FederationConfig
 from server.federation import FINAL, LATEST, run_federation
+from sites_grid import SitesGrid  # tests/server/sites_grid.py
 
 
 @pytest.fixture(autouse=True)
@@ -38,36 +38,6 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = TJNet(TJNetConfig(image_size=32, width=0.25))
     return save_checkpoint(tmp_path_factory.mktemp("loop") / "pretrained.pt", model, describe(model))
-
-
-class SitesGrid:
-    """Two sites that answer at once: a training message with its arrays plus one (integers stay integers), an
-    evaluation with a MAD; from round `fail_from` on (counted over resumes) every site answers with an error."""
-
-    def __init__(self, fail_from: int = 10**6) -> None:
-        self.fail_from = fail_from
-        self.sent: list[tuple[str, dict]] = []  # (message type, its config as sent: the record is reused)
-
-    def get_node_ids(self) -> list[int]:
-        return [1, 2]
-
-    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            self.sent.append((msg.metadata.message_type, dict(msg.content["config"])))
-            if int(msg.content["config"]["server-round"]) >= self.fail_from:
-                replies.append(Message(Error(code=0, reason="site offline"), reply_to=msg))
-                continue
-            content = {"metrics": MetricRecord({"num-examples": 4, "site-id": msg.metadata.dst_node_id,
-                                                "mad-months": 10.0})}
-            if msg.metadata.message_type.startswith("train"):
-                content["arrays"] = ArrayRecord({k: Array(a.numpy() + np.ones(1, a.numpy().dtype))
-                                                 for k, a in msg.content["arrays"].items()})
-            replies.append(Message(RecordDict(content), reply_to=msg))
-        return replies
-
-    def rounds(self, kind: str = "train") -> list[int]:
-        return [int(config["server-round"]) for sent, config in self.sent if sent.startswith(kind)]
 
 
 def _config(pretrained: Path, out: Path, rounds: int = 2, **extra) -> FederationConfig:
