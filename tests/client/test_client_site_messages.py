@@ -23,13 +23,13 @@ from client.site import LOCAL_LAYERS_KEY, TRAIN_METRICS, SiteSession, evaluate_m
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.data import AugmentConfig, load_site
 from core.errors import ConfigError
-from core.inputs import InputSettings
 from core.model.config import TJNetConfig
 from core.model.groups import block_of_key, norm_layer_keys
 from core.model.tjnet import TJNet
 from core.privacy.config import DPConfig
 from core.stages.finetune import SiteRoundResult
-from core.stages.local_layers import LocalLayers, load_site_calibration, save_local_layers
+from core.preprocess import PreprocessConfig
+from core.stages.local_layers import LocalLayers, load_local_layers, load_site_calibration, save_local_layers
 from core.train.evaluation import evaluate_model
 
 TRAIN_IDS, TEST_IDS = (1, 3, 4, 7, 8, 9, 10), (5, 6)  # id 2 is the validation split (core.data.split)
@@ -73,12 +73,12 @@ def _message(kind: str, arrays: dict[str, torch.Tensor], **config) -> Message:
     return Message(content=content, dst_node_id=1, message_type=kind)
 
 
-def _subset(site: tuple[Path, Path], ids: tuple[int, ...], out: Path) -> Path:
-    """A copy of the site with only these images (the fixture's files are never modified)."""
+def _subset(site: tuple[Path, Path], ids: tuple[int, ...], out: Path, years: bool = False) -> Path:
+    """A copy of the site with only these images, ages in years if asked (the fixture's files are never modified)."""
     (out / "images").mkdir(parents=True)
     with open(site[0] / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    kept = [row for row in rows if int(row["id"]) in ids]
+    kept = [{**row, "boneage": float(row["boneage"]) / 12} if years else row for row in rows if int(row["id"]) in ids]
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -121,44 +121,77 @@ def test_the_site_trains_what_it_received_minus_its_own_freeze_and_reports_a_pri
     private = SiteRoundResult(7, train_loss=1.5, train_mad_months=2.5, val_mad_months=3.5, train_seconds=0.25,
                               epsilon=1.25, delta=1e-5)
     calls = _stub_training(monkeypatch, private)
+    model = load_checkpoint(site[1]).model  # the same model, trained on preprocessed images (not run here)
+    preprocessed = save_checkpoint(tmp_path / "preprocessed.pt", model,
+                                   describe(model, preprocess=PreprocessConfig(canonical=False).to_dict()))
     loads = []
     real_load = site_module.DECODED.load
-    monkeypatch.setattr(site_module.DECODED, "load", lambda *a, **kw: loads.append((a, kw)) or real_load(*a, **kw))
-    config = replace(_config(site, tmp_path, freeze="1-4"), feature_cache=False)
+
+    def recorded_load(data, size, augment, **options):
+        loads.append((data, size, augment, options))
+        return real_load(data, size, augment, **{**options, "preprocess": None})
+
+    monkeypatch.setattr(site_module.DECODED, "load", recorded_load)
+    config = replace(_config(site, tmp_path, freeze="1-4", pretrained=str(preprocessed)), feature_cache=False,
+                     decode_cache=tmp_path / "decoded")
     server = {"freeze": "1-3", "central-dp": True, "server-round": 4, "seed": 9, "batch-size": 4}
     with caplog.at_level(logging.INFO, logger="ossifl.client"):
-        arrays, metrics = SiteSession(config, _state(site, 4, 5, 6), server, RecordDict()).train()
+        session = SiteSession(config, _state(site, 4, 5, 6), server, RecordDict())
+        arrays, metrics = session.train()
     (n_train, n_val, settings, device, round_number, args, kwargs), = calls
     assert (n_train, n_val, settings.freeze, settings.seed, device, round_number) == (7, 1, (1, 2, 3, 4), 9,
                                                                                       torch.device("cpu"), 4)
-    assert args == (config.dp, config.state_dir, "months", None)  # no feature cache: the node config said so
-    (data, size, augment), options = loads[0]
-    assert (data, size, augment) == (config.data, 32, AugmentConfig())
-    assert options == {"seed": 9, "splits": ("train", "val"), "disk_dir": None,
-                       "preprocess": InputSettings.of(load_checkpoint(site[1])).preprocess}
+    assert args == (config.dp, config.state_dir, "months", None) and kwargs == {}  # the node config: no feature cache
+    assert loads == [(config.data, 32, AugmentConfig(), {"seed": 9, "splits": ("train", "val"),
+                                                         "disk_dir": tmp_path / "decoded",
+                                                         "preprocess": PreprocessConfig(canonical=False)})]
     assert {block_of_key(k) for k in arrays} == {5, 6}  # block 4 arrived but this site keeps it frozen
     assert metrics == {"num-examples": 1, "val-mad-months": 3.5, "train-seconds": 0.25, "private": 1.0,
                        "train-loss": 0.0, "train-mad-months": 0.0, "epsilon": 1.25, "delta": 1e-5, "frozen-depth": 4,
                        **{f"frozen-block-{b}": float(b <= 4) for b in range(1, 7)}, "site-id": 3}
-    assert caplog.records[-1].getMessage().endswith("val MAD 3.50 months, epsilon 1.250")
+    assert caplog.records[-1].getMessage() == ("site 3 round 4: trained blocks [5, 6] on 7 images, val MAD 3.50 "
+                                               "months, epsilon 1.250")
+    assert session.numeric_site_id == 3
     calls.clear()
     plain = replace(private, epsilon=None, delta=None)
     monkeypatch.setattr(site_module, "train_site_round", lambda *a, **kw: calls.append(a[6:]) or plain)
-    _, metrics = SiteSession(_config(site, tmp_path, **{"site-id": "north"}), _state(site, 5, 6), {}, RecordDict()).train()
-    assert calls == [(config.dp, config.state_dir, "months", site_module.FEATURES)]
+    named = SiteSession(_config(site, tmp_path, **{"site-id": "north"}), _state(site, 5), {}, RecordDict())
+    _, metrics = named.train()  # sent block 5 only: blocks 1-4 and 6 stay as they are
+    assert calls == [(config.dp, config.state_dir, "months", site_module.FEATURES)] and named.numeric_site_id == -1
     assert (metrics["num-examples"], metrics["train-loss"], metrics["train-mad-months"]) == (7, 1.5, 2.5)
     assert (metrics["private"], metrics["epsilon"], metrics["delta"], metrics["site-id"]) == (0, 0, 0, -1)
+    assert metrics["frozen-depth"] == 6 and metrics["frozen-block-6"] == 1.0 and metrics["frozen-block-5"] == 0.0
 
 
-def test_an_evaluate_message_reports_the_test_split_and_hides_small_age_groups(site, tmp_path) -> None:
+def test_a_fedbn_site_keeps_its_normalisation_layers_and_returns_the_rest(site, tmp_path, monkeypatch) -> None:
+    _stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
+    sent = _state(site, 4, 5, 6)
+    norms = set(norm_layer_keys(load_checkpoint(site[1]).model)) & set(sent)
+    state = RecordDict()
+    server = {"local-layers": "norm", "server-round": 5, "federation-id": "f3"}
+    arrays, _ = SiteSession(_config(site, tmp_path), dict(sent), server, state, run_id=8).train()
+    assert norms and set(arrays) == set(sent) - norms  # sent them, yet they never leave
+    assert set(state.array_records[LOCAL_LAYERS_KEY]) == norms
+    kept = load_local_layers(tmp_path)
+    assert (set(kept.layers), kept.run_id, kept.round, kept.pretrained_sha256, kept.federation_id) == (
+        norms, 8, 5, file_sha256(site[1]), "f3")
+
+
+def test_an_evaluate_message_reports_the_test_split_and_hides_small_age_groups(site, tmp_path, monkeypatch) -> None:
+    loads = []
+    real_load = site_module.DECODED.load
+    monkeypatch.setattr(site_module.DECODED, "load", lambda data, size, augment, **options: loads.append(
+        (data, size, augment, options)) or real_load(data, size, augment, **options))
     model = load_checkpoint(site[1]).model
     test = load_site(_config(site, tmp_path).data, 32, None, seed=0, splits=("test",)).test
     expected = evaluate_model(model, test, torch.device("cpu"), "months")
 
     def reply(min_group_images: int) -> dict:
+        loads.clear()
         answer = evaluate(_message("evaluate", _state(site)), Context(
             1, 1, _node(site, tmp_path, **{"min-group-images": min_group_images}), RecordDict(), {}))
         assert "arrays" not in answer.content  # evaluation sends no weights back
+        assert [(augment, options["splits"]) for _, _, augment, options in loads] == [(None, ("test",))]
         return dict(answer.content["metrics"])
 
     shown = reply(1)
@@ -173,6 +206,10 @@ def test_an_evaluate_message_reports_the_test_split_and_hides_small_age_groups(s
     at_limit, over = reply(largest), reply(largest + 1)
     assert sum(at_limit[f"n-{g}"] for g in groups) >= largest  # a group of exactly min-group-images is shown
     assert all(over[f"n-{g}"] == 0 and over[f"mad-{g}"] == 0 for g in groups)
+    years = _subset(site, TEST_IDS, tmp_path / "years", years=True)  # a Tongji-style site: whole years
+    in_years = SiteSession(_config(site, tmp_path, **{"data-path": str(years), "label-unit": "years"}), _state(site),
+                           {}, RecordDict())
+    assert in_years.evaluate()[1]["mad-months"] == pytest.approx(shown["mad-months"], rel=1e-4)
 
 
 @pytest.mark.parametrize("kind, ids, reason", [
@@ -191,7 +228,8 @@ def test_a_site_without_the_images_a_message_needs_refuses_it(site, tmp_path, ki
 
 def test_a_site_refuses_another_pretrained_model_and_fedrep_under_dp_sgd(site, tmp_path) -> None:
     node = _node(site, tmp_path)
-    wrong = train(_message("train", _state(site, 6), **{"pretrained-sha256": "0" * 64}), Context(1, 1, node, RecordDict(), {}))
+    wrong = train(_message("train", _state(site, 6), **{"pretrained-sha256": "0" * 64}),
+                  Context(1, 1, node, RecordDict(), {}))
     assert wrong.error.reason == f"CheckpointError: {site[1]} is not the pretrained model of this run (SHA-256 differs)"
     right = SiteSession(_config(site, tmp_path), _state(site, 6), {"pretrained-sha256": file_sha256(site[1])},
                         RecordDict())
@@ -212,9 +250,11 @@ def test_fedrep_trains_the_head_then_the_body_and_keeps_the_head(site, tmp_path,
     calls = _stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
     sent = {k: v for k, v in _state(site).items() if block_of_key(k) not in {*range(1, int(freeze[-1]) + 1), 6}}
     state = RecordDict()
-    session = SiteSession(_config(site, tmp_path, freeze=own), sent, {"freeze": freeze, "local-layers": "head"}, state)
+    server = {"freeze": freeze, "local-layers": "head", "server-round": 7}
+    session = SiteSession(_config(site, tmp_path, freeze=own), sent, server, state)
     arrays, metrics = session.train()
     assert [call[2].freeze for call in calls] == steps
+    assert all(call[4:] == (7, (), {"label_unit": "months"}) for call in calls)  # the round, no DP, the unit
     assert {block_of_key(k) for k in arrays} == returned and metrics["frozen-block-6"] == 0.0  # yet it trains
     assert {block_of_key(k) for k in state.array_records[LOCAL_LAYERS_KEY]} == {6}  # the head stays at the site
 
@@ -245,12 +285,17 @@ def test_fedbn_layers_are_reused_only_within_the_same_run_or_federation_and_pret
     assert layers(None, run_id=1, federation="", local="none", state=RecordDict({LOCAL_LAYERS_KEY: ArrayRecord(kept)}))
 
 
-def test_a_calibrating_site_keeps_its_line_with_the_round_model_and_federation(site, tmp_path) -> None:
+def test_a_calibrating_site_keeps_its_line_with_the_round_model_and_federation(site, tmp_path, caplog) -> None:
     config = _config(site, tmp_path, calibrate=True)
     server = {"server-round": 3, "federation-id": "f9"}
     _, raw = SiteSession(_config(site, tmp_path), _state(site), server, RecordDict()).evaluate()
-    _, calibrated = SiteSession(config, _state(site), server, RecordDict()).evaluate()
+    with caplog.at_level(logging.INFO, logger="ossifl.client"):
+        _, calibrated = SiteSession(config, _state(site), server, RecordDict()).evaluate()
     assert abs(calibrated["mad-months"] - raw["mad-months"]) > 0.1  # an untrained model's scale: the line moves it
     line = load_site_calibration(tmp_path)
     assert (line.round, line.pretrained_sha256, line.federation_id, line.n_train) == (3, file_sha256(site[1]), "f9",
                                                                                       len(TRAIN_IDS))
+    boys, girls = line.line.boys, line.line.girls
+    assert caplog.records[-1].getMessage() == (
+        f"site 3 round 3: calibration fitted on {len(TRAIN_IDS)} training images (boys {boys.intercept:.2f} + "
+        f"{boys.slope:.3f} x, girls {girls.intercept:.2f} + {girls.slope:.3f} x)")

@@ -47,7 +47,8 @@ def _config(pretrained: Path, out: Path, rounds: int, resume: bool = False, **ex
 
 def _epsilons(out: Path) -> list[tuple[int, float]]:
     with open(out / "metrics.csv", newline="") as handle:
-        return [(int(r["round"]), float(r["value"])) for r in csv.DictReader(handle) if r["metric"] == "central-epsilon"]
+        rows = [r for r in csv.DictReader(handle) if r["metric"] == "central-epsilon"]
+    return [(int(r["round"]), float(r["value"])) for r in rows]
 
 
 def test_a_central_dp_run_clips_and_records_its_epsilon_every_round(pretrained: Path, tmp_path: Path,
