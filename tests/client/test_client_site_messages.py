@@ -155,9 +155,11 @@ def test_the_site_trains_what_it_received_minus_its_own_freeze_and_reports_a_pri
     calls.clear()
     plain = replace(private, epsilon=None, delta=None)
     monkeypatch.setattr(site_module, "train_site_round", lambda *a, **kw: calls.append(a[6:]) or plain)
-    named = SiteSession(_config(site, tmp_path, **{"site-id": "north"}), _state(site, 5), {}, RecordDict())
+    named = SiteSession(_config(site, tmp_path, **{"site-id": "north", "feature-augment": "features"}),
+                        _state(site, 5), {}, RecordDict())
     _, metrics = named.train()  # sent block 5 only: blocks 1-4 and 6 stay as they are
-    assert calls == [(config.dp, config.state_dir, "months", site_module.FEATURES)] and named.numeric_site_id == -1
+    assert calls == [(config.dp, config.state_dir, "months", site_module.FEATURES["features"])]  # its augment's cache
+    assert named.numeric_site_id == -1
     assert (metrics["num-examples"], metrics["train-loss"], metrics["train-mad-months"]) == (7, 1.5, 2.5)
     assert (metrics["private"], metrics["epsilon"], metrics["delta"], metrics["site-id"]) == (0, 0, 0, -1)
     assert metrics["frozen-depth"] == 6 and metrics["frozen-block-6"] == 1.0 and metrics["frozen-block-5"] == 0.0
