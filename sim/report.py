@@ -161,7 +161,8 @@ def write_report(config: SimConfig, rows: list[Evaluation], curves: dict, privac
                    table([r for r in rows if r.extra.get("site_size") == size])]
     if config.site_sizes:
         plot_sizes(comparisons, size_keys(config.strategy, config.baseline_freeze), out / "mad_by_site_size.png")
-        report += crossover_lines(comparisons, config.strategy, config.baseline_freeze)
+        report += crossover_lines(comparisons, config.strategy, config.baseline_freeze,
+                                  config.freeze_specs)
     if cross:
         write_cross_site(cross, out / "cross_site.csv")
         plot_cross_site(cross, out / "cross_site.png")

@@ -107,17 +107,21 @@ def _never_wins(sizes: list[int], losses: list[int], diffs: dict[int, Interval])
             f"({first}: {_interval(diffs[first])}){tail}: reverse crossover at {first} images")
 
 
-def crossover_lines(comparisons: dict[int | None, Comparison], strategy: str, freeze: str) -> list[str]:
-    """Over all sites and per site, the crossover of federating and of federating then fine-tuning locally against
-    the site alone."""
-    alone = ("site-alone", freeze)
+def crossover_lines(comparisons: dict[int | None, Comparison], strategy: str, freeze: str,
+                    freeze_specs: tuple[str, ...] = ()) -> list[str]:
+    """Over all sites and per site, the crossover of federating (at the baseline freeze spec `freeze` and at each of
+    `freeze_specs`, each against the site alone at the same spec) and of federating then fine-tuning locally (at
+    the baseline spec) against the site alone; a method this run did not train is left out."""
     sites = [ALL, *next(iter(comparisons.values())).sites]
+    pairs = [((strategy, spec), ("site-alone", spec)) for spec in dict.fromkeys((freeze, *freeze_specs))]
+    pairs.append(((f"{strategy}+local", freeze), ("site-alone", freeze)))
     lines = ["## Site size: when federating stops paying", "",
              "Paired differences of MAD (method minus site alone, months; negative: the method is better) at each "
              "size, 95 % intervals over test images and seeds. A method beats the site alone where the interval lies "
              "wholly below 0, is worse where it lies wholly above 0 and is level otherwise; a reverse crossover is the "
              "size from which a method that was level becomes worse.", ""]
     for site in sites:
-        for method in ((strategy, freeze), (f"{strategy}+local", freeze)):
-            lines.append(f"- {site}: {crossover(comparisons, site, method, alone)}.")
+        for method, alone in pairs:
+            if any(c.has(site, method) and c.has(site, alone) for size, c in comparisons.items() if size is not None):
+                lines.append(f"- {site}: {crossover(comparisons, site, method, alone)}.")
     return lines + ["", "![MAD against site size](mad_by_site_size.png)", ""]

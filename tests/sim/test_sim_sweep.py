@@ -138,9 +138,22 @@ def test_a_federation_level_at_small_sizes_and_worse_above_names_the_size_it_tur
     words = crossover(by_size(rows), "a", ("fedavg", "1-3"), ("site-alone", "1-3"))
     assert expected in words
     assert ("reverse crossover at" in words) == reverse, words
-    lines = crossover_lines(by_size(rows), "fedavg", "1-3")
-    named = [line.split(":")[0] for line in lines if line.startswith("- ")]
-    assert named == ["- all sites", "- all sites", "- a", "- a"]
+
+
+def test_the_size_sweep_lines_cover_all_sites_each_federated_freeze_spec_and_federated_then_local() -> None:
+    rows = []
+    for size, fed_none in zip((25, 50, 100, 200, 400), (14, 14, 18, 18, 18)):
+        rows += [_row(site, strategy, freeze, error, size) for site in ("a", "b") for strategy, freeze, error in (
+            ("site-alone", "none", 14), ("fedavg", "none", fed_none), ("site-alone", "1-3", 14),
+            ("fedavg", "1-3", 14), ("fedavg+local", "1-3", 14))]
+    lines = [line for line in crossover_lines(by_size(rows), "fedavg", "1-3", ("none", "1-3"))
+             if line.startswith("- ")]
+    assert [line.split(" beats")[0] for line in lines] == [
+        f"- {site}: {method}" for site in ("all sites", "a", "b")
+        for method in ("fedavg (freeze 1-3)", "fedavg (freeze none)", "fedavg+local (freeze 1-3)")]
+    assert ["reverse crossover at 100 images" in line for line in lines] == [False, True, False] * 3
+    without_local = crossover_lines(by_size([r for r in rows if r.strategy != "fedavg+local"]), "fedavg", "1-3")
+    assert sum(line.startswith("- ") for line in without_local) == 3  # a method the run did not train is left out
 
 
 def test_a_reverse_crossover_that_is_not_monotone_says_where_it_is_level_again() -> None:
@@ -216,3 +229,22 @@ def test_a_site_kept_whole_reports_its_training_images(site) -> None:
     from sim.sizes import training_count
 
     assert training_count(site) == len(load_site(site.data, 32, None, seed=0).train) > 0
+
+
+def test_the_report_names_the_reverse_crossover_of_every_federated_freeze_spec(tmp_path: Path) -> None:
+    from sim.report import write_report
+
+    rows = []
+    for size, fed_none in zip((25, 50), (14, 18)):
+        rows += [_row(site, strategy, freeze, error, size, n_train=size) for site in ("a",)
+                 for strategy, freeze, error in (
+                     ("pretrained", "all", 16), ("calibrated", "all", 15), ("site-alone", "none", 14),
+                     ("fedavg", "none", fed_none), ("site-alone", "1-3", 14), ("fedavg", "1-3", 14),
+                     ("fedavg+local", "1-3", 14), ("pooled", "1-3", 14))]
+    config = preset("smoke", out_dir=tmp_path, freeze_specs=("1-3", "none"), site_sizes=(25, 50))
+    write_report(config, rows, {"fedavg_freeze-1-3": {"a": [15.0, 14.0]}}, [], 1.0)
+    report = (tmp_path / "report.md").read_text()
+    sweep = report.split("## Site size: when federating stops paying", 1)[1].split("![", 1)[0]
+    assert "- a: fedavg (freeze none) beats the site alone at no size tried; level with it up to 25 images and worse " \
+           "from 50 on (50: +4.0" in sweep
+    assert "- a: fedavg (freeze 1-3) beats the site alone at no size tried and is level with it at every one" in sweep
