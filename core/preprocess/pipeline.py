@@ -84,14 +84,15 @@ class Preprocessor:
         pose, confidence = Pose(), 1.0
         polarity = settled_polarity(image, polarity_declared) \
             if self._orientation is not None and (config.physical_polarity or polarity_declared) else None
+        given = image
         image = self._clean_field(image, inverted=polarity is True)
         if self._orientation is not None:
             pose, confidence = self._orientation.predict_checked(image, polarity)
             if not config.small_angle or abs(pose.angle_deg) < SMALL_ANGLE_MIN_DEG:
                 pose = Pose(pose.quarter_turns, pose.mirrored, pose.inverted, 0.0)
+            if polarity is None and pose.inverted:  # cleaned above in the wrong frame: clean the image as given again
+                image = self._clean_field(given, inverted=True)
             image = undo_pose(image, pose)
-            if polarity is None and pose.inverted and self.config.inpaint_markers:
-                image = inpaint_markers(image)  # cleaned above in the wrong frame: markers were dark there
             flags += _pose_flags(pose)
             if confidence < config.min_confidence:
                 return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
@@ -130,7 +131,8 @@ class Preprocessor:
     def _clean_field(self, image: np.ndarray, inverted: bool) -> np.ndarray:
         """Collimator bands, padding and burned-in markers removed (`core.preprocess.field`) before the orientation
         model looks (a band it sees tilts with the small angle it undoes, and then is no longer a band), in the
-        bone-bright frame: an image whose polarity was settled as inverted is cleaned as its inverse."""
+        bone-bright frame: an image whose polarity was settled as inverted, or that the orientation model names
+        inverted, is cleaned as its inverse (black padding cleaned in the wrong frame would come back white)."""
         if not (self.config.decollimate or self.config.inpaint_markers):
             return image
         view = 1.0 - image if inverted else image

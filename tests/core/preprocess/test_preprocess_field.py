@@ -86,3 +86,13 @@ def test_a_constant_band_at_the_films_own_grey_is_darkened_too(phantom_image) ->
     grey = float(np.median(phantom_image))  # not brighter than the film: no collimator band, but padding
     padded = np.pad(phantom_image, 20, constant_values=grey)
     assert np.allclose(remove_bands(padded)[:20], phantom_image.min())
+
+
+def test_an_inverted_padded_film_left_to_the_orientation_model_comes_back_as_the_clean_one(phantom_hands) -> None:
+    # black padding, as a film fitted into a square has it: white once inverted, and cleaned as a band in that frame
+    preprocessor = Preprocessor(PreprocessConfig(physical_polarity=False, small_angle=False))
+    for sample in phantom_hands[:3]:
+        padded = np.pad(sample.image[:, 16:-16], ((0, 0), (16, 16)))
+        clean, inverted = preprocessor(padded), preprocessor(1.0 - padded)
+        assert inverted.pose.inverted and not clean.pose.inverted
+        assert np.abs(inverted.image - clean.image).mean() < 0.01
