@@ -1,0 +1,34 @@
+"""bench_feature_cache_site's arms on made-up runs: each arm trains at its batch size with its cache, the site's
+declared unit reaches every run, and every arm is compared with the uncached run at the first batch size."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import bench.bench_feature_cache_site as bench
+
+
+def test_every_arm_runs_at_each_batch_size_and_is_compared_with_the_uncached_first(monkeypatch, capsys):
+    runs = []
+
+    def timed(pretrained, data, out, config, features=None):
+        runs.append((config.batch_size, config.feature_cache, config.feature_augment, data.label_unit,
+                     None if features is None else features.augment_where))
+        return 2.0, 1.0 if config.feature_cache else 3.0  # wall, CPU: the cache 3x faster in CPU
+
+    monkeypatch.setattr(bench, "timed_finetune", timed)
+    monkeypatch.setattr(bench, "finetune_site", lambda *args, **kwargs: None)  # the untimed warm-up
+    monkeypatch.setattr(bench, "test_errors", lambda out, data: np.full(4, 2.0 if "off" in out.name else 1.0))
+    monkeypatch.setattr(sys, "argv", ["bench", "--pretrained", "m.pt", "--data", str(Path("site")), "--label-unit",
+                                      "years", "--seeds", "0,1", "--feature-augment", "features",
+                                      "--batch-sizes", "16,32", "--no-warm"])
+    bench.main()
+    per_seed = [(16, False, "features", "years", None), (16, True, "features", "years", "features"),
+                (32, False, "features", "years", None), (32, True, "features", "years", "features")]
+    assert runs == per_seed * 2
+    out = capsys.readouterr().out
+    assert "arms off b16, features b16, off b32, features b32; reference off b16" in out
+    assert "features b32: speed-up of the whole command (wall, CPU) 1.00x, 3.00x" in out
+    assert "paired difference (features b32 - off b16) -1.00 [-1.00, -1.00] months, 8 image-seed pairs" in out
+    assert "off b32: speed-up of the whole command (wall, CPU) 1.00x, 1.00x" in out and "warm" not in out
