@@ -1,4 +1,5 @@
-"""Shared set-up of the tiny simulated federations: two phantom sites and an untrained TJ-Net."""
+"""Shared set-up of the tiny simulated federations: two phantom sites and an untrained TJ-Net, and one session of
+Flower's simulation engine for the federations of every test module that asks for `engine_result`."""
 
 from __future__ import annotations
 
@@ -79,3 +80,44 @@ def region_models(tmp_path_factory: pytest.TempPathFactory) -> RegionModels:
     assert main([*common, "--out", str(carpal), "--preprocess", "default,canonical=false", "--region", "carpal"]) == 0
     assert main([*common, "--out", str(whole)]) == 0
     return RegionModels(site, carpal, whole)
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """One test module's share of `engine_session`: its folder, its phantom sites and pretrained model, its runs
+    (`sim.federation.SimulatedRun`) and their outcomes (`FederationOutcome`), in the same order."""
+
+    root: Path
+    tiny: TinySites
+    runs: list[Any]
+    outcomes: list[Any]
+
+
+@pytest.fixture(scope="session")
+def engine_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   tiny_federation: TinyFederation) -> dict[str, EngineResult]:
+    """The federations of every selected test module that uses `engine_result`, all in ONE session of Flower's
+    simulation engine, so that its start-up (Ray, one actor per site importing torch, each site's first message:
+    about a minute on a loaded 2-core machine, against 1-2 s per later round) is paid once, not once per module.
+
+    Such a module defines `ENGINE_IMAGES` (images per phantom site) and `engine_runs(root, tiny)`, its runs on
+    `tiny_federation(root, ENGINE_IMAGES)` in the order they must run (a run may read what an earlier run of its
+    module wrote). Every run has the two sites of `tiny_federation`. Keyed by module name."""
+    from sim.federation import run_federations  # local: a test that needs no federation does not import Flower
+
+    modules = {item.module.__name__: item.module for item in request.session.items
+               if "engine_result" in getattr(item, "fixturenames", ()) and getattr(item, "module", None)}
+    planned: dict[str, tuple[Path, TinySites, list[Any]]] = {}
+    for name, module in modules.items():
+        root = tmp_path_factory.mktemp(name)
+        tiny = tiny_federation(root, module.ENGINE_IMAGES)
+        planned[name] = (root, tiny, list(module.engine_runs(root, tiny)))
+    outcomes = iter(run_federations([run for _, _, runs in planned.values() for run in runs]))
+    return {name: EngineResult(root, tiny, runs, [next(outcomes) for _ in runs])
+            for name, (root, tiny, runs) in planned.items()}
+
+
+@pytest.fixture(scope="module")
+def engine_result(request: pytest.FixtureRequest, engine_session: dict[str, EngineResult]) -> EngineResult:
+    """This module's runs and outcomes from `engine_session`."""
+    return engine_session[request.module.__name__]

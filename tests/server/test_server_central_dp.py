@@ -21,16 +21,17 @@ from core.round_settings import RoundSettings
 from core.model.tjnet import TJNet
 from server.central_dp import AccountedFixedClipping, wrap_central_dp
 from server.config import FederationConfig
-from sim.federation import SimulatedRun, run_federations
+from sim.federation import SimulatedRun
 from strategies import build_strategy
 
 pytest.importorskip("dp_accounting", reason="central DP accounting needs flwr[dp]")
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory, tiny_federation):
-    root = tmp_path_factory.mktemp("central_dp")
-    tiny = tiny_federation(root, 30)
+ENGINE_IMAGES = 30
+
+
+def engine_runs(root: Path, tiny) -> list[SimulatedRun]:
+    """This module's federations on `tiny` (tests/conftest.py's TinySites), run in the suite's one engine session."""
 
     def run(name: str, rounds: int, max_epsilon: float) -> SimulatedRun:
         config = FederationConfig(pretrained=tiny.pretrained, out_dir=root / name, min_nodes=2, device="cpu",
@@ -40,8 +41,12 @@ def federation(tmp_path_factory, tiny_federation):
         return SimulatedRun(config, tiny.nodes(root / name / "state"))
 
     # sigma 1, 2 of 2 sites, delta 1e-5: epsilon 4.7 after one release, 7.1 after two
-    run_federations([run("accounted", 2, 0.0), run("budget", 3, 6.0)])
-    return root, tiny.pretrained
+    return [run("accounted", 2, 0.0), run("budget", 3, 6.0)]
+
+
+@pytest.fixture(scope="module")
+def federation(engine_result):
+    return engine_result.root, engine_result.tiny.pretrained
 
 
 def _rows(path: Path, metric: str) -> list[dict]:

@@ -18,13 +18,16 @@ from core.model.groups import norm_layer_keys
 from core.round_settings import RoundSettings
 from server.config import FederationConfig
 from server.federation import Federation
-from sim.federation import SimulatedRun, run_federations
+from sim.federation import SimulatedRun
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory, tiny_federation):
-    root = tmp_path_factory.mktemp("fed")
-    tiny = tiny_federation(root, 40)
+ENGINE_IMAGES = 40
+RUN_NAMES = ("straight", "crashed1", "crashed", "mixed", "private", "exhausted", "fedbn")
+
+
+def engine_runs(root: Path, tiny) -> list[SimulatedRun]:
+    """This module's federations on `tiny` (tests/conftest.py's TinySites), in the order of RUN_NAMES; they run in
+    the suite's one engine session (`engine_session`)."""
 
     def run(name: str, rounds: int, resume: bool = False, local_layers: str = "none", central: Path | None = None,
             per_site: tuple[dict, ...] = (), strategy: str = "fedavg", **site_extra) -> SimulatedRun:
@@ -34,15 +37,17 @@ def federation(tmp_path_factory, tiny_federation):
         return SimulatedRun(config, tiny.nodes(root / name / "state", per_site, **site_extra))
 
     # fedavgm carries server momentum from round 1 into round 2: a resume must restore it
-    runs = [run("straight", 2, strategy="fedavgm"), run("crashed", 1, strategy="fedavgm"),
+    return [run("straight", 2, strategy="fedavgm"), run("crashed", 1, strategy="fedavgm"),
             run("crashed", 2, resume=True, strategy="fedavgm"),
             run("mixed", 1, central=tiny.sites[0], per_site=({}, {"freeze": "1-4"})),
             run("private", 2, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 100.0, "dp-seed": 3}),
             run("exhausted", 1, **{"dp-noise-multiplier": 1.0, "dp-max-epsilon": 0.01}),
             run("fedbn", 2, local_layers="norm")]
-    outcomes = run_federations(runs)
-    return root, tiny.pretrained, dict(zip(["straight", "crashed1", "crashed", "mixed", "private", "exhausted",
-                                            "fedbn"], outcomes))
+
+
+@pytest.fixture(scope="module")
+def federation(engine_result):
+    return engine_result.root, engine_result.tiny.pretrained, dict(zip(RUN_NAMES, engine_result.outcomes))
 
 
 def test_resume_after_round_one_gives_the_same_final_model_with_a_stateful_strategy(federation):

@@ -112,17 +112,19 @@ def test_a_private_release_is_accounted_in_the_ledger_and_refused_past_the_budge
     assert len(PrivacyLedger(ledger).entries()) == 1
 
 
-@pytest.fixture(scope="module")
-def federated(tmp_path_factory: pytest.TempPathFactory, tiny_federation) -> tuple[Path, tuple[Path, ...]]:
+ENGINE_IMAGES = 100
+
+
+def engine_runs(root: Path, tiny) -> list:
+    """This module's federations on `tiny` (tests/conftest.py's TinySites), in order; they run in the suite's one
+    engine session (`engine_session`)."""
     from client.config import state_folder_name
     from core.round_settings import RoundSettings
     from server.config import FederationConfig
     from sim.config import RealSite
-    from sim.federation import SimulatedRun, run_federations, site_node_config
+    from sim.federation import SimulatedRun, site_node_config
     from sim.interval import refit_run
 
-    root = tmp_path_factory.mktemp("interval")
-    tiny = tiny_federation(root, 100)
     settings = RoundSettings(num_rounds=1, freeze=(1, 2, 3, 4), batch_size=8)
     runs = [SimulatedRun(FederationConfig(pretrained=tiny.pretrained, settings=settings, out_dir=root / name,
                                           min_nodes=2, device="cpu"), tiny.nodes(root / name / "state", **extra))
@@ -138,8 +140,12 @@ def federated(tmp_path_factory: pytest.TempPathFactory, tiny_federation) -> tupl
     # then, in the same engine session, only the interval of FedBN's final model (`python -m sim interval`)
     runs.append(refit_run(fedbn / "federated_final.pt", tiny.pretrained, [RealSite(p) for p in tiny.sites],
                           device="cpu", private=PRIVATE))
-    run_federations(runs)
-    return root, tiny.sites
+    return runs
+
+
+@pytest.fixture(scope="module")
+def federated(engine_result) -> tuple[Path, tuple[Path, ...]]:
+    return engine_result.root, engine_result.tiny.sites
 
 
 def _queries(state: Path) -> list[dict]:

@@ -4,6 +4,7 @@ layers (FedBN) or its own head (FedRep)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,23 +16,32 @@ from core.model.groups import parameter_groups
 from core.preprocess import preprocess_config_of
 from sim.config import SimConfig
 from sim.experiment import evaluate_everywhere, evaluate_fedbn, federation_runs, load_test_splits
-from sim.federation import run_federations
+from sim.federation import SimulatedRun
 from sim.sites import PreparedSite
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def fedbn(tmp_path_factory, tiny_federation):
-    root = tmp_path_factory.mktemp("fedbn")
-    tiny = tiny_federation(root, 30)
-    sites = [PreparedSite(path.name, path, "months") for path in tiny.sites]
+ENGINE_IMAGES = 30
+
+
+def _sites(tiny) -> list[PreparedSite]:
+    return [PreparedSite(path.name, path, "months") for path in tiny.sites]
+
+
+def engine_runs(root: Path, tiny) -> list[SimulatedRun]:
+    """`python -m sim`'s federations at the baseline freeze spec with FedRep, on `tiny` (tests/conftest.py's
+    TinySites); they run in the suite's one engine session (`engine_session`)."""
     config = SimConfig(out_dir=root / "out", freeze_specs=("1-3",), baseline_freeze="1-3", rounds=2, batch_size=8,
                        device="cpu", fedrep=True)
-    runs = federation_runs(config, sites, tiny.pretrained)
-    outcomes = run_federations(runs)
-    tests = load_test_splits(sites, 48, preprocess_config_of(load_checkpoint(tiny.pretrained).metadata))
-    return sites, tests, runs, outcomes
+    return federation_runs(config, _sites(tiny), tiny.pretrained)
+
+
+@pytest.fixture(scope="module")
+def fedbn(engine_result):
+    sites = _sites(engine_result.tiny)
+    tests = load_test_splits(sites, 48, preprocess_config_of(load_checkpoint(engine_result.tiny.pretrained).metadata))
+    return sites, tests, engine_result.runs, engine_result.outcomes
 
 
 def test_the_sim_runs_one_fedbn_federation_at_the_baseline_freeze_spec(fedbn) -> None:
