@@ -48,7 +48,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 def test_only_the_app_the_site_approved_runs(federation: Federation) -> None:
     root = federation.root
     config = federation.run_config("out", rounds=1, min_nodes=3, timeout=120.0)
-    config.write_text(config.read_text() + "interval = false\n")  # the approval is under test, not the interval
+    # the approval is under test, not the sites' evaluation or the interval: each would start more ClientApps
+    config.write_text(config.read_text() + "fraction-evaluate = 0.0\ninterval = false\n")
     federation.flwr("flwr-run", "run", str(REPO), "ossifl", "--stream", "--run-config", str(config), timeout=300)
     logs = federation.processes.tails()
     rows = metric_rows(root / "out" / "metrics.csv")
