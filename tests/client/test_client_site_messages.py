@@ -21,16 +21,19 @@ from client.app import REFUSED, evaluate, train
 from client.config import SiteConfig
 from client.site import LOCAL_LAYERS_KEY, TRAIN_METRICS, SiteSession, evaluate_metric_keys
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
-from core.data import AugmentConfig, load_site
+from core.data import AugmentConfig, load_site, make_loader
 from core.errors import ConfigError
 from core.model.config import TJNetConfig
 from core.model.groups import block_of_key, norm_layer_keys
 from core.model.tjnet import TJNet
+from core.predict.calibration import fit_sex_calibration
+from core.predict.tta import TTAConfig
 from core.privacy.config import DPConfig
 from core.stages.finetune import SiteRoundResult
 from core.preprocess import PreprocessConfig
 from core.stages.local_layers import LocalLayers, load_local_layers, load_site_calibration, save_local_layers
 from core.train.evaluation import evaluate_model
+from core.train.training import predict
 
 TRAIN_IDS, TEST_IDS = (1, 3, 4, 7, 8, 9, 10), (5, 6)  # id 2 is the validation split (core.data.split)
 
@@ -235,7 +238,7 @@ def test_a_site_refuses_another_pretrained_model_and_fedrep_under_dp_sgd(site, t
     assert wrong.error.reason == f"CheckpointError: {site[1]} is not the pretrained model of this run (SHA-256 differs)"
     right = SiteSession(_config(site, tmp_path), _state(site, 6), {"pretrained-sha256": file_sha256(site[1])},
                         RecordDict())
-    assert right.pretrained_sha256 == file_sha256(site[1]) and right.round == 0 and right.federation_id == ""
+    assert (right.pretrained_sha256, right.round, right.run_id, right.federation_id) == (file_sha256(site[1]), 0, 0, "")
     private = replace(_config(site, tmp_path), dp=DPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=8.0))
     with pytest.raises(ConfigError, match=r"^local-layers = head \(FedRep\) cannot run with DP-SGD at a site; turn "
                                          r"one of them off$"):
@@ -287,17 +290,27 @@ def test_fedbn_layers_are_reused_only_within_the_same_run_or_federation_and_pret
     assert layers(None, run_id=1, federation="", local="none", state=RecordDict({LOCAL_LAYERS_KEY: ArrayRecord(kept)}))
 
 
-def test_a_calibrating_site_keeps_its_line_with_the_round_model_and_federation(site, tmp_path, caplog) -> None:
-    config = _config(site, tmp_path, calibrate=True)
+def test_a_calibrating_site_keeps_its_line_fitted_with_the_models_tta(site, tmp_path, caplog) -> None:
+    parent, tta, cpu = load_checkpoint(site[1]), TTAConfig(shift=0.04, scale=0.05), torch.device("cpu")
+    with_tta = save_checkpoint(tmp_path / "tta.pt", parent.model, {**parent.metadata, "tta": tta.to_dict()})
+    config = _config(site, tmp_path / "state", calibrate=True, pretrained=str(with_tta))
     server = {"server-round": 3, "federation-id": "f9"}
-    _, raw = SiteSession(_config(site, tmp_path), _state(site), server, RecordDict()).evaluate()
+    _, raw = SiteSession(replace(config, calibrate=False), _state(site), server, RecordDict()).evaluate()
     with caplog.at_level(logging.INFO, logger="ossifl.client"):
         _, calibrated = SiteSession(config, _state(site), server, RecordDict()).evaluate()
+    data = load_site(config.data, 32, None, seed=0, splits=("train", "test"))
+    scored = [evaluate_model(parent.model, data.test, cpu, "months", tta=t)["mad_months"] for t in (tta, None)]
+    assert raw["mad-months"] == pytest.approx(scored[0], rel=1e-5) != pytest.approx(scored[1], rel=1e-5)
     assert abs(calibrated["mad-months"] - raw["mad-months"]) > 0.1  # an untrained model's scale: the line moves it
-    line = load_site_calibration(tmp_path)
-    assert (line.round, line.pretrained_sha256, line.federation_id, line.n_train) == (3, file_sha256(site[1]), "f9",
+    fitted = predict(parent.model, make_loader(data.train, 64, shuffle=False, seed=0), cpu, tta=tta)
+    expected = fit_sex_calibration(fitted.predicted_months, fitted.true_months, fitted.male)
+    kept = load_site_calibration(tmp_path / "state")
+    assert (kept.round, kept.pretrained_sha256, kept.federation_id, kept.n_train) == (3, file_sha256(with_tta), "f9",
                                                                                       len(TRAIN_IDS))
-    boys, girls = line.line.boys, line.line.girls
+    boys, girls = kept.line.boys, kept.line.girls
+    assert (boys.slope, girls.slope) == pytest.approx((expected.boys.slope, expected.girls.slope), rel=1e-4)
     assert caplog.records[-1].getMessage() == (
         f"site 3 round 3: calibration fitted on {len(TRAIN_IDS)} training images (boys {boys.intercept:.2f} + "
         f"{boys.slope:.3f} x, girls {girls.intercept:.2f} + {girls.slope:.3f} x)")
+    two = _subset(site, (1, 3, 5), tmp_path / "two")  # the fewest training images a line is fitted on
+    SiteSession(_config(site, tmp_path / "state", data=two, calibrate=True), _state(site), {}, RecordDict()).evaluate()
