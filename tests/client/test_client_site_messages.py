@@ -5,9 +5,7 @@ for every edit of `client/site.py`; `tests/client/test_client_site.py` trains la
 
 from __future__ import annotations
 
-import csv
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from core.preprocess import PreprocessConfig
 from core.stages.local_layers import LocalLayers, load_local_layers, load_site_calibration, save_local_layers
 from core.train.evaluation import evaluate_model
 from core.train.training import predict
+from site_helpers import stub_training, subset  # tests/client/site_helpers.py
 
 TRAIN_IDS, TEST_IDS = (1, 3, 4, 7, 8, 9, 10), (5, 6)  # id 2 is the validation split (core.data.split)
 
@@ -76,32 +75,6 @@ def _message(kind: str, arrays: dict[str, torch.Tensor], **config) -> Message:
     return Message(content=content, dst_node_id=1, message_type=kind)
 
 
-def _subset(site: tuple[Path, Path], ids: tuple[int, ...], out: Path, years: bool = False) -> Path:
-    """A copy of the site with only these images, ages in years if asked (the fixture's files are never modified)."""
-    (out / "images").mkdir(parents=True)
-    with open(site[0] / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    kept = [{**row, "boneage": float(row["boneage"]) / 12} if years else row for row in rows if int(row["id"]) in ids]
-    with open(out / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    for row in kept:
-        shutil.copy(next((site[0] / "images").glob(f"{row['id']}.*")), out / "images")
-    return out
-
-
-def _stub_training(monkeypatch: pytest.MonkeyPatch, result: SiteRoundResult) -> list[tuple]:
-    calls: list[tuple] = []
-
-    def recorded(model, train_set, val_set, settings, device, round_number, *args, **kwargs):
-        calls.append((len(train_set), len(val_set), settings, device, round_number, args, kwargs))
-        return result
-
-    monkeypatch.setattr(site_module, "train_site_round", recorded)
-    return calls
-
-
 def test_a_train_message_returns_the_blocks_it_was_sent_trained_with_every_train_metric(site, tmp_path,
                                                                                         caplog) -> None:
     sent = _state(site, 4, 5, 6)
@@ -123,7 +96,7 @@ def test_the_site_trains_what_it_received_minus_its_own_freeze_and_reports_a_pri
                                                                                           monkeypatch, caplog) -> None:
     private = SiteRoundResult(7, train_loss=1.5, train_mad_months=2.5, val_mad_months=3.5, train_seconds=0.25,
                               epsilon=1.25, delta=1e-5)
-    calls = _stub_training(monkeypatch, private)
+    calls = stub_training(monkeypatch, private)
     model = load_checkpoint(site[1]).model  # the same model, trained on preprocessed images (not run here)
     preprocessed = save_checkpoint(tmp_path / "preprocessed.pt", model,
                                    describe(model, preprocess=PreprocessConfig(canonical=False).to_dict()))
@@ -169,7 +142,7 @@ def test_the_site_trains_what_it_received_minus_its_own_freeze_and_reports_a_pri
 
 
 def test_a_fedbn_site_keeps_its_normalisation_layers_and_returns_the_rest(site, tmp_path, monkeypatch) -> None:
-    _stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
+    stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
     sent = _state(site, 4, 5, 6)
     norms = set(norm_layer_keys(load_checkpoint(site[1]).model)) & set(sent)
     state = RecordDict()
@@ -211,7 +184,7 @@ def test_an_evaluate_message_reports_the_test_split_and_hides_small_age_groups(s
     at_limit, over = reply(largest), reply(largest + 1)
     assert sum(at_limit[f"n-{g}"] for g in groups) >= largest  # a group of exactly min-group-images is shown
     assert all(over[f"n-{g}"] == 0 and over[f"mad-{g}"] == 0 for g in groups)
-    years = _subset(site, TEST_IDS, tmp_path / "years", years=True)  # a Tongji-style site: whole years
+    years = subset(site, TEST_IDS, tmp_path / "years", years=True)  # a Tongji-style site: whole years
     in_years = SiteSession(_config(site, tmp_path, **{"data-path": str(years), "label-unit": "years"}), _state(site),
                            {}, RecordDict())
     assert in_years.evaluate()[1]["mad-months"] == pytest.approx(shown["mad-months"], rel=1e-4)
@@ -223,7 +196,7 @@ def test_an_evaluate_message_reports_the_test_split_and_hides_small_age_groups(s
     ("evaluate", (1, 5), "calibrate = true needs training images to fit the site's line"),
 ])
 def test_a_site_without_the_images_a_message_needs_refuses_it(site, tmp_path, kind, ids, reason) -> None:
-    data = _subset(site, ids, tmp_path / "subset")
+    data = subset(site, ids, tmp_path / "subset")
     node = _node(site, tmp_path / "state", data=data, calibrate=True)
     handler = train if kind == "train" else evaluate
     answer = handler(_message(kind, _state(site, 4, 5, 6)), Context(1, 1, node, RecordDict(), {}))
@@ -252,7 +225,7 @@ def test_a_site_refuses_another_pretrained_model_and_fedrep_under_dp_sgd(site, t
 ])
 def test_fedrep_trains_the_head_then_the_body_and_keeps_the_head(site, tmp_path, monkeypatch, freeze, own, steps,
                                                                 returned) -> None:
-    calls = _stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
+    calls = stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
     sent = {k: v for k, v in _state(site).items() if block_of_key(k) not in {*range(1, int(freeze[-1]) + 1), 6}}
     state = RecordDict()
     server = {"freeze": freeze, "local-layers": "head", "server-round": 7}
@@ -312,5 +285,5 @@ def test_a_calibrating_site_keeps_its_line_fitted_with_the_models_tta(site, tmp_
     assert caplog.records[-1].getMessage() == (
         f"site 3 round 3: calibration fitted on {len(TRAIN_IDS)} training images (boys {boys.intercept:.2f} + "
         f"{boys.slope:.3f} x, girls {girls.intercept:.2f} + {girls.slope:.3f} x)")
-    two = _subset(site, (1, 3, 5), tmp_path / "two")  # the fewest training images a line is fitted on
+    two = subset(site, (1, 3, 5), tmp_path / "two")  # the fewest training images a line is fitted on
     SiteSession(_config(site, tmp_path / "state", data=two, calibrate=True), _state(site), {}, RecordDict()).evaluate()
