@@ -22,6 +22,7 @@ from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpo
 from core.data import AugmentConfig, load_site, make_loader
 from core.errors import ConfigError
 from core.model.config import TJNetConfig
+from core.model.freeze import FreezeSpec
 from core.model.groups import block_of_key, norm_layer_keys
 from core.model.tjnet import TJNet
 from core.predict.calibration import fit_sex_calibration
@@ -139,6 +140,10 @@ def test_the_site_trains_what_it_received_minus_its_own_freeze_and_reports_a_pri
     assert (metrics["num-examples"], metrics["train-loss"], metrics["train-mad-months"]) == (7, 1.5, 2.5)
     assert (metrics["private"], metrics["epsilon"], metrics["delta"], metrics["site-id"]) == (0, 0, 0, -1)
     assert metrics["frozen-depth"] == 6 and metrics["frozen-block-6"] == 1.0 and metrics["frozen-block-5"] == 0.0
+    with caplog.at_level(logging.INFO, logger="ossifl.client"):
+        whole = SiteSession(_config(site, tmp_path), _state(site), {"freeze": "none"}, RecordDict()).train()[1]
+    assert whole["frozen-depth"] == 0 and not any(whole[f"frozen-block-{b}"] for b in range(1, 7))  # all sent: none
+    assert caplog.records[-1].getMessage().startswith("site 3 round 0: trained blocks [1, 2, 3, 4, 5, 6] on 7 images")
 
 
 def test_a_fedbn_site_keeps_its_normalisation_layers_and_returns_the_rest(site, tmp_path, monkeypatch) -> None:
@@ -187,7 +192,11 @@ def test_an_evaluate_message_reports_the_test_split_and_hides_small_age_groups(s
     years = subset(site, TEST_IDS, tmp_path / "years", years=True)  # a Tongji-style site: whole years
     in_years = SiteSession(_config(site, tmp_path, **{"data-path": str(years), "label-unit": "years"}), _state(site),
                            {}, RecordDict())
+    scored = []  # the label unit only changes `accuracy` (whole-year classes): the call must carry it
+    monkeypatch.setattr(site_module, "evaluate_model",
+                        lambda *a, **kw: scored.append(a[3:]) or evaluate_model(*a, **kw))
     assert in_years.evaluate()[1]["mad-months"] == pytest.approx(shown["mad-months"], rel=1e-4)
+    assert scored == [("years",)]
 
 
 @pytest.mark.parametrize("kind, ids, reason", [
@@ -222,11 +231,12 @@ def test_a_site_refuses_another_pretrained_model_and_fedrep_under_dp_sgd(site, t
     ("1-3", "none", [(1, 2, 3, 4, 5), (1, 2, 3, 6)], {4, 5}),  # the head with the body fixed, then the body
     ("1-5", "none", [(1, 2, 3, 4, 5)], set()),  # no shared block trains: the head alone
     ("1-3", "1-4", [(1, 2, 3, 4, 5), (1, 2, 3, 4, 6)], {5}),  # a site that freezes deeper trains less of the body
+    ("2-5", "none", [(1, 2, 3, 4, 5), (2, 3, 4, 5, 6)], {1}),  # block 1 alone is the body
 ])
 def test_fedrep_trains_the_head_then_the_body_and_keeps_the_head(site, tmp_path, monkeypatch, freeze, own, steps,
                                                                 returned) -> None:
     calls = stub_training(monkeypatch, SiteRoundResult(7, 1.0, 1.0, 1.0))
-    sent = {k: v for k, v in _state(site).items() if block_of_key(k) not in {*range(1, int(freeze[-1]) + 1), 6}}
+    sent = {k: v for k, v in _state(site).items() if block_of_key(k) not in {*FreezeSpec.parse(freeze).blocks, 6}}
     state = RecordDict()
     server = {"freeze": freeze, "local-layers": "head", "server-round": 7}
     session = SiteSession(_config(site, tmp_path, freeze=own), sent, server, state)
