@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,16 @@ def test_a_resumed_central_dp_run_continues_the_accounting(pretrained: Path, tmp
 
 
 def test_the_budget_stops_a_central_dp_run_and_keeps_the_last_released_model(pretrained: Path, tmp_path: Path,
-                                                                            caplog) -> None:
+                                                                            caplog, monkeypatch) -> None:
     # sigma 1, 2 sites, delta 1e-6: about 5.2 after one release, 7.8 after two
+    import server.federation as federation_module
+
+    fitted = []  # the interval is fitted on the last released model, as of its round
+    monkeypatch.setattr(federation_module, "federated_interval", lambda *args: fitted.append(dict(args[2])) or {})
+    config = replace(_config(pretrained, tmp_path, rounds=3, central_dp_max_epsilon=6.5), interval=True)
     with caplog.at_level(logging.WARNING, logger="ossifl.server"):
-        outcome = run_federation(SitesGrid(), _config(pretrained, tmp_path, rounds=3, central_dp_max_epsilon=6.5))
+        outcome = run_federation(SitesGrid(), config)
+    assert [sent["server-round"] for sent in fitted] == [1]
     assert outcome.failure == "" and outcome.rounds_done == 1 and outcome.final_checkpoint == tmp_path / FINAL
     stop = r"^central DP budget reached after round 1: stopping; the model of round 1 is kept \(.*would exceed max_eps"
     assert any(re.match(stop, r.getMessage()) for r in caplog.records)  # with Flower's reason
@@ -100,3 +107,13 @@ def test_the_budget_stops_a_central_dp_run_and_keeps_the_last_released_model(pre
     assert final.metadata["round"] == latest.metadata["round"] == 1
     assert all(torch.equal(v, latest.model.state_dict()[k]) for k, v in final.model.state_dict().items())
     assert [r for r, _ in _epsilons(tmp_path)] == [1] and outcome.central_epsilon <= 6.5
+
+
+def test_a_budget_spent_before_the_first_round_fits_no_interval(pretrained: Path, tmp_path: Path, monkeypatch) -> None:
+    import server.federation as federation_module
+
+    fitted = []
+    monkeypatch.setattr(federation_module, "federated_interval", lambda *args: fitted.append(args) or {})
+    config = replace(_config(pretrained, tmp_path, rounds=2, central_dp_max_epsilon=1.0), interval=True)
+    outcome = run_federation(SitesGrid(), config)  # one release would already cost about 5
+    assert outcome.rounds_done == 0 and outcome.failure == "" and fitted == []  # no merged model: nothing to fit

@@ -72,9 +72,12 @@ def test_a_run_sends_its_settings_merges_every_round_and_writes_what_it_applied(
     assert outcome.settings["strategy"] == "fedavg" and outcome.settings["freeze"] == "1-3"
     latest = load_checkpoint(tmp_path / LATEST)
     assert latest.metadata["round"] == 2 and latest.metadata["strategy_state"] is not None
+    assert latest.metadata["seed"] == 3
     assert latest.metadata["run_config"] == outcome.settings and latest.metadata["federation_id"] == meta["federation_id"]
     assert "central_dp_state" not in latest.metadata and "central_epsilon" not in meta
-    assert f"federation done: 2 rounds, {len(outcome.shared_keys)} arrays" in caplog.text
+    assert (f"federation done: 2 rounds, {len(outcome.shared_keys)} arrays "
+            f"({outcome.bytes_per_site_per_round / 1024:.1f} kB) per site and round, final model {tmp_path / FINAL}"
+            ) in [r.getMessage() for r in caplog.records]
 
 
 def test_a_resumed_run_trains_only_the_rounds_left_and_keeps_its_id(pretrained: Path, tmp_path: Path,
@@ -113,6 +116,7 @@ def test_a_run_in_which_no_site_trains_stops_without_a_final_model(pretrained: P
     with caplog.at_level(logging.ERROR, logger="ossifl.server"):
         outcome = run_federation(SitesGrid(fail_from=1), _config(pretrained, tmp_path / "none"))
     assert outcome.final_checkpoint is None and outcome.rounds_done == 0 and outcome.bytes_per_site_per_round == 0
+    assert outcome.failure.startswith("train round 1: no site trained (")  # the strategy's reason, then the outcome
     assert outcome.failure.endswith("; the run stops without a final model (no round was merged)")
     assert not (tmp_path / "none" / FINAL).exists()
     assert f"federation failed: {outcome.failure}" in [r.getMessage() for r in caplog.records]
@@ -125,12 +129,16 @@ def test_a_run_in_which_no_site_trains_stops_without_a_final_model(pretrained: P
 
 
 def test_the_server_evaluates_its_central_set_before_and_after_every_round(pretrained: Path, tmp_path: Path,
-                                                                           caplog) -> None:
+                                                                           caplog, monkeypatch) -> None:
     from sim.phantom.writer import generate_site
 
     central = generate_site("rsna", 40, tmp_path / "central", seed=5, image_size=32)
+    units = []  # the unit of the central set's labels reaches its evaluation
+    evaluate = federation_module.evaluate_model
+    monkeypatch.setattr(federation_module, "evaluate_model", lambda *a: units.append(a[3]) or evaluate(*a))
     with caplog.at_level(logging.INFO, logger="ossifl.server"):
         outcome = run_federation(SitesGrid(), _config(pretrained, tmp_path / "run", central_data=central))
+    assert units == ["months"] * 3
     assert [r.round for r in outcome.rounds] == [0, 1, 2]
     mads = [r.central["mad_months"] for r in outcome.rounds]
     assert all(np.isfinite(mads)) and mads[0] != mads[1]  # round 0: the pretrained model; then the merged one
@@ -181,3 +189,12 @@ def test_a_resume_restores_the_strategys_state(pretrained: Path, tmp_path: Path)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     fresh = load_checkpoint(pretrained).model.state_dict()
     assert any(not torch.equal(straight[k], fresh[k] + 2) for k in straight if k.startswith("block6"))  # momentum
+
+
+def test_interval_from_refits_the_interval_of_a_federated_model_and_trains_no_round(pretrained: Path, tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(federation_module, "refit_interval", lambda *args: calls.append(args) or "refitted")
+    config = _config(pretrained, tmp_path, interval_from=pretrained)
+    grid = SitesGrid()
+    assert run_federation(grid, config) == "refitted" and calls == [(grid, config, FINAL)] and grid.sent == []
