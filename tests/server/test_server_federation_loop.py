@@ -20,6 +20,7 @@ from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpo
 from core.errors import ResumeMismatch
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
+from core.preprocess import PreprocessConfig
 from core.round_settings import RoundSettings
 from server.config import FederationConfig
 from server.federation import FINAL, LATEST, run_federation
@@ -72,7 +73,7 @@ def test_a_run_sends_its_settings_merges_every_round_and_writes_what_it_applied(
     assert outcome.settings["strategy"] == "fedavg" and outcome.settings["freeze"] == "1-3"
     latest = load_checkpoint(tmp_path / LATEST)
     assert latest.metadata["round"] == 2 and latest.metadata["strategy_state"] is not None
-    assert latest.metadata["seed"] == 3
+    assert (latest.metadata["seed"], latest.metadata["strategy"]) == (3, "fedavg")
     assert latest.metadata["run_config"] == outcome.settings and latest.metadata["federation_id"] == meta["federation_id"]
     assert "central_dp_state" not in latest.metadata and "central_epsilon" not in meta
     assert (f"federation done: 2 rounds, {len(outcome.shared_keys)} arrays "
@@ -133,12 +134,17 @@ def test_the_server_evaluates_its_central_set_before_and_after_every_round(pretr
     from sim.phantom.writer import generate_site
 
     central = generate_site("rsna", 40, tmp_path / "central", seed=5, image_size=32)
-    units = []  # the unit of the central set's labels reaches its evaluation
-    evaluate = federation_module.evaluate_model
+    units, loads = [], []  # the unit of the central set's labels reaches its evaluation
+    evaluate, load = federation_module.evaluate_model, federation_module.load_site
     monkeypatch.setattr(federation_module, "evaluate_model", lambda *a: units.append(a[3]) or evaluate(*a))
+    monkeypatch.setattr(federation_module, "load_site",  # (not run here: the phantom is not preprocessed)
+                        lambda *a, **kw: loads.append(kw) or load(*a, **{**kw, "preprocess": None}))
+    model = load_checkpoint(pretrained).model  # preprocessed like the images it was trained on
+    preprocessed = save_checkpoint(tmp_path / "pre.pt", model,
+                                   describe(model, preprocess=PreprocessConfig(canonical=False).to_dict()))
     with caplog.at_level(logging.INFO, logger="ossifl.server"):
-        outcome = run_federation(SitesGrid(), _config(pretrained, tmp_path / "run", central_data=central))
-    assert units == ["months"] * 3
+        outcome = run_federation(SitesGrid(), _config(preprocessed, tmp_path / "run", central_data=central))
+    assert units == ["months"] * 3 and [kw["preprocess"] for kw in loads] == [PreprocessConfig(canonical=False)]
     assert [r.round for r in outcome.rounds] == [0, 1, 2]
     mads = [r.central["mad_months"] for r in outcome.rounds]
     assert all(np.isfinite(mads)) and mads[0] != mads[1]  # round 0: the pretrained model; then the merged one
@@ -146,7 +152,7 @@ def test_the_server_evaluates_its_central_set_before_and_after_every_round(pretr
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert sum(",central,server,ok,,mad_months," in row for row in rows) == 3
     assert f"round 2: central MAD {mads[2]:.2f} months" in [r.getMessage() for r in caplog.records]
-    done = run_federation(SitesGrid(), _config(pretrained, tmp_path / "run", central_data=central, resume=True))
+    done = run_federation(SitesGrid(), _config(preprocessed, tmp_path / "run", central_data=central, resume=True))
     assert done.rounds_done == 2 and done.rounds == []  # nothing left: not even the central set is evaluated again
 
 

@@ -40,7 +40,8 @@ def test_the_checkpoint_records_the_options_of_the_aggregator_that_was_built(pre
                               strategy=strategy, strategy_options=options, device="cpu")
     federation = Federation(config)
     assert federation.applied[key] == str(value)
-    federation.merge(1, ArrayRecord({k: federation.model.state_dict()[k] for k in federation.keys}))
+    merged = federation.merge(1, ArrayRecord({k: federation.model.state_dict()[k] for k in federation.keys}))
+    assert merged is None  # no central set: no server-side metrics for Flower to log
     recorded = load_checkpoint(tmp_path / LATEST).metadata["run_config"]
     assert recorded[key] == str(value) and recorded["strategy"] == strategy
 
