@@ -32,7 +32,7 @@ def stub_training(monkeypatch: pytest.MonkeyPatch, result: SiteRoundResult) -> l
     calls: list[tuple] = []
 
     def recorded(model, train_set, val_set, settings, device, round_number, *args, **kwargs):
-        calls.append((len(train_set), len(val_set), settings, device, round_number, args, kwargs))
+        calls.append((len(train_set), len(val_set), settings, device, round_number, args, kwargs, model))
         return result
 
     monkeypatch.setattr(site_module, "train_site_round", recorded)

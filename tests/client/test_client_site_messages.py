@@ -115,7 +115,8 @@ def test_the_site_trains_what_it_received_minus_its_own_freeze_and_reports_a_pri
     with caplog.at_level(logging.INFO, logger="ossifl.client"):
         session = SiteSession(config, _state(site, 4, 5, 6), server, RecordDict())
         arrays, metrics = session.train()
-    (n_train, n_val, settings, device, round_number, args, kwargs), = calls
+    (n_train, n_val, settings, device, round_number, args, kwargs, model), = calls
+    assert model is session.model
     assert (n_train, n_val, settings.freeze, settings.seed, device, round_number) == (7, 1, (1, 2, 3, 4), 9,
                                                                                       torch.device("cpu"), 4)
     assert args == (config.dp, config.state_dir, "months", None) and kwargs == {}  # the node config: no feature cache
@@ -242,7 +243,8 @@ def test_fedrep_trains_the_head_then_the_body_and_keeps_the_head(site, tmp_path,
     session = SiteSession(_config(site, tmp_path, freeze=own), sent, server, state)
     arrays, metrics = session.train()
     assert [call[2].freeze for call in calls] == steps
-    assert all(call[4:] == (7, (), {"label_unit": "months"}) for call in calls)  # the round, no DP, the unit
+    assert all(call[3:7] == (torch.device("cpu"), 7, (), {"label_unit": "months"}) for call in calls)  # no DP
+    assert all(call[7] is session.model for call in calls)
     assert {block_of_key(k) for k in arrays} == returned and metrics["frozen-block-6"] == 0.0  # yet it trains
     assert {block_of_key(k) for k in state.array_records[LOCAL_LAYERS_KEY]} == {6}  # the head stays at the site
 
