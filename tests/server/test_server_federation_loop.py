@@ -62,6 +62,7 @@ def test_a_run_sends_its_settings_merges_every_round_and_writes_what_it_applied(
     assert outcome.bytes_per_site_per_round == sum(after[k].numel() * after[k].element_size()
                                                    for k in outcome.shared_keys)
     assert [r.round for r in outcome.rounds] == [1, 2] and outcome.central_epsilon is None
+    assert all(0 < r.central["round-seconds"] < 600 for r in outcome.rounds)  # every round timed, round 1 included
     assert grid.rounds("train") == [1, 1, 2, 2] and grid.rounds("evaluate") == [1, 1, 2, 2]
     config = grid.sent[0][1]
     assert config["pretrained-sha256"] == file_sha256(pretrained) and config["freeze"] == "1-3"
@@ -142,12 +143,15 @@ def test_the_server_evaluates_its_central_set_before_and_after_every_round(pretr
     model = load_checkpoint(pretrained).model  # preprocessed like the images it was trained on
     preprocessed = save_checkpoint(tmp_path / "pre.pt", model,
                                    describe(model, preprocess=PreprocessConfig(canonical=False).to_dict()))
+    merged, merge = [], federation_module.Federation.merge  # what Flower gets back: the central metrics
+    monkeypatch.setattr(federation_module.Federation, "merge", lambda *a: merged.append(merge(*a)) or merged[-1])
     with caplog.at_level(logging.INFO, logger="ossifl.server"):
         outcome = run_federation(SitesGrid(), _config(preprocessed, tmp_path / "run", central_data=central))
     assert units == ["months"] * 3 and [kw["preprocess"] for kw in loads] == [PreprocessConfig(canonical=False)]
     assert [r.round for r in outcome.rounds] == [0, 1, 2]
     mads = [r.central["mad_months"] for r in outcome.rounds]
     assert all(np.isfinite(mads)) and mads[0] != mads[1]  # round 0: the pretrained model; then the merged one
+    assert [record["mad_months"] for record in merged] == pytest.approx(mads)
     assert all(r.central["n"] > 0 for r in outcome.rounds) and "round 2: central MAD" in caplog.text
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert sum(",central,server,ok,,mad_months," in row for row in rows) == 3
