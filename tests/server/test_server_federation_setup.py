@@ -80,3 +80,10 @@ def test_the_federations_checkpoints_and_final_model_inherit_the_pretrained_mode
     for path in (tmp_path / "run" / LATEST, final):
         written = load_checkpoint(path).metadata
         assert {k: written[k] for k in ("tta", "preprocess") if k in written} == recorded  # none: one pass
+
+
+def test_the_strategy_is_built_with_the_runs_site_counts(pretrained: Path, tmp_path: Path) -> None:
+    federation = Federation(FederationConfig(pretrained=pretrained, settings=RoundSettings(num_rounds=1), device="cpu",
+                                             out_dir=tmp_path, min_nodes=3, fraction_evaluate=0.5))
+    strategy = federation.strategy
+    assert (strategy.min_train_nodes, strategy.min_available_nodes, strategy.fraction_evaluate) == (3, 3, 0.5)
