@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data import SiteDataConfig
+from core.cli import DEVICE_DEFAULT, SEED_DEFAULT
 from core.data.config import LAYOUT_SCHEMA
 from core.train.loss import JointLossConfig
 from core.model.heads import DEFAULT_HEAD_INIT
@@ -146,7 +147,7 @@ SIM_SCHEMA = Schema(
             "local_epochs", flag="--local-epochs"),
     Setting("lr", float, ROUND.lr, "local learning rate", "lr", flag="--lr"),
     Setting("batch_size", to_int, ROUND.batch_size, "local batch size", "batch_size", flag="--batch-size"),
-    Setting("seed", to_int, 0, "random seed", "seed", flag="--seed"),
+    Setting("seed", to_int, SEED_DEFAULT, "random seed", "seed", flag="--seed"),
     Setting("seeds", to_int, 1, "repeat the whole comparison with N seeds", "seeds", flag="--seeds"),
     Setting("strategy", str, "fedavg", "fedavg, fedprox, fedavgm, fedadam, fedmedian or fedtrimmedavg", "strategy",
             flag="--strategy", choices=STRATEGY_NAMES),
@@ -207,7 +208,7 @@ class SimConfig:
     freeze_specs: tuple[str, ...] = _D("freeze_specs")  # canonical FreezeSpecs once built
     strategy: str = _D("strategy")
     strategy_options: tuple[tuple[str, float], ...] = _D("strategy_options")  # (kebab-case key, value); see strategies/options.py
-    device: str = "auto"  # every stage: pretraining, baselines, evaluation, the simulated sites
+    device: str = DEVICE_DEFAULT  # every stage: pretraining, baselines, evaluation, the simulated sites
     baseline_freeze: str = ROUND.freeze_spec
     seed: int = _D("seed")
     dp_noise_multipliers: tuple[float, ...] = _D("dp_noise_multipliers")

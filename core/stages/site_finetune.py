@@ -20,6 +20,7 @@ from torch import nn
 
 from core.predict.calibration import attach_calibration, calibration_of, fit_linear_calibration
 from core.train.loss import make_loss
+from core.cli import DEVICE_DEFAULT, SEED_DEFAULT
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
 from core.intervals.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_site, make_loader
@@ -56,9 +57,9 @@ FINETUNE_SCHEMA = Schema(
     Setting("lr", float, 3e-4, "learning rate (AdamW, cosine schedule)", flag="--lr"),
     Setting("batch_size", to_int, 16, "batch size", flag="--batch-size"),
     Setting("weight_decay", float, 1e-4, "AdamW weight decay", flag="--weight-decay"),
-    Setting("seed", to_int, 0, "random seed", flag="--seed"),
+    Setting("seed", to_int, SEED_DEFAULT, "random seed", flag="--seed"),
     Setting("folds", to_int, 5, "folds of --compare's cross-validation", flag="--folds"),
-    Setting("device", str, "auto", "where to train", flag="--device"),
+    Setting("device", str, DEVICE_DEFAULT, "where to train", flag="--device"),
     Setting("progress", to_bool, True, "progress bars (off with --json)"),
     Setting("feature_cache", to_bool, True, "run the frozen blocks once per image and view",
             flag="--no-feature-cache"),

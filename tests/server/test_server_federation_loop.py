@@ -208,3 +208,14 @@ def test_interval_from_refits_the_interval_of_a_federated_model_and_trains_no_ro
     config = _config(pretrained, tmp_path, interval_from=pretrained)
     grid = SitesGrid()
     assert run_federation(grid, config) == "refitted" and calls == [(grid, config, FINAL)] and grid.sent == []
+
+
+def test_the_central_set_is_read_in_the_label_unit_it_was_given(pretrained: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """A central set labelled in whole years must not be read as months (the unit reaches the loader)."""
+    seen = []
+    monkeypatch.setattr(federation_module, "load_site", lambda data, *a, **kw: seen.append(data) or
+                        type("Loaded", (), {"test": "central test split"})())
+    config = _config(pretrained, tmp_path, central_data=tmp_path / "central", central_label_unit="years")
+    assert federation_module._central_set(config, 32, None) == "central test split"
+    assert [(d.root, d.label_unit) for d in seen] == [(tmp_path / "central", "years")]
