@@ -16,6 +16,17 @@ from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 
 
+@pytest.fixture
+def flower_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower Messages built outside a Flower process (a test's in-process grid, ServerApp or ClientApp) read the run,
+    node and task ids that process would set at start-up; a module asks for them with
+    `pytestmark = pytest.mark.usefixtures("flower_identity")`."""
+    from flwr.supercore.task_identity import TaskIdentity  # imported here: this module's set-up imports no Flower
+
+    for attribute in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
 @pytest.fixture(autouse=True)
 def _orientation_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Orientation models fitted on a folder's images (core.preprocess.site) go to a temporary cache, not ~/.cache."""

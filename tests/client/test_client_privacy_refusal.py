@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import REFUSED, train
 from core.checkpoint import describe, save_checkpoint
@@ -39,11 +38,7 @@ def _train_request(root: Path, arrays: dict[str, torch.Tensor], state: Path) -> 
     return message, Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages built outside a Flower process need the identity a SuperNode would give them."""
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 def _files(state: Path) -> dict[str, bytes]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 import client.site as site_module
 from client.app import REFUSED, evaluate, train
@@ -38,10 +37,7 @@ from site_helpers import stub_training, subset  # tests/client/site_helpers.py
 TRAIN_IDS, TEST_IDS = (1, 3, 4, 7, 8, 9, 10), (5, 6)  # id 2 is the validation split (core.data.split)
 
 
-@pytest.fixture(autouse=True)
-def identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 @pytest.fixture(scope="module")

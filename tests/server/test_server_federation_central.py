@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 
 from core.checkpoint import describe, load_checkpoint, save_checkpoint
 from core.errors import ConfigError
@@ -28,10 +27,7 @@ from sites_grid import SitesGrid  # tests/server/sites_grid.py
 pytest.importorskip("dp_accounting", reason="central DP accounting needs flwr[dp]")
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 
 import server.federation as federation_module
 from core.checkpoint import describe, file_sha256, load_checkpoint, save_checkpoint
@@ -27,11 +26,7 @@ from server.federation import FINAL, LATEST, run_federation
 from sites_grid import SitesGrid  # tests/server/sites_grid.py
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction Messages read the run/node/task ids a ServerApp process sets at start-up."""
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.site_privacy import SitePrivacyRecord
 from strategies import build_strategy
@@ -41,10 +40,7 @@ def test_the_record_survives_a_resume_through_its_state() -> None:
     assert "below the 3 the server recorded in round 4" in resumed.check("3", 5, {**PRIVATE, "epsilon": 1.0})
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 def test_the_strategy_leaves_a_refused_private_update_out_of_the_average() -> None:

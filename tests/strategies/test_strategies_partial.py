@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
-from flwr.supercore.task_identity import TaskIdentity
 
 from deploy.site_report import site_report
 from server.tracking import MetricsTracker
@@ -23,11 +22,7 @@ GLOBAL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction Messages read the run/node/task ids a ServerApp process sets at start-up."""
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 class FakeGrid:

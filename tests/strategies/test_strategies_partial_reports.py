@@ -13,10 +13,9 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from strategies import NoSiteTrained, PartialModelStrategy, build_strategy
 from strategies.aggregation import build_aggregator
 from strategies.partial import read_reply, site_name, weighted_mean_metrics
-from tests.strategies.test_strategies_partial import (GLOBAL, FakeGrid, Reports, array_record, configure, reply,
-                                                      serverapp_identity)
+from tests.strategies.test_strategies_partial import GLOBAL, FakeGrid, Reports, array_record, configure, reply
 
-__all__ = ["serverapp_identity"]  # the fixture that lets Messages be built outside a ServerApp
+pytestmark = pytest.mark.usefixtures("flower_identity")  # Messages built outside a Flower process
 
 
 def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
