@@ -39,6 +39,7 @@ from core.predict.inference import predict_batch
 from core.inputs import InputSettings
 from core.train.training import resolve_device
 from core.predict.tta import TTAConfig
+from core.train.feature_scoring import ScoredSplit
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +124,12 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
 
 
 def conformal_metadata(model: nn.Module, dataset: BoneAgeDataset, device: torch.device, source: str = "",
-                       split: str = "val", tta: TTAConfig | None = None) -> dict:
+                       split: str = "val", tta: TTAConfig | None = None, scored: ScoredSplit | None = None) -> dict:
     """{"conformal": ...} for a checkpoint's metadata, calibrated on `dataset`; {} (and a warning) when it is
     too small. What pretraining and fine-tuning call right before saving."""
     try:
-        return {"conformal": fit_conformal(model, dataset, device, split=split, source=source, tta=tta).to_dict()}
+        return {"conformal": fit_conformal(model, dataset, device, split=split, source=source, tta=tta,
+                                           scored=scored).to_dict()}
     except ConformalError as exc:
         logger.warning("no prediction interval stored: %s", exc)
         return {}
@@ -147,8 +149,9 @@ def predictions_of(model: nn.Module, dataset: BoneAgeDataset, device: torch.devi
 
 def fit_conformal(model: nn.Module, dataset: BoneAgeDataset, device: torch.device, coverage: float = 0.9,
                   split: str = "val", source: str = "", tta: TTAConfig | None = None,
-                  bands: BandConfig = BandConfig()) -> ConformalInterval:
+                  bands: BandConfig = BandConfig(), scored: ScoredSplit | None = None) -> ConformalInterval:
     """Calibrate the interval (single and per predicted-age band) on a labelled split the model was not trained on.
+    `scored`: the model's predictions on `dataset` already made (`core.train.feature_scoring`), not made again.
 
     Raises:
         ConformalError: fewer images than the coverage needs.
@@ -157,11 +160,16 @@ def fit_conformal(model: nn.Module, dataset: BoneAgeDataset, device: torch.devic
     if len(dataset) < n_needed:
         raise ConformalError(f"a {coverage:.0%} interval needs at least {n_needed} labelled calibration images, "
                              f"the {split} split has {len(dataset)}")
-    predicted, true = predictions_of(model, dataset, device, tta=tta)
+    if scored is not None:
+        predicted, true = scored.predicted_months, scored.true_months
+    else:
+        predicted, true = predictions_of(model, dataset, device, tta=tta)
     halfwidth = conformal_quantile(np.abs(true - predicted), coverage)
     from_head = head_predicted = None
     if has_sex_head(model):
-        head_predicted, _ = predictions_of(model, dataset, device, sex_from_head=True, tta=tta)
+        head_predicted = scored.head_predicted_months if scored is not None else None
+        if head_predicted is None:
+            head_predicted, _ = predictions_of(model, dataset, device, sex_from_head=True, tta=tta)
         from_head = conformal_quantile(np.abs(true - head_predicted), coverage)
     bands = replace(bands, min_per_band=max(bands.min_per_band, minimum_calibration_size(coverage)))
     by_band = fit_bands(predicted, true, head_predicted, coverage, max_months(model), conformal_quantile, bands)

@@ -60,16 +60,17 @@ def predict_batch(model: nn.Module, images: torch.Tensor, male: torch.Tensor, de
     unknown = torch.isnan(male)
     with torch.inference_mode():
         given = torch.where(unknown, torch.zeros_like(male), male).to(device)
-        output = forward_tta(model, images, given, tta)
-        if output.sex_logits is None:
-            if bool(unknown.any()):
+        if bool(unknown.any()):  # the sex head ignores the sex input: one plain pass for it, the views only after
+            sex_logits = model(images, given).sex_logits
+            if sex_logits is None:
                 raise NoSexHeadError("the sex is unknown and this model has no sex head to predict it; give the sex")
-            p_male = torch.full((len(male),), float("nan"))
-        else:
-            p_male = torch.softmax(output.sex_logits.float(), dim=1)[:, 1].cpu()
-        used = torch.where(unknown, (p_male >= 0.5).float(), male)
-        if bool(unknown.any()):
+            p_male = torch.softmax(sex_logits.float(), dim=1)[:, 1].cpu()
+            used = torch.where(unknown, (p_male >= 0.5).float(), male)
             output = forward_tta(model, images, used.to(device), tta)
+        else:
+            output, used = forward_tta(model, images, given, tta), male
+            p_male = (torch.full((len(male),), float("nan")) if output.sex_logits is None else
+                      torch.softmax(output.sex_logits.float(), dim=1)[:, 1].cpu())
     model.train(was_training)
     return BatchPrediction(output.expected_months.float().cpu().numpy(), used.numpy(), unknown.numpy(),
                            p_male.numpy())

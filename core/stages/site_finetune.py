@@ -31,8 +31,10 @@ from core.data.split import split_of
 from core.errors import ConfigError
 from core.train.feature_augment import FEATURE_AUGMENT
 from core.train.feature_cache import DEFAULT_VIEWS, FeatureCache, feature_budget_from_env
+from core.train.feature_scoring import ScoringFeatures
 from core.train.loss import JointLossConfig
 from core.stats.metrics import Predictions, compute_metrics
+from core.model.split import cached_depth
 from core.model.freeze import FREEZE_CHOICES, FreezeSpec, format_freeze_spec, freeze_blocks, parse_freeze_spec
 from core.inputs import InputSettings
 from core.predict.tta import TTAConfig
@@ -139,6 +141,15 @@ def _predict(model: nn.Module, dataset: BoneAgeDataset, device: torch.device,
     return predict(model, make_loader(dataset, 64, shuffle=False, seed=0), device, tta=tta)
 
 
+def _score(model: nn.Module, dataset: BoneAgeDataset, device: torch.device, tta: TTAConfig | None,
+           scoring: ScoringFeatures | None) -> Predictions:
+    """`model`'s predictions on `dataset` with `tta`, through the frozen blocks' cached features when it can."""
+    scored = scoring.score(model, dataset, device, tta) if scoring is not None else None
+    if scored is None:
+        return _predict(model, dataset, device, tta)
+    return Predictions(scored.predicted_months, scored.true_months, scored.male)
+
+
 def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: FinetuneConfig,
                   pool: DecodedPool | None = None, features: FeatureCache | None = None) -> dict[str, Any]:
     """Fine-tune on the site's train split, evaluate on its test split, save `out`; returns the metadata.
@@ -161,21 +172,25 @@ def finetune_site(pretrained: Path, data: SiteDataConfig, out: Path, config: Fin
     if empty:  # no model selection, no measured effect: a checkpoint written anyway would report 'nan' as a result
         raise DataError(f"{data.root}: no {' or '.join(empty)} images among the usable ones; fine-tuning needs "
                         f"all three splits (python -m client check shows them; add images)")
-    # scored as the model is used: with the test-time augmentation the pretrained model records (and passes on)
-    before = compute_metrics(_predict(model, site.test, device, inputs.tta), model.config.class_step_months,
-                             data.label_unit)
+    # scored as the model is used: with the test-time augmentation the pretrained model records (and passes on);
+    # with the cache, blocks 1..k run once per test and val image and TTA view for both models (checked by hash)
     freeze = parse_freeze_spec(config.freeze)
+    scoring = ScoringFeatures(cached_depth(freeze), feature_budget_from_env()) if config.feature_cache else None
+    before = compute_metrics(_score(model, site.test, device, inputs.tta, scoring), model.config.class_step_months,
+                             data.label_unit)
     features = (features or feature_cache_of(config)) if config.feature_cache else None
     history = finetune_model(model, site.train, site.val, freeze, config, device, features)
-    after = compute_metrics(_predict(model, site.test, device, inputs.tta), model.config.class_step_months,
+    after = compute_metrics(_score(model, site.test, device, inputs.tta, scoring), model.config.class_step_months,
                             data.label_unit)
+    val_scored = scoring.score(model, site.val, device, inputs.tta, sex_from_head=True) if scoring else None
     provenance = {"kind": "site-finetune", "pretrained": str(pretrained), "pretrained_sha256": file_sha256(pretrained),
                   "freeze": format_freeze_spec(freeze), "data": {"root": str(data.root), "label_unit": data.label_unit,
                                                                  "summary": site.summary()},
                   "finetune_config": asdict(config)}
     metadata = describe(model, seed=config.seed, provenance=provenance, history=history,
                         test_metrics={"pretrained": before, "finetuned": after}, **inputs.inherited(),
-                        **conformal_metadata(model, site.val, device, str(data.root), tta=inputs.tta))
+                        **conformal_metadata(model, site.val, device, str(data.root), tta=inputs.tta,
+                                            scored=val_scored))
     save_checkpoint(out, model, metadata)
     logger.info("test MAD %.2f -> %.2f months (%d images); saved %s", before["mad_months"], after["mad_months"],
                 after["n"], out)
