@@ -32,6 +32,12 @@ from core.train.training import FitResult, TrainConfig, fit, resolve_device, see
 
 logger = logging.getLogger(__name__)
 
+PRETRAIN_EPOCHS = 40
+"""How long `server pretrain` trains by default (cosine to 1/1000 over all of them): the best single-model recipe
+measured at 96 px, width 0.5 on rsna100, 13.79 months (13.09 with the default TTA) over 3 seeds against 16.07 at 20
+epochs, about 23 CPU minutes on one core (docs/benchmarks.md, "Training recipe"). `python -m sim` keeps its own
+budget (`SimConfig.pretrain_epochs`)."""
+
 
 @dataclass(frozen=True)
 class PretrainJob:
@@ -41,7 +47,7 @@ class PretrainJob:
     out: Path
     architecture: str = "tjnet"
     model_config: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = TrainConfig(epochs=PRETRAIN_EPOCHS)
     loss: JointLossConfig = JointLossConfig()
     augment: AugmentConfig | None = AugmentConfig()
     threads: int | None = None

@@ -203,3 +203,15 @@ def test_the_simulation_pretrains_without_test_time_augmentation(tmp_path: Path,
     config = SimConfig(cache_dir=tmp_path, pretrain_epochs=1)
     sim.sites.pretrained_model(config, PreparedSite("source", tmp_path / "source", "months"))
     assert len(jobs) == 1 and not jobs[0].tta.enabled
+
+
+def test_the_simulation_keeps_its_own_pretraining_budget_not_server_pretrains(tmp_path: Path, monkeypatch) -> None:
+    """`server pretrain` trains 40 epochs by default (issue 21); the default `python -m sim` run keeps its 30."""
+    import sim.sites
+    from core.stages.central import PRETRAIN_EPOCHS
+
+    jobs = []
+    monkeypatch.setattr(sim.sites, "pretrain", jobs.append)
+    config = replace(preset("default"), cache_dir=tmp_path)
+    sim.sites.pretrained_model(config, PreparedSite("source", tmp_path / "source", "months"))
+    assert len(jobs) == 1 and jobs[0].train.epochs == config.pretrain_epochs == 30 != PRETRAIN_EPOCHS
