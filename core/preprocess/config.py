@@ -73,6 +73,11 @@ class PreprocessConfig:
         min_side: images whose shorter side is below this (pixels) are refused as too small.
         min_confidence: images whose orientation confidence is below this are refused (0.25 refuses 0.7 % of
             the clean images of the rsna100 validation split with a model trained on its training split).
+        collimated_mirror_confidence: the stricter floor for mirroring a film whose collimator band (a uniform
+            edge band brighter than the film) was removed before the orientation model looked: the band may have
+            cut the thumb or the finger tips, and the model then takes left hands for right ones; such a film named
+            mirrored below this confidence is refused (chosen on rsna100's validation split, docs/preprocessing.md).
+            Padding (a constant band that is not bright) and every other pose are held to ``min_confidence``.
         exposure_clip: share of pixels at the darkest (brightest) grey level that flags under- (over-) exposure.
     """
 
@@ -97,6 +102,7 @@ class PreprocessConfig:
     localiser_sha256: str = ""
     min_side: int = 32
     min_confidence: float = 0.25
+    collimated_mirror_confidence: float = 0.9
     exposure_clip: float = 0.4
 
     def __post_init__(self) -> None:
@@ -106,6 +112,9 @@ class PreprocessConfig:
         if not 0.0 <= self.min_confidence < 1.0 or not 0.0 < self.exposure_clip <= 1.0:
             raise ConfigError(f"preprocess: min_confidence must be in [0, 1) and exposure_clip in (0, 1], got "
                             f"{self.min_confidence}, {self.exposure_clip}")
+        if not 0.0 <= self.collimated_mirror_confidence < 1.0:
+            raise ConfigError(f"preprocess: collimated_mirror_confidence must be in [0, 1), got "
+                              f"{self.collimated_mirror_confidence}")
         if self.region and self.region not in REGION_NAMES:
             raise ConfigError(f"preprocess: region must be one of {', '.join(REGION_NAMES)}, got {self.region!r}")
         if self.region and not self.register:

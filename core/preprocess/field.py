@@ -3,6 +3,9 @@
 - Bands: uniform bright bands along the edges (a collimator's unexposed border, `segment.collimation_box`) and
   constant bands of any level (black or white padding, a digital shutter, `segment.constant_box`) are set to the
   image's darkest level, as the exposed background usually is. CLAHE would otherwise spend its range on them.
+  Which kind was removed is reported (`removed_bands`): a COLLIMATOR band (brighter than the film, in the
+  bone-bright frame) may have cut the anatomy (the thumb, the finger tips), so the pipeline reads the pose of such a
+  film more strictly; PADDING around a whole film (black frame, shutter) cuts nothing.
 - Markers: a burned-in side marker or date is written flat at the brightest level, with a sharp step down to the
   film around it; the brightest spot of a bone is a peak that falls off gradually. Components within MARKER_LEVEL
   of the maximum, small against the image (at most MARKER_MAX_AREA of it), whose surrounding ring lies in the
@@ -25,21 +28,37 @@ MARKER_MAX_AREA = 0.02   # a marker component covers at most this share of the i
 MARKER_MIN_PIXELS = 4    # fewer bright pixels together are noise, not a stroke
 
 
-def remove_bands(image: np.ndarray) -> np.ndarray:
-    """Edge bands (bright uniform or constant at any level, found on a small copy) set to the darkest level."""
+COLLIMATOR = "collimator"  # a uniform edge band brighter than the film was removed (an unexposed collimator border)
+PADDING = "padding"        # a constant edge band not brighter than the film was removed (padding, a shutter)
+
+
+def removed_bands(image: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Edge bands (bright uniform or constant at any level, found on a small copy) set to the darkest level, and
+    which kinds were removed: COLLIMATOR when `segment.collimation_box` cut a side (a uniform band brighter than
+    the film), PADDING when `segment.constant_box` cut a side further in (a constant band of another level).
+    An image without bands comes back as the same object, with no kind."""
     h, w = image.shape
     ratio = min(1.0, WORK_SIDE / max(h, w))
     small = cv2.resize(image, (max(8, round(w * ratio)), max(8, round(h * ratio))), interpolation=cv2.INTER_AREA)
-    boxes = (collimation_box(small), constant_box(small))
-    top, bottom = max(b[0] for b in boxes), min(b[1] for b in boxes)
-    left, right = max(b[2] for b in boxes), min(b[3] for b in boxes)
-    if (top, bottom, left, right) == (0, small.shape[0], 0, small.shape[1]) or bottom - top < 8 or right - left < 8:
-        return image
+    full = (0, small.shape[0], 0, small.shape[1])
+    bright, constant = collimation_box(small), constant_box(small)
+    top, bottom = max(bright[0], constant[0]), min(bright[1], constant[1])
+    left, right = max(bright[2], constant[2]), min(bright[3], constant[3])
+    if (top, bottom, left, right) == full or bottom - top < 8 or right - left < 8:
+        return image, ()
+    kinds = (COLLIMATOR,) if bright != full else ()
+    further = (constant[0] > bright[0], constant[1] < bright[1], constant[2] > bright[2], constant[3] < bright[3])
+    kinds += (PADDING,) if any(further) else ()
     sy, sx = h / small.shape[0], w / small.shape[1]
     out = np.full_like(image, float(image.min()))
     t, b, l, r = round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
     out[t:b, l:r] = image[t:b, l:r]
-    return out
+    return out, kinds
+
+
+def remove_bands(image: np.ndarray) -> np.ndarray:
+    """`removed_bands`' image: edge bands set to the darkest level (the same object when there are none)."""
+    return removed_bands(image)[0]
 
 
 def marker_mask(image: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from core.preprocess.review import QualityTally
 logger = logging.getLogger(__name__)
 
 KEYPOINT_COLUMNS = tuple(f"{name}_{axis}" for name in KEYPOINTS for axis in "xy")
-QC_COLUMNS = ("id", "flags", "confidence", "refused", *KEYPOINT_COLUMNS)
+QC_COLUMNS = ("id", "flags", "confidence", "refused", "bands", *KEYPOINT_COLUMNS)
 MANIFEST = "labels.csv"
 
 
@@ -54,7 +54,8 @@ def preprocess_folder(data: Path, out: Path, preprocessor: Preprocessor) -> Qual
     """Write ``out/images/<id>.png`` (16-bit, canonical) for each usable image and ``out/qc.csv`` for every image.
 
     A site folder's ``labels.csv`` is copied unchanged, so ``out`` is a site folder too. Unreadable images and
-    refused images get a row in qc.csv with the reason and no image.
+    refused images get a row in qc.csv with the reason and no image. The ``bands`` column names the edge bands
+    removed before the orientation model looked ("collimator", "padding", both joined by ";", or blank).
     """
     source = image_folder(data)
     paths = image_paths(data)
@@ -69,14 +70,14 @@ def preprocess_folder(data: Path, out: Path, preprocessor: Preprocessor) -> Qual
                 image = read_image(path)
             except ImageError as exc:
                 writer.writerow([path.stem, "", "0.000", f"{exc.reason} ({exc.detail})" if exc.detail else exc.reason,
-                                 *[""] * len(KEYPOINT_COLUMNS)])
+                                 "", *[""] * len(KEYPOINT_COLUMNS)])
                 continue
             start = time.perf_counter()
             result = preprocessor(image, declares_polarity(path))
             tally.add(path.stem, image, result, time.perf_counter() - start)
             points = {} if result.refused else result.keypoints  # blank when refused or without a localiser
             writer.writerow([path.stem, ";".join(result.flags), f"{result.confidence:.3f}", result.refused or "",
-                             *[f"{points[name][axis]:.4f}" if name in points else ""
+                             ";".join(result.bands), *[f"{points[name][axis]:.4f}" if name in points else ""
                                for name in KEYPOINTS for axis in (0, 1)]])
             if result.refused is None:
                 pixels = np.rint(np.clip(result.image, 0.0, 1.0) * 65535.0).astype(np.uint16)

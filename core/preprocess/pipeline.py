@@ -19,7 +19,7 @@ from core.errors import ConfigError
 from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND, REGISTRATION_FAILED, ROTATED,
                                     PreprocessConfig)
 from core.preprocess.contrast import equalize
-from core.preprocess.field import inpaint_markers, remove_bands
+from core.preprocess.field import COLLIMATOR, inpaint_markers, removed_bands
 from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.polarity import settled_polarity
@@ -49,6 +49,8 @@ class PreprocessResult:
         pose: the pose that was undone.
         keypoints: key point name -> (x, y) as fractions of the input image's width and height (empty unless the
             settings name a localiser, and for refused images).
+        bands: the kinds of edge band removed before the orientation model looked (`core.preprocess.field`:
+            "collimator", "padding"; empty when none was, or ``decollimate`` is off).
     """
 
     image: np.ndarray
@@ -58,6 +60,7 @@ class PreprocessResult:
     regions: dict[str, np.ndarray] = field(default_factory=dict)
     pose: Pose = Pose()
     keypoints: dict[str, tuple[float, float]] = field(default_factory=dict)
+    bands: tuple[str, ...] = ()
 
 
 class Preprocessor:
@@ -85,19 +88,18 @@ class Preprocessor:
         polarity = settled_polarity(image, polarity_declared) \
             if self._orientation is not None and (config.physical_polarity or polarity_declared) else None
         given = image
-        image = self._clean_field(image, inverted=polarity is True)
+        image, bands = self._clean_field(image, inverted=polarity is True)
         if self._orientation is not None:
             pose, confidence = self._orientation.predict_checked(image, polarity)
             if not config.small_angle or abs(pose.angle_deg) < SMALL_ANGLE_MIN_DEG:
                 pose = Pose(pose.quarter_turns, pose.mirrored, pose.inverted, 0.0)
             if polarity is None and pose.inverted:  # cleaned above in the wrong frame: clean the image as given again
-                image = self._clean_field(given, inverted=True)
+                image, bands = self._clean_field(given, inverted=True)
             image = undo_pose(image, pose)
             flags += _pose_flags(pose)
-            if confidence < config.min_confidence:
-                return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence,
-                                        f"orientation uncertain (confidence {confidence:.2f}, below "
-                                        f"{config.min_confidence:.2f})", pose=pose)
+            refused = _uncertain(confidence, pose, bands, config)
+            if refused:
+                return PreprocessResult(image, flags + (LOW_CONFIDENCE,), confidence, refused, pose=pose, bands=bands)
         canonical_points = self._localiser.predict(image) if self._localiser is not None else None
         keypoints = self._keypoints(canonical_points, pose, image.shape)
         mask = None
@@ -106,7 +108,7 @@ class Preprocessor:
             if not segmentation.found:
                 return PreprocessResult(image, flags + (NO_HAND,), confidence,
                                         f"no hand found (largest foreground region covers {segmentation.share:.0%} "
-                                        "of the image)", pose=pose)
+                                        "of the image)", pose=pose, bands=bands)
             mask = segmentation.mask
         flags += exposure_flags(image, mask, config.exposure_clip)
         if config.equalize:
@@ -122,25 +124,26 @@ class Preprocessor:
                     return PreprocessResult(image, flags, confidence,
                                             f"registration failed (the {config.region} model reads a crop of the "
                                             "registered hand; the key points of this hand are implausible)",
-                                            pose=pose)
+                                            pose=pose, bands=bands)
         cut = regions(image) if config.regions else {}
         if config.region:
             image = region_crop(image, config.region)
-        return PreprocessResult(image, flags, confidence, None, cut, pose, keypoints)
+        return PreprocessResult(image, flags, confidence, None, cut, pose, keypoints, bands)
 
-    def _clean_field(self, image: np.ndarray, inverted: bool) -> np.ndarray:
+    def _clean_field(self, image: np.ndarray, inverted: bool) -> tuple[np.ndarray, tuple[str, ...]]:
         """Collimator bands, padding and burned-in markers removed (`core.preprocess.field`) before the orientation
         model looks (a band it sees tilts with the small angle it undoes, and then is no longer a band), in the
         bone-bright frame: an image whose polarity was settled as inverted, or that the orientation model names
-        inverted, is cleaned as its inverse (black padding cleaned in the wrong frame would come back white)."""
+        inverted, is cleaned as its inverse (black padding cleaned in the wrong frame would come back white).
+        Returns the cleaned image and the kinds of band removed."""
         if not (self.config.decollimate or self.config.inpaint_markers):
-            return image
-        view = 1.0 - image if inverted else image
+            return image, ()
+        view, bands = 1.0 - image if inverted else image, ()
         if self.config.decollimate:
-            view = remove_bands(view)
+            view, bands = removed_bands(view)
         if self.config.inpaint_markers:
             view = inpaint_markers(view)
-        return 1.0 - view if inverted else view
+        return (1.0 - view if inverted else view), bands
 
     @staticmethod
     def _keypoints(canonical_points: np.ndarray | None, pose: Pose,
@@ -154,6 +157,19 @@ class Preprocessor:
     def describe(self) -> dict[str, Any]:
         """The resolved settings (what a checkpoint stores)."""
         return self.config.to_dict()
+
+
+def _uncertain(confidence: float, pose: Pose, bands: tuple[str, ...], config: PreprocessConfig) -> str | None:
+    """The refusal of an orientation too uncertain to undo, else None. Mirroring a film whose collimator band was
+    removed needs the stricter `collimated_mirror_confidence`: the band may have cut the thumb or the finger tips,
+    and the orientation model then takes left hands for right ones (docs/preprocessing.md)."""
+    if confidence < config.min_confidence:
+        return f"orientation uncertain (confidence {confidence:.2f}, below {config.min_confidence:.2f})"
+    if pose.mirrored and COLLIMATOR in bands and confidence < config.collimated_mirror_confidence:
+        return (f"mirroring uncertain on a collimated film (confidence {confidence:.2f}, below "
+                f"{config.collimated_mirror_confidence:.2f} to mirror a film whose collimator band was removed: the "
+                "band may cut the thumb or finger tips)")
+    return None
 
 
 def _pose_flags(pose: Pose) -> tuple[str, ...]:

@@ -24,7 +24,8 @@ def test_command_line_specs() -> None:
     assert PreprocessConfig.parse("none") is None
     assert PreprocessConfig.parse("default") == PreprocessConfig()
     assert PreprocessConfig.parse("default,segment=true,min_side=48") == PreprocessConfig(segment=True, min_side=48)
-    for bad in ("maybe", "default,segment=perhaps", "default,colour=1", "default,min_side"):
+    for bad in ("maybe", "default,segment=perhaps", "default,colour=1", "default,min_side",
+                "default,collimated_mirror_confidence=1.0"):
         with pytest.raises(ConfigError):
             PreprocessConfig.parse(bad)
 

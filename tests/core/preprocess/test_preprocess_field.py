@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from core.preprocess import PreprocessConfig, Preprocessor
-from core.preprocess.field import inpaint_markers, marker_mask, remove_bands
+from core.preprocess import Pose, PreprocessConfig, Preprocessor
+from core.preprocess import pipeline as pipeline_module
+from core.preprocess.config import LOW_CONFIDENCE, MIRRORED
+from core.preprocess.field import COLLIMATOR, PADDING, inpaint_markers, marker_mask, remove_bands, removed_bands
+from core.preprocess.folder import preprocess_folder
 from core.preprocess.stress import COLLIMATION_SHARE, collimation, noise, text_marker
 
 RNG = np.random.default_rng(0)
@@ -96,3 +103,54 @@ def test_an_inverted_padded_film_left_to_the_orientation_model_comes_back_as_the
         clean, inverted = preprocessor(padded), preprocessor(1.0 - padded)
         assert inverted.pose.inverted and not clean.pose.inverted
         assert np.abs(inverted.image - clean.image).mean() < 0.01
+        assert inverted.bands == clean.bands == (PADDING,)  # the kind read in the frame the film was cleaned in
+
+
+def test_a_collimator_band_is_told_from_padding(phantom_image) -> None:
+    assert removed_bands(phantom_image) == (phantom_image, ())
+    assert removed_bands(collimation(phantom_image, RNG))[1] == (COLLIMATOR,)  # bright, uniform: may cut anatomy
+    assert removed_bands(np.pad(phantom_image, 20))[1] == (PADDING,)  # black frame around the whole film
+    grey = np.pad(phantom_image, 20, constant_values=float(np.median(phantom_image)))
+    assert removed_bands(grey)[1] == (PADDING,)  # constant at the film's own grey: a shutter, not brighter
+    both = np.pad(phantom_image, ((0, 20), (0, 0)))  # black padding below, an unexposed band on top
+    both[:15] = 0.85
+    assert removed_bands(both)[1] == (COLLIMATOR, PADDING)
+
+
+class _Vote:
+    """An orientation model that names every film with one pose, at one confidence."""
+
+    def __init__(self, pose: Pose, confidence: float) -> None:
+        self.pose, self.confidence = pose, confidence
+
+    def predict_checked(self, image: np.ndarray, polarity: bool | None = None) -> tuple[Pose, float]:
+        return self.pose, self.confidence
+
+
+def test_a_weak_mirroring_vote_refuses_a_collimated_film_with_its_reason_but_not_a_padded_one(
+        phantom_image, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(pipeline_module, "load_cached", lambda path, sha256: _Vote(Pose(0, mirrored=True), 0.5))
+    settings = PreprocessConfig(site_check=False, small_angle=False)
+    assert settings.min_confidence < 0.5 < settings.collimated_mirror_confidence
+    images = tmp_path / "site" / "images"
+    images.mkdir(parents=True)
+    films = {"clean": phantom_image, "padded": np.pad(phantom_image, 20), "collimated": collimation(phantom_image, RNG)}
+    for name, film in films.items():
+        Image.fromarray(np.rint(film * 255).astype(np.uint8)).save(images / f"{name}.png")
+    preprocess_folder(tmp_path / "site", tmp_path / "out", Preprocessor(settings))
+    with open(tmp_path / "out" / "qc.csv", newline="") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert (rows["clean"]["bands"], rows["padded"]["bands"], rows["collimated"]["bands"]) == ("", PADDING, COLLIMATOR)
+    for name in ("clean", "padded"):  # the ordinary floor: kept, mirrored as the model says
+        assert rows[name]["refused"] == "" and rows[name]["flags"] == MIRRORED
+    assert rows["collimated"]["refused"].startswith("mirroring uncertain on a collimated film (confidence 0.50, "
+                                                    "below 0.90")
+    assert rows["collimated"]["flags"] == f"{MIRRORED};{LOW_CONFIDENCE}"
+    assert sorted(p.stem for p in (tmp_path / "out" / "images").glob("*.png")) == ["clean", "padded"]
+
+
+@pytest.mark.parametrize("pose", [Pose(), Pose(2)], ids=str)
+def test_a_collimated_film_not_named_mirrored_is_held_to_the_ordinary_floor(phantom_image, monkeypatch, pose) -> None:
+    monkeypatch.setattr(pipeline_module, "load_cached", lambda path, sha256: _Vote(pose, 0.5))
+    result = Preprocessor(PreprocessConfig(small_angle=False))(collimation(phantom_image, RNG))
+    assert result.bands == (COLLIMATOR,) and result.refused is None and result.pose == pose
