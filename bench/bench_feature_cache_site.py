@@ -4,6 +4,7 @@ Usage:
     python -m bench.bench_feature_cache_site --pretrained MODEL.pt --data SITE [--label-unit years] [--freeze 1-3]
                                              [--seeds 0,1,2] [--epochs 8] [--views 4] [--feature-augment images,features]
                                              [--batch-sizes 16,32] [--no-warm] [--threads 1]
+                                             [--arms off:16,images:16,features:32] [--extra-test HELDOUT]
 
 For each seed, the site fine-tunes the pretrained model as `python -m client finetune --freeze F` does
 (`core.stages.site_finetune.finetune_site`: best epoch by val MAD, then the test split): once with
@@ -15,7 +16,11 @@ costs when the frozen blocks cost nothing, the ceiling of any cache of them; `--
 reference is the uncached run at the first. Prints each run's wall and CPU seconds, the speed-ups against the
 reference, each test MAD, and per other arm the paired difference of absolute errors on the same test images (arm
 minus reference) with a 95 % bootstrap interval pooled over seeds (`core.stats.bootstrap`): an arm is "no worse"
-when the interval's upper end is small against the seed-to-seed spread.
+when the interval's upper end is small against the seed-to-seed spread. `--arms MODE:BATCH,...` names the arms
+instead (the first is the reference; MODE off, images or features; no warm arm). `--extra-test FOLDER` scores every
+arm's model on a second, larger held-out set as well (a folder in the site's layout whose images all fall in the
+test split, e.g. `python -m bench.heldout_sites`), with its own paired intervals. Every model is scored with the
+test-time augmentation it records, as the command scores it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.inputs import InputSettings
 from core.data import SiteDataConfig, load_site, make_loader
 from core.preprocess import preprocess_config_of
 from core.train.feature_cache import FeatureCache
@@ -41,12 +47,24 @@ from core.cli import add_data_arguments, add_shared_options, data_config_from_ar
 
 
 def test_errors(checkpoint: Path, data: SiteDataConfig) -> np.ndarray:
-    """Absolute errors (months) of `checkpoint` on the site's test split, in split order."""
+    """Absolute errors (months) of `checkpoint` on the site's test split, in split order, scored with its TTA."""
     loaded = load_checkpoint(checkpoint)
     site = load_site(data, loaded.model.config.image_size, None, 0, splits=("test",),
                      preprocess=preprocess_config_of(loaded.metadata))
-    result = predict(loaded.model, make_loader(site.test, 64, shuffle=False, seed=0), torch.device("cpu"))
+    result = predict(loaded.model, make_loader(site.test, 64, shuffle=False, seed=0), torch.device("cpu"),
+                     tta=InputSettings.of(loaded).tta)
     return np.abs(result.predicted_months - result.true_months)
+
+
+def parse_arms(text: str) -> list[tuple[str, str, int]]:
+    """"off:16,features:32" -> [(name, mode, batch)]; the first arm is the reference."""
+    arms = []
+    for item in text.split(","):
+        mode, _, batch = item.partition(":")
+        if mode not in ("off", "images", "features") or not batch.isdigit():
+            raise SystemExit(f"--arms: {item!r} is not MODE:BATCH with MODE off, images or features")
+        arms.append((f"{mode} b{batch}", mode, int(batch)))
+    return arms
 
 
 def timed_finetune(pretrained: Path, data: SiteDataConfig, out: Path, config: FinetuneConfig,
@@ -70,6 +88,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default=str(FinetuneConfig.batch_size),
                         help="comma-separated: every arm at each; the first one's uncached run is the reference")
     parser.add_argument("--no-warm", dest="warm", action="store_false", help="skip the warm arm")
+    parser.add_argument("--arms", default=None, help="MODE:BATCH,... instead of the modes and batch sizes above")
+    parser.add_argument("--extra-test", type=Path, default=None,
+                        help="a second held-out set (site layout, test-split ids) every arm is also scored on")
     add_shared_options(parser, "threads", threads_default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,8 +102,13 @@ def main() -> None:
     runs = [(arm, arm, batch) for batch in batches for arm in ("off", *modes)] + ([("warm", "warm", batches[0])]
                                                                                  if args.warm else [])
     runs = [(f"{arm} b{batch}" if len(batches) > 1 else arm, mode, batch) for arm, mode, batch in runs]
+    if args.arms:
+        runs = parse_arms(args.arms)
+        modes, batches, args.warm = [m for _, m, _ in runs if m != "off"] or ["images"], [runs[0][2]], False
     arms = [arm for arm, _, _ in runs]
+    extra = replace(data, root=args.extra_test) if args.extra_test is not None else None
     errors: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
+    extra_errors: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     print(f"client finetune --freeze {args.freeze} --epochs {args.epochs} on {args.data}, {args.threads} thread(s); "
           f"cache with {args.views} views; arms {', '.join(arms)}; reference {arms[0]}")
     print("| seed | cache | wall (s) | CPU (s) | test MAD (months) |")
@@ -94,9 +120,9 @@ def main() -> None:
                           FinetuneConfig(freeze=args.freeze, epochs=1, device="cpu", progress=False,
                                          feature_cache=cached))
         for seed in (int(s) for s in args.seeds.split(",")):
-            caches = {(mode, batch): FeatureCache(views=args.views, augment_where=mode) for mode in modes
-                      for batch in batches}  # a fresh cache per cached run, as a fresh `client finetune` has
-            caches["warm", batches[0]], caches["off", batches[0]] = caches[modes[0], batches[0]], None
+            caches = {(mode, batch): FeatureCache(views=args.views, augment_where=mode)
+                      for _, mode, batch in runs if mode not in ("off", "warm")}  # fresh per run, as a new command's
+            caches["warm", batches[0]] = caches.get((modes[0], batches[0]))
             for arm, kind, batch in runs:
                 mode = modes[0] if kind in ("warm", "off") else kind
                 config = FinetuneConfig(freeze=args.freeze, epochs=args.epochs, seed=seed, device="cpu", progress=False,
@@ -107,7 +133,10 @@ def main() -> None:
                 totals[arm][0] += wall
                 totals[arm][1] += cpu
                 errors[arm].append(test_errors(out, data))
-                print(f"| {seed} | {arm} | {wall:.1f} | {cpu:.1f} | {errors[arm][-1].mean():.2f} |", flush=True)
+                if extra is not None:
+                    extra_errors[arm].append(test_errors(out, extra))
+                print(f"| {seed} | {arm} | {wall:.1f} | {cpu:.1f} | {errors[arm][-1].mean():.2f} |"
+                      + (f" held-out {extra_errors[arm][-1].mean():.2f} |" if extra is not None else ""), flush=True)
     reference = arms[0]
     off, count = totals[reference], len(errors[reference])
     print(f"\nCPU seconds per seed: {reference} {off[1] / count:.2f}, " + ", ".join(
@@ -118,6 +147,11 @@ def main() -> None:
               f"{off[1] / totals[arm][1]:.2f}x; test MAD {np.mean([e.mean() for e in errors[arm]]):.2f} months "
               f"({reference} {np.mean([e.mean() for e in errors[reference]]):.2f}); paired difference ({arm} - "
               f"{reference}) {difference} months, {sum(len(e) for e in errors[arm])} image-seed pairs")
+        if extra is not None:
+            print(f"{arm} on {args.extra_test}: held-out MAD {np.mean([e.mean() for e in extra_errors[arm]]):.2f} "
+                  f"months ({reference} {np.mean([e.mean() for e in extra_errors[reference]]):.2f}); paired "
+                  f"difference {paired_difference(extra_errors[arm], extra_errors[reference])} months, "
+                  f"{sum(len(e) for e in extra_errors[arm])} image-seed pairs")
     if args.warm:
         first, warm = arms[1], arms[-1]
         same = all(np.array_equal(a, b) for a, b in zip(errors[first], errors[warm]))

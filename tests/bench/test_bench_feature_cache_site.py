@@ -32,3 +32,30 @@ def test_every_arm_runs_at_each_batch_size_and_is_compared_with_the_uncached_fir
     assert "features b32: speed-up of the whole command (wall, CPU) 1.00x, 3.00x" in out
     assert "paired difference (features b32 - off b16) -1.00 [-1.00, -1.00] months, 8 image-seed pairs" in out
     assert "off b32: speed-up of the whole command (wall, CPU) 1.00x, 1.00x" in out and "warm" not in out
+
+
+def test_named_arms_run_in_order_and_the_held_out_set_gets_its_own_paired_intervals(monkeypatch, capsys):
+    runs, scored = [], []
+
+    def timed(pretrained, data, out, config, features=None):
+        runs.append((config.feature_cache, config.feature_augment, config.batch_size,
+                     None if features is None else features.augment_where))
+        return 1.0, 1.0
+
+    def errors(out, data):
+        scored.append(data.root.name)
+        worse = 0.5 if "features" in out.name else 0.0  # the feature-space arm half a month worse, on both sets
+        return np.full(3 if data.root.name == "site" else 5, 2.0 + worse)
+
+    monkeypatch.setattr(bench, "timed_finetune", timed)
+    monkeypatch.setattr(bench, "finetune_site", lambda *args, **kwargs: None)
+    monkeypatch.setattr(bench, "test_errors", errors)
+    monkeypatch.setattr(sys, "argv", ["bench", "--pretrained", "m.pt", "--data", "site", "--seeds", "0",
+                                      "--arms", "off:16,images:16,features:32", "--extra-test", "heldout"])
+    bench.main()
+    assert runs == [(False, "images", 16, None), (True, "images", 16, "images"), (True, "features", 32, "features")]
+    assert scored == ["site", "heldout"] * 3
+    out = capsys.readouterr().out
+    assert "features b32 on heldout: held-out MAD 2.50 months (off b16 2.00); paired difference 0.50 [0.50, 0.50]" \
+           " months, 5 image-seed pairs" in out
+    assert "images b16 on heldout: held-out MAD 2.00 months" in out and "warm" not in out
