@@ -61,7 +61,7 @@ def _uncached(model: TJNet, dataset: BoneAgeDataset, tta: TTAConfig | None) -> t
     return given, predictions_of(model, dataset, CPU, sex_from_head=True, tta=tta)[0]
 
 
-@pytest.mark.parametrize("depth", [1, 3, 4, 5])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("tta", [None, TTA])
 def test_cached_scoring_gives_the_uncached_predictions(dataset: BoneAgeDataset, depth: int,
                                                        tta: TTAConfig | None) -> None:
