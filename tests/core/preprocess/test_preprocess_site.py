@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,23 @@ def test_a_failing_model_is_refitted_on_the_folder_once_then_read_from_the_cache
         return {}
 
     monkeypatch.setattr(site, "fit_orientation", fake_fit)
+    checks, measure = [], site.self_agreement
+
+    def spy(model, images, seed, copies=2):
+        checks.append((len(images), copies))
+        return measure(model, images, seed, copies)
+
+    monkeypatch.setattr(site, "self_agreement", spy)
     settings = PreprocessConfig(orientation_weights=str(untrained))
     config, report = orientation_for_site(settings, folder)
     assert fits == [(len(folder), untrained.resolve())]  # every image of the folder, from the configured weights
+    assert checks == [(len(folder), 2), (len(folder), site.FITTED_CHECK[1])]  # the fitted model is checked closer
     assert Path(config.orientation_weights).parent == site.cache_dir()
     assert report["agreement"] < site.MIN_AGREEMENT <= report["fitted_agreement"]
     again, _ = orientation_for_site(settings, folder)
     assert again == config and len(fits) == 1  # same images: the cached model, no second fit
-    assert "fitted on these images: 100.0%" in site.describe_check(report)
+    steps, copies = site._budget(len(folder), 0).steps, len(folder) * site.FITTED_CHECK[1]
+    assert f"fitted on these images ({steps} steps): 100.0% of {copies} copies" in site.describe_check(report)
 
 
 def test_a_model_that_fails_after_fitting_or_may_not_be_fitted_is_refused_with_what_to_run(folder, untrained,
@@ -98,8 +108,52 @@ def test_a_model_that_fails_after_fitting_or_may_not_be_fitted_is_refused_with_w
     with pytest.raises(DataError, match="canonical=false"):
         orientation_for_site(PreprocessConfig(orientation_weights=str(untrained), site_fit=False), folder)
     monkeypatch.setattr(site, "FIT", site.OrientationTrainConfig(steps=2, batch_size=4))
+    monkeypatch.setattr(site, "FIT_MORE", site.OrientationTrainConfig(steps=2, batch_size=4))
+    monkeypatch.setattr(site, "FIT_ROUNDS", 2)  # a real fit, then a real one from its weights
     with pytest.raises(DataError, match="fitted on these images"):
         orientation_for_site(settings, folder)
+
+
+def _fake_fits(monkeypatch, first: Path, further: Path) -> list[tuple[int, Path]]:
+    """Make a fit from the configured weights write ``first``, one from a fitted model ``further``; record them."""
+    fits: list[tuple[int, Path]] = []
+
+    def fake_fit(train, held_out, out, config, trained_on, init=None):
+        from_configured = Path(init).parent != site.cache_dir()
+        Path(out).write_bytes((first if from_configured else further).read_bytes())
+        fits.append((config.steps, Path(init)))
+        return {}
+
+    monkeypatch.setattr(site, "fit_orientation", fake_fit)
+    return fits
+
+
+def test_a_fit_still_under_the_bar_goes_on_from_its_own_weights_then_passes(folder, untrained,
+                                                                            monkeypatch) -> None:
+    fits = _fake_fits(monkeypatch, first=untrained, further=PACKAGED)  # the first fit falls short, the next passes
+    settings = PreprocessConfig(orientation_weights=str(untrained))
+    config, report = orientation_for_site(settings, folder)
+    first = site._budget(len(folder), 0).steps
+    assert [steps for steps, _ in fits] == [first, site.FIT_MORE.steps]
+    assert fits[0][1] == untrained.resolve()
+    assert fits[1][1].parent == site.cache_dir()  # the second round starts from the first one's weights
+    assert Path(config.orientation_weights) != fits[1][1]
+    assert report["fitted_agreement"] >= site.MIN_AGREEMENT and report["fit_steps"] == first + site.FIT_MORE.steps
+    assert f"({first + site.FIT_MORE.steps} steps)" in site.describe_check(report)
+    again, _ = orientation_for_site(settings, folder)
+    assert again == config and len(fits) == 2  # both rounds come from the cache
+    monkeypatch.setattr(site, "FIT", replace(site.FIT, lr=site.FIT.lr / 2))
+    other, _ = orientation_for_site(settings, folder)
+    assert len(fits) == 4 and other != config  # another first budget: both rounds fitted afresh, none taken stale
+
+
+def test_a_fit_that_never_reaches_the_bar_stops_after_the_last_round_and_refuses(folder, untrained,
+                                                                               monkeypatch) -> None:
+    fits = _fake_fits(monkeypatch, first=untrained, further=untrained)
+    total = site._budget(len(folder), 0).steps + (site.FIT_ROUNDS - 1) * site.FIT_MORE.steps
+    with pytest.raises(DataError, match=f"fitted on these images for {total} steps in {site.FIT_ROUNDS} rounds"):
+        orientation_for_site(PreprocessConfig(orientation_weights=str(untrained)), folder)
+    assert len(fits) == site.FIT_ROUNDS
 
 
 def test_the_check_is_skipped_on_few_images_or_when_switched_off(folder, untrained) -> None:
