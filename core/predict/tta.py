@@ -17,6 +17,7 @@ The sex head's logits are those of the unaugmented image.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,14 +88,28 @@ def transform(images: torch.Tensor, dx: float, dy: float, zoom: float) -> torch.
 def forward_tta(model: nn.Module, images: torch.Tensor, male: torch.Tensor, config: TTAConfig | None) -> AgeOutput:
     """The model's output, its expected age averaged over the views of `config` (a plain forward without), then
     through the site's calibration when one is attached to the model (`core.predict.calibration`)."""
-    output = model(images, male)
-    if config is not None and config.enabled:
+    views = config.views() if config is not None else [(0.0, 0.0, 1.0)]
+
+    def run_view(index: int) -> AgeOutput:
+        if index == 0:  # the identity view: the images as given
+            return model(images, male)
+        dx, dy, zoom = views[index]
+        return model(transform(images, dx, dy, zoom).contiguous(memory_format=_layout(images)), male)
+
+    return mean_of_views(model, run_view, len(views), male)
+
+
+def mean_of_views(model: nn.Module, run_view: Callable[[int], AgeOutput], n_views: int,
+                  male: torch.Tensor) -> AgeOutput:
+    """View 0's output with its expected age the mean over `n_views` views (`run_view(i)` gives view i's output),
+    then through the site's calibration when one is attached to `model`. Shared by `forward_tta` and the scoring
+    through cached frozen-block features (`core.train.feature_scoring`), so both average and calibrate alike."""
+    output = run_view(0)
+    if n_views > 1:
         total = output.expected_months.float()
-        views = config.views()
-        for dx, dy, zoom in views[1:]:
-            view = transform(images, dx, dy, zoom).contiguous(memory_format=_layout(images))
-            total = total + model(view, male).expected_months.float()
-        output = AgeOutput(expected_months=total / len(views), sex_logits=output.sex_logits)
+        for index in range(1, n_views):
+            total = total + run_view(index).expected_months.float()
+        output = AgeOutput(expected_months=total / n_views, sex_logits=output.sex_logits)
     if calibration_of(model) is None:
         return output
     return replace(output, expected_months=calibrate_tensor(model, output.expected_months, male))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,8 +28,7 @@ from core.data.dataset import BoneAgeDataset, make_loader
 from core.model.heads import AgeOutput
 from core.model.split import FrozenPrefix, TrainableTail
 from core.model.tjnet import TJNet
-from core.predict.calibration import calibrate_tensor, calibration_of
-from core.predict.tta import TTAConfig, transform
+from core.predict.tta import TTAConfig, mean_of_views, transform
 from core.train.feature_cache import DEFAULT_FEATURE_BYTES, frozen_weights_sha256, pixels_sha256
 from core.train.training import channels_last_layout
 
@@ -121,15 +120,7 @@ def _compute(model: TJNet, depth: int, dataset: BoneAgeDataset, device: torch.de
 
 def _forward_views(model: nn.Module, tail: TrainableTail, views: list[torch.Tensor], male: torch.Tensor) -> AgeOutput:
     """`core.predict.tta.forward_tta` on cached features: the views' mean age, then the site calibration."""
-    output = tail(views[0], male)
-    if len(views) > 1:
-        total = output.expected_months.float()
-        for view in views[1:]:
-            total = total + tail(view, male).expected_months.float()
-        output = AgeOutput(expected_months=total / len(views), sex_logits=output.sex_logits)
-    if calibration_of(model) is None:
-        return output
-    return replace(output, expected_months=calibrate_tensor(model, output.expected_months, male))
+    return mean_of_views(model, lambda index: tail(views[index], male), len(views), male)
 
 
 def _predict_tail(model: nn.Module, tail: TrainableTail, features: list[torch.Tensor], dataset: BoneAgeDataset,
