@@ -56,11 +56,6 @@ def removed_bands(image: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     return out, kinds
 
 
-def remove_bands(image: np.ndarray) -> np.ndarray:
-    """`removed_bands`' image: edge bands set to the darkest level (the same object when there are none)."""
-    return removed_bands(image)[0]
-
-
 def marker_mask(image: np.ndarray) -> np.ndarray:
     """Burned-in text and markers: flat at the brightest level, a sharp step down to what surrounds them, small
     (bool, the image's shape). The brightest spot of a bone is a peak that falls off gradually; noise clipped at
