@@ -28,7 +28,8 @@ from core.data.pool import DecodedPool
 from core.model.config import TJNetConfig
 from core.model.freeze import parse_freeze_spec_list
 from core.preprocess import PreprocessConfig
-from core.stages.site_finetune import FinetuneConfig, compare_freeze_specs
+from core.stages.freeze_compare import compare_freeze_specs
+from core.stages.site_finetune import FinetuneConfig
 from sim.phantom.writer import generate_site
 from core.cli import add_shared_options
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.errors import ConfigError
 from core.model.freeze import FREEZE_CHOICES, parse_freeze_spec_list
-from core.stages.site_finetune import (FINETUNE_SCHEMA, FinetuneConfig, compare_freeze_specs, finetune_site, format_table,
-                                site_pool)
+from core.stages.freeze_compare import compare_freeze_specs, format_table, site_pool
+from core.stages.site_finetune import FINETUNE_SCHEMA, FinetuneConfig, finetune_site
 
 # the settings with a flag of their own (seed and device are shared options, the feature cache a switch)
 FLAGS = ("freeze", "folds", "epochs", "lr", "batch_size", "weight_decay", "feature_views", "feature_augment")

@@ -18,7 +18,8 @@ from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
 from core.predict.tta import TTAConfig
-from core.stages.site_finetune import FINETUNE_SCHEMA, folds_of, summarise_specs
+from core.stages.freeze_compare import folds_of, summarise_specs
+from core.stages.site_finetune import FINETUNE_SCHEMA
 from sim.phantom.writer import generate_site
 
 # a cheap preprocessing (contrast equalisation only) that the site's model must inherit

@@ -21,7 +21,7 @@ from core.model.tjnet import TJNet
 from core.preprocess import PreprocessConfig
 from core.data.manifest import Record
 from core.data.split import split_of
-from core.stages.site_finetune import calibrated_folds, inner_split
+from core.stages.freeze_compare import calibrated_folds, inner_split
 from sim.phantom.writer import generate_site
 
 PREPROCESS = PreprocessConfig(canonical=False, small_angle=False, output_size=32)

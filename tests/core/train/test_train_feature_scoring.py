@@ -123,7 +123,7 @@ def test_finetune_scores_both_models_and_the_interval_through_one_pass_of_the_fr
     init = ScoringFeatures.__init__
     monkeypatch.setattr(ScoringFeatures, "__init__", lambda self, *a, **k: made.append(self) or init(self, *a, **k))
     whole: list[str] = []  # passes of the whole model over a split: the uncached scoring
-    for module, name in ((stage, "_predict"), (conformal, "predictions_of")):
+    for module, name in ((stage, "predict_dataset"), (conformal, "predictions_of")):
         monkeypatch.setattr(module, name, _counted(getattr(module, name), whole, name))
     results = []
     for cache in (True, False):
@@ -131,7 +131,7 @@ def test_finetune_scores_both_models_and_the_interval_through_one_pass_of_the_fr
         results.append(finetune_site(pretrained, SiteDataConfig(root=folder), tmp_path / f"{cache}.pt",
                                      FinetuneConfig(epochs=2, device="cpu", progress=False, feature_cache=cache)))
         # uncached: the test split before and after, the val split with the sex given and from the head
-        assert whole == ([] if cache else ["_predict", "_predict", "predictions_of", "predictions_of"])
+        assert whole == ([] if cache else ["predict_dataset", "predict_dataset", "predictions_of", "predictions_of"])
     assert len(made) == 1 and (made[0].misses, made[0].hits) == (2, 1)  # test split once for both models, val once
     cached, uncached = results
     for model_name in ("pretrained", "finetuned"):
