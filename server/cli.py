@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "server.pretrain_command",
     "server.evaluate_command",
     "server.ensemble_command",
+    "server.distill_command",
 )
 
 

@@ -64,6 +64,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="start from this checkpoint's weights, head included, instead of random ones (same "
                             "--arch and model settings: --image-size, --width, ...); e.g. to retrain an existing "
                             "source model briefly with --preprocess default")
+    train.add_argument("--teacher", type=Path, default=None,
+                       help="distil this file of server distill-targets (an ensemble's class probabilities per image) "
+                            "into the model; needs --distill-weight")
+    train.add_argument("--distill-weight", type=float, default=JointLossConfig.distill_weight,
+                       help="weight of the distillation term beside the joint loss (1: the teacher's distribution "
+                            "weighs as much as the label's class; 0: off)")
+    train.add_argument("--distill-temperature", type=float, default=JointLossConfig.distill_temperature,
+                       help="temperature of the teacher's and the model's distributions in that term")
     train.add_argument("--no-progress", action="store_true")
 
     train.set_defaults(handler=run_pretrain)
@@ -141,10 +149,12 @@ def run_pretrain(args: argparse.Namespace) -> int:
         sex_specific=args.sex_specific,
         loss=JointLossConfig(alpha_start=args.alpha_start, alpha_final=args.alpha_final, alpha_rule=args.alpha_rule,
                              alpha_val_tolerance=args.alpha_val_tolerance, alpha_ramp_steps=args.alpha_ramp_steps,
-                             label_sigma_months=args.label_sigma, alpha_mad_margin=args.alpha_mad_margin),
+                             label_sigma_months=args.label_sigma, alpha_mad_margin=args.alpha_mad_margin,
+                             distill_weight=args.distill_weight, distill_temperature=args.distill_temperature),
         head_init=args.head_init,
         tta=TTAConfig() if args.no_tta else TTAConfig(shift=args.tta_shift, scale=args.tta_scale),
         init=args.init,
+        teacher=args.teacher,
     )
     pretrain(job)
     return 0

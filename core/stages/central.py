@@ -18,6 +18,7 @@ from core.intervals.conformal import conformal_metadata
 from core.data import AugmentConfig, DataError, SiteDataConfig, load_manifest, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
 from core.errors import ConfigError
+from core.train.distill import TeacherTargets, WithTeacher
 from core.train.evaluation import evaluate_model
 from core.train.loss import JointLossConfig, make_loss
 from core.model.heads import DEFAULT_HEAD_INIT, HEAD_INITS, init_age_head
@@ -56,6 +57,7 @@ class PretrainJob:
     tta: TTAConfig = PRETRAIN_TTA  # recorded in the checkpoint; TTAConfig() for none
     head_init: str = DEFAULT_HEAD_INIT  # `core.model.heads.init_age_head`: the output starts at the ages' prior
     init: Path | None = None  # start from this checkpoint's weights (same architecture and model settings)
+    teacher: Path | None = None  # distil these targets (`core.train.distill`; needs loss.distill_weight > 0)
 
 
 def pretrain(job: PretrainJob) -> dict[str, Any]:
@@ -70,6 +72,9 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
 
     With `job.init`, training starts from that checkpoint's weights, head included (`head_init` is not applied), for
     example to retrain an existing source model briefly with preprocessing; the metadata records it ("init").
+
+    With `job.teacher`, the joint loss also pulls the model towards the teacher's class probabilities of each
+    training image (`core.train.distill`, weight `job.loss.distill_weight`); the metadata records the file ("teacher").
     """
     check_output_path(job.out)  # before hours of training, not after
     if job.train.ema_decay > 0 and job.sex_specific:
@@ -83,6 +88,7 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
     seed_everything(job.train.seed)
     device = resolve_device(job.train.device)
     model = build_model(job.architecture, job.model_config).to(device)
+    teacher = teacher_for(job, model)
     init = None if job.init is None else start_from(model, job.architecture, job.init)
     preprocess = None
     if job.preprocess is not None:  # the orientation model checked (or fitted) on this folder's own images
@@ -107,10 +113,13 @@ def pretrain(job: PretrainJob) -> dict[str, Any]:
         val_mad = evaluate_model(model, site.val, device, job.data.label_unit)["mad_months"]
         best = {"best_epoch": None, "best_val_mad_months": val_mad, "history": [], "sex_specific": extra}
     else:
-        result, loss_fn = _fit(job, model, site.train, site.val, device)
+        result, loss_fn = _fit(job, model, site.train, site.val, device, teacher)
         best = {"best_epoch": result.best_epoch, "best_val_mad_months": result.best_val_mad, "history": result.history}
     if init is not None:
         best["init"] = init
+    if teacher is not None:
+        best["teacher"] = {"path": str(Path(job.teacher).resolve()), "sha256": file_sha256(job.teacher),
+                           "members": teacher.metadata.get("members")}
     seconds = time.perf_counter() - started
     save = {"seconds": seconds, "loss_fn": loss_fn, "site": site, "device": device, "preprocess": preprocess}
     if job.train.ema_decay > 0:
@@ -153,6 +162,28 @@ def start_from(model: nn.Module, architecture: str, path: Path) -> dict[str, Any
             "preprocess": source.metadata.get("preprocess")}
 
 
+def teacher_for(job: PretrainJob, model: nn.Module) -> TeacherTargets | None:
+    """The job's teacher targets, read and checked against `model`'s class grid (None without a teacher).
+
+    Raises:
+        ConfigError: a teacher without a distillation weight or the reverse, with --sex-specific or a regression
+            head, on another class grid, or a file that is not teacher targets.
+    """
+    weight = job.loss.distill_weight
+    if (job.teacher is None) != (weight == 0):
+        raise ConfigError("--teacher and --distill-weight go together: give both (a weight > 0) or neither")
+    if job.teacher is None:
+        return None
+    if job.sex_specific:
+        raise ConfigError("--teacher is not supported with --sex-specific")
+    head = model.age_head
+    if head.name == "regression":
+        raise ConfigError("--teacher needs a class head (the teacher gives class probabilities), not regression")
+    targets = TeacherTargets.load(job.teacher)
+    targets.check_grid(head.num_classes, head.class_step_months)
+    return targets
+
+
 def raw_weights_path(out: Path) -> Path:
     """Where a run with an EMA of the weights saves its best epoch's own weights: model.pt -> model.raw.pt."""
     return out.with_name(f"{out.stem}.raw{out.suffix}")
@@ -188,11 +219,13 @@ def sex_subset(dataset: BoneAgeDataset, male: bool, augment: AugmentConfig | Non
 
 
 def _fit(job: PretrainJob, model: nn.Module, train: BoneAgeDataset, val: BoneAgeDataset,
-         device: torch.device) -> tuple[FitResult, nn.Module]:
-    """Train `model` on `train`, keep its best state by MAD on `val`; returns the fit and the loss used."""
+         device: torch.device, teacher: TeacherTargets | None = None) -> tuple[FitResult, nn.Module]:
+    """Train `model` on `train` (towards `teacher`'s targets when given), keep its best state by MAD on `val`;
+    returns the fit and the loss used."""
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{job.data.root}: no usable training or validation images of one sex")
-    train_loader = make_loader(train, job.train.batch_size, shuffle=True, seed=job.train.seed,
+    items = train if teacher is None else WithTeacher(train, teacher)
+    train_loader = make_loader(items, job.train.batch_size, shuffle=True, seed=job.train.seed,
                                num_workers=job.train.num_workers, drop_last=len(train) > job.train.batch_size)
     val_loader = make_loader(val, job.train.batch_size * 2, shuffle=False, seed=job.train.seed)
     loss_fn = make_loss(model, job.loss)

@@ -41,10 +41,13 @@ Choices the paper leaves open, made explicit here:
   to 77 like the paper's, not to 240, so that the MAD term keeps the paper's weight.
 * The `regression` head's loss is the L1 distance between the output and the age scaled to [-1, 1]
   (0 and 228 months at the ends), plus the sex cross-entropy when the model has a sex head.
+* `distill_weight` > 0 adds the distillation term of `core.train.distill` (a teacher's per-image class
+  probabilities, at temperature `distill_temperature`); the batch must then carry them (``teacher``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
@@ -54,6 +57,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import ConfigError
+from core.train.distill import kl_to_teacher
 from core.model.heads import AgeHead, AgeOutput, RegressionHead
 
 
@@ -75,6 +79,8 @@ class JointLossConfig:
     label_sigma_months: float = 0.0
     mad_unit_months: float = 12.0
     per_sample: bool = False
+    distill_weight: float = 0.0  # 0: no teacher (`core.train.distill`)
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.alpha_rule not in ALPHA_RULES:
@@ -83,6 +89,9 @@ class JointLossConfig:
             raise ConfigError("label smoothing sigma must be >= 0 and the alpha ramp at least 1 step")
         if not 0.0 <= self.alpha_mad_margin < 1.0:
             raise ConfigError(f"the alpha MAD margin must be in [0, 1), got {self.alpha_mad_margin}")
+        if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0 and self.distill_temperature > 0):
+            raise ConfigError(f"distillation needs a weight >= 0 and a temperature > 0, got {self.distill_weight} "
+                              f"and {self.distill_temperature}")
 
 
 class AlphaSchedule:
@@ -167,6 +176,11 @@ def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     With `soft_target` ([B, K] distributions) each sample's cross-entropy is taken against it; `target`
     (the nearest class) still defines the groups and their weights."""
     per_sample = F.cross_entropy(logits.float(), target if soft_target is None else soft_target, reduction="none")
+    return class_balanced_mean(per_sample, target)
+
+
+def class_balanced_mean(per_sample: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum over classes c present in `target` of (1 - n_c / B) * the mean of `per_sample` over the class's samples."""
     batch = target.shape[0]
     classes, inverse, counts = torch.unique(target, return_inverse=True, return_counts=True)
     per_class_sum = torch.zeros(classes.shape[0], dtype=per_sample.dtype, device=per_sample.device)
@@ -200,7 +214,10 @@ class JointLoss(nn.Module):
         index = torch.round(age_months / self.class_step_months).long()
         return torch.clamp(index, 0, self.num_classes - 1)
 
-    def forward(self, output: AgeOutput, age_months: torch.Tensor, male: torch.Tensor) -> LossParts:
+    def forward(self, output: AgeOutput, age_months: torch.Tensor, male: torch.Tensor,
+                teacher: torch.Tensor | None = None) -> LossParts:
+        """The joint loss of a batch (plus the distillation term towards `teacher`'s [B, K] class probabilities
+        when the config's `distill_weight` > 0)."""
         if output.age_logits is None:
             raise ValueError("the joint loss needs class logits")
         error = torch.abs(output.expected_months - age_months)
@@ -221,7 +238,19 @@ class JointLoss(nn.Module):
             sex_term = cross_entropy(output.sex_logits, male.long())
             total = total + sex_term
             terms["sex_ce"] = float(sex_term.detach())
+        if self.config.distill_weight > 0:
+            distill_term = self._distill(output.age_logits, age_months, teacher)
+            total = total + distill_term
+            terms["distill"] = float(distill_term.detach())
         return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
+
+    def _distill(self, logits: torch.Tensor, age_months: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("distillation is on (distill_weight > 0) but the batch carries no teacher targets")
+        temperature = self.config.distill_temperature
+        divergence = kl_to_teacher(logits, teacher, temperature)
+        reduced = divergence.mean() if self.config.per_sample else class_balanced_mean(divergence, self.age_classes(age_months))
+        return self.config.distill_weight * temperature**2 * reduced
 
     @staticmethod
     def _per_sample_ce(logits: torch.Tensor, target: torch.Tensor,

@@ -169,7 +169,8 @@ def _train_pass(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Opt
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(device, amp):
             output = model(image, male)
-        parts: LossParts = loss_fn(output, age, male)
+        teacher = batch["teacher"].to(device) if "teacher" in batch else None  # `core.train.distill`
+        parts: LossParts = loss_fn(output, age, male) if teacher is None else loss_fn(output, age, male, teacher)
         loss = parts.total if extra_loss is None else parts.total + extra_loss(model)
         loss.backward()
         optimizer.step()
