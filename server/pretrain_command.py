@@ -54,6 +54,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--no-residual", action="store_true", help="ablation: remove the IncRes shortcuts")
     train.add_argument("--no-joint-sex", action="store_true", help="ablation: remove the sex head and its loss")
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--noise-sd", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                       help="training augmentation: additive Gaussian noise, its SD drawn per image between LOW and HIGH "
+                            "(fractions of the full range of the model's input, after any --preprocess; off by default; "
+                            "docs/benchmarks.md, \"Noise, the model's side\")")
+    train.add_argument("--noise-p", type=float, default=None,
+                       help=f"with --noise-sd: the share of images that get noise (default {AugmentConfig.noise_p})")
     train.add_argument("--preprocess", default="none",
                        help="none, default or default,key=value,... (docs/preprocessing.md); saved in the checkpoint "
                             "and applied by every command that reads images for the model")
@@ -130,6 +136,20 @@ def _preprocess(args: argparse.Namespace) -> PreprocessConfig | None:
     return (preprocess or PreprocessConfig()).for_region(args.region)
 
 
+def _augment(args: argparse.Namespace) -> AugmentConfig | None:
+    """The training augmentation: none with --no-augment, else the defaults with --noise-sd/--noise-p's noise."""
+    if args.noise_sd is None and args.noise_p is not None:
+        raise ConfigError("--noise-p needs --noise-sd LOW HIGH")
+    if args.no_augment:
+        if args.noise_sd is not None:
+            raise ConfigError("--noise-sd is a training augmentation: give it without --no-augment")
+        return None
+    if args.noise_sd is None:
+        return AugmentConfig()
+    noise_p = AugmentConfig.noise_p if args.noise_p is None else args.noise_p
+    return AugmentConfig(noise_sd=(args.noise_sd[0], args.noise_sd[1]), noise_p=noise_p)
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
@@ -143,7 +163,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                       lr_schedule=args.lr_schedule, lr_drop_at=args.lr_drop_at, lr_patience=args.lr_patience,
                       warmup_steps=args.warmup_steps, early_stop_patience=args.early_stop,
                       ema_decay=args.ema_decay),
-        augment=None if args.no_augment else AugmentConfig(),
+        augment=_augment(args),
         threads=args.threads,
         preprocess=_preprocess(args),
         sex_specific=args.sex_specific,

@@ -47,6 +47,7 @@ class Preprocessing(Protocol):
 NORM_MEAN = 0.5
 NORM_STD = 0.25
 CROP_MARGIN = 1.15  # stored canvas / crop size when random crops are on
+MAX_NOISE_SD = 0.5  # of the full range: more is no longer an image
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ class AugmentConfig:
         brightness: maximum brightness change, as a fraction of the full range.
         contrast: maximum relative contrast change.
         hflip: horizontal flip with probability 0.5.
+        noise_sd: (low, high) standard deviation of additive Gaussian noise, drawn uniformly per image, as a fraction
+            of the full range of the model's input; (0, 0): off (the default). Added last, to the image as the model
+            reads it (after any preprocessing, resizing and the other transforms): noise reaches the model amplified
+            by equalisation (CLAHE roughly triples it) and averaged away by downsizing, so its size is defined where
+            the model sees it (docs/benchmarks.md, "Noise, the model's side").
+        noise_p: probability that an image gets noise, when ``noise_sd`` is on.
     """
 
     crop: bool = True
@@ -71,10 +78,23 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     hflip: bool = False
+    noise_sd: tuple[float, float] = (0.0, 0.0)
+    noise_p: float = 0.5
 
     def __post_init__(self) -> None:
         if min(self.rotate_deg, self.scale, self.brightness, self.contrast) < 0 or self.scale >= 1:
             raise DataError(f"augmentation limits must be >= 0 (and scale < 1): {self}")
+        low, high = self.noise_sd
+        if not 0 <= low <= high <= MAX_NOISE_SD:
+            raise DataError(f"noise SD range must satisfy 0 <= low <= high <= {MAX_NOISE_SD} (a fraction of the full "
+                            f"range), got {low} {high}")
+        if not 0 <= self.noise_p <= 1:
+            raise DataError(f"noise probability must be between 0 and 1, got {self.noise_p}")
+
+    @property
+    def noise_on(self) -> bool:
+        """Whether any image can get noise."""
+        return self.noise_sd[1] > 0 and self.noise_p > 0
 
 
 def build_augment(config: AugmentConfig, image_size: int) -> A.Compose:
@@ -92,6 +112,8 @@ def build_augment(config: AugmentConfig, image_size: int) -> A.Compose:
         transforms.append(A.RandomBrightnessContrast(config.brightness, config.contrast, p=1.0))
     if config.hflip:
         transforms.append(A.HorizontalFlip(p=0.5))
+    if config.noise_on:  # last: the other transforms draw what they drew without it
+        transforms.append(A.GaussNoise(std_range=config.noise_sd, mean_range=(0.0, 0.0), p=config.noise_p))
     return A.Compose(transforms)
 
 
