@@ -40,7 +40,8 @@ def test_pretraining_without_recipe_flags_is_the_40_epoch_recipe_of_the_benchmar
     assert job.head_init == "prior" and job.augment == AugmentConfig()
     assert job.tta == TTAConfig(shift=0.04, scale=0.05)
     assert job.architecture == "tjnet" and job.model_config["width"] == 0.5
-    assert not (job.sex_specific or job.preprocess or job.init)
+    assert not (job.sex_specific or job.preprocess or job.init or job.teacher)
+    assert (loss.distill_weight, loss.distill_temperature) == (0.0, 1.0)  # distillation off by default
 
 
 def test_the_docs_recipe_table_gives_the_same_default_epochs() -> None:
