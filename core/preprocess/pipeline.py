@@ -20,7 +20,6 @@ from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND,
                                     PreprocessConfig)
 from core.preprocess.contrast import equalize
 from core.preprocess.field import COLLIMATOR, inpaint_markers, removed_bands
-from core.preprocess.frame import film_only
 from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.polarity import settled_polarity
@@ -91,8 +90,7 @@ class Preprocessor:
         given = image
         image, bands = self._clean_field(image, inverted=polarity is True)
         if self._orientation is not None:
-            # a photographed film is judged without its surround (`core.preprocess.frame`), as the site fit saw it
-            pose, confidence = self._orientation.predict_checked(film_only(image), polarity)
+            pose, confidence = self._orientation.predict_checked(image, polarity)
             if not config.small_angle or abs(pose.angle_deg) < SMALL_ANGLE_MIN_DEG:
                 pose = Pose(pose.quarter_turns, pose.mirrored, pose.inverted, 0.0)
             if polarity is None and pose.inverted:  # cleaned above in the wrong frame: clean the image as given again

@@ -24,7 +24,6 @@ import numpy as np
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.preprocess.config import PreprocessConfig
-from core.preprocess.frame import film_only
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.orientation_train import OrientationTrainConfig, fit_orientation, shrink
 from core.preprocess.pose import Pose, apply_pose, undo_pose
@@ -41,7 +40,6 @@ FIT = OrientationTrainConfig(steps=400, batch_size=32, lr=1e-3)  # steps: at lea
 FIT_MAX_STEPS = 1500
 FIT_MORE = OrientationTrainConfig(steps=500, batch_size=32, lr=1e-3)  # a fit still under the bar goes on this much
 FIT_ROUNDS = 2  # fits in all (the first, then FIT_MORE from its weights) before the folder is refused
-FILM_CUT = b"\0film cut v1"  # hashed after a file whose photographed film was cut (`_read`)
 _PROBE = (np.arange(12, dtype=np.float32).reshape(3, 4) + 1.0) / 14.0  # asymmetric: tells every pose apart
 
 
@@ -89,8 +87,7 @@ def _spread(items: list[T], n: int) -> list[T]:
 
 
 def _read(paths: list[Path]) -> tuple[list[np.ndarray], str]:
-    """The readable images (shrunk, a photographed film cut out of its surround) and the SHA-256 of their files'
-    names and bytes (and of which films were cut)."""
+    """The readable images (shrunk) and the SHA-256 of their files' names and bytes."""
     digest = hashlib.sha256()
     images = []
     for path in paths:
@@ -100,11 +97,7 @@ def _read(paths: list[Path]) -> tuple[list[np.ndarray], str]:
             logger.warning("site check: skipped %s", exc)
             continue
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-        small = shrink(image)
-        film = film_only(small)  # what the orientation model sees of a photographed film (`core.preprocess.frame`)
-        if film is not small:  # a fit on other images than before: another cache key
-            digest.update(FILM_CUT)
-        images.append(film)
+        images.append(shrink(image))
     return images, digest.hexdigest()
 
 

@@ -1,13 +1,11 @@
 """Placement on the detector and the scanner's grey-level chain: exposure, gamma, heel effect,
-collimation, burned-in markers, blur and noise; and a film photographed instead of scanned. All in the final
-pixel geometry (x = column, y = row).
+collimation, burned-in markers, blur and noise. All in the final pixel geometry (x = column, y = row).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from sim.phantom.anatomy import Hand
@@ -153,22 +151,3 @@ def add_noise(image: np.ndarray, noise: float, rng: np.random.Generator) -> np.n
         scatter *= image * (0.5 * noise / TRIANGULAR_SD) + (0.5 * noise / TRIANGULAR_SD)
         image = image + scatter
     return np.clip(image, 0.0, 1.0, out=image)
-
-
-def photograph(image: np.ndarray, mask: np.ndarray, keypoints: np.ndarray,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The finished film photographed on a surface, as some sites send it: washed out (a photograph of a lit film
-    reaches neither black nor white), 55-80 % of the side, turned up to 12 degrees either way, on a darker surround
-    with uneven light. Returns the photograph and the mask and key points carried along with the film."""
-    size = image.shape[0]
-    share, angle = rng.uniform(0.55, 0.8), rng.uniform(-12.0, 12.0)
-    matrix = cv2.getRotationMatrix2D((size / 2.0, size / 2.0), angle, share)
-    matrix[:, 2] += rng.uniform(-0.06, 0.06, size=2) * size
-    film = rng.uniform(0.3, 0.4) + rng.uniform(0.5, 0.6) * image
-    warped = cv2.warpAffine(film.astype(np.float32), matrix, (size, size), flags=cv2.INTER_LINEAR)
-    inside = cv2.warpAffine(np.ones_like(image, dtype=np.uint8), matrix, (size, size), flags=cv2.INTER_NEAREST) > 0
-    ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-    light = rng.uniform(0.05, 0.2) + rng.uniform(-0.03, 0.03) * ramp[None, :] + rng.uniform(-0.03, 0.03) * ramp[:, None]
-    out = np.where(inside, warped, light) + rng.normal(0.0, 0.01, image.shape)
-    carried = cv2.warpAffine(mask.astype(np.uint8), matrix, (size, size), flags=cv2.INTER_NEAREST) > 0
-    return np.clip(out, 0.0, 1.0).astype(np.float32), carried, keypoints @ matrix[:, :2].T + matrix[:, 2]

@@ -91,9 +91,7 @@ class AcquisitionProfile:
 
     ``fill`` is the adult hand length as a fraction of the image side (children's hands come out
     smaller); rotation is uniform in +-``rotation_deg``; a ``rotation_90_fraction`` of images is
-    additionally turned by +-90 degrees; translation is uniform in +-``translate`` of the side. A
-    ``photographed_fraction`` of films is photographed on a surface instead of scanned
-    (`sim.phantom.acquisition.photograph`: the finished film, washed out, smaller and tilted, on a darker surround).
+    additionally turned by +-90 degrees; translation is uniform in +-``translate`` of the side.
     """
 
     fill: float = 0.82
@@ -105,7 +103,6 @@ class AcquisitionProfile:
     collimation_fraction: float = 0.3
     collimation_level: float = 0.55
     marker_fraction: float = 0.8
-    photographed_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check(0.3 <= self.fill <= 1.0, "fill must be in [0.3, 1]")
@@ -113,7 +110,7 @@ class AcquisitionProfile:
         _check(0.0 <= self.rotation_deg <= 180.0, "rotation_deg must be in [0, 180]")
         _check(0.0 <= self.translate <= 0.3, "translate must be in [0, 0.3]")
         for name in ("rotation_90_fraction", "mirror_fraction", "collimation_fraction", "marker_fraction",
-                     "collimation_level", "photographed_fraction"):
+                     "collimation_level"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.phantom.acquisition import add_noise, blur, burn_marker, collimate, expose, photograph, place
+from sim.phantom.acquisition import add_noise, blur, burn_marker, collimate, expose, place
 from sim.phantom.anatomy import build_hand
 from sim.phantom.population import Subject, read_label, sample_subject
 from sim.phantom.profiles import SiteProfile
@@ -63,7 +63,5 @@ def synthesize(profile: SiteProfile, seed: int, index: int, subject: Subject | N
     if rng.random() < acq.marker_fraction:
         burn_marker(image, mask, "R" if placement.mirrored else "L", rng)
     image = add_noise(blur(image, scanner.blur_px * size / 256.0), scanner.noise, rng)
-    if acq.photographed_fraction > 0 and rng.random() < acq.photographed_fraction:  # no draw at 0: streams kept
-        image, mask, keypoints = photograph(image, mask, keypoints, rng)
     inverted = bool(rng.random() < scanner.inverted_fraction)
     return Sample(subject=subject, label=label, image=image, inverted=inverted, mask=mask, keypoints=keypoints)
