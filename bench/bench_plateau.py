@@ -30,7 +30,8 @@ from core.checkpoint import build_model
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args, setup_logging
 from core.data import AugmentConfig, load_site, make_loader
 from core.data.dataset import BoneAgeDataset, DecodedSplit
-from core.train.loss import ALPHA_RULES, JointLossConfig, make_loss
+from core.train.alpha import ALPHA_RULES
+from core.train.loss import JointLossConfig, make_loss
 from core.model.heads import HEAD_INITS, init_age_head
 from core.train.training import TrainConfig, lr_factor, make_optimizer, predict, seed_everything
 

@@ -10,7 +10,8 @@ from core.stages.central import PretrainJob, pretrain
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 from core.data import AugmentConfig
 from core.errors import ConfigError
-from core.train.loss import ALPHA_RULES, JointLossConfig
+from core.train.alpha import ALPHA_RULES
+from core.train.loss import JointLossConfig
 from core.model.heads import HEAD_INITS, HEAD_NAMES
 from core.preprocess import REGION_NAMES, PreprocessConfig
 from core.train.schedule import LR_SCHEDULES

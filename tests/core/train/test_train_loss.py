@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from core.train.loss import AlphaSchedule, JointLoss, JointLossConfig, RegressionLoss, class_balanced_cross_entropy, make_head_loss
+from core.train.alpha import AlphaSchedule
+from core.train.loss import JointLoss, JointLossConfig, RegressionLoss, class_balanced_cross_entropy, make_head_loss
 from core.model.heads import AgeOutput, make_head
 
 

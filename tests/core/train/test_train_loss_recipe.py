@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.errors import ConfigError
-from core.train.loss import AlphaSchedule, JointLoss, JointLossConfig, smoothed_targets
+from core.train.alpha import AlphaSchedule
+from core.train.loss import JointLoss, JointLossConfig, smoothed_targets
 from core.model.heads import AgeOutput
 
 
