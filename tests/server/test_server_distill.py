@@ -112,6 +112,7 @@ def test_a_student_moves_towards_its_teacher(site, tmp_path):
     (["--teacher", "SHORT", "--distill-weight", "1"], "no row for 1 of the"),
     (["--teacher", "GOOD", "--distill-weight", "1", "--head", "months"], "not the student's"),
     (["--teacher", "GOOD", "--distill-weight", "1", "--sex-specific"], "--sex-specific"),
+    (["--teacher", "GOOD", "--distill-weight", "1", "--head", "regression"], "needs a class head"),
     (["--teacher", "GOOD", "--distill-weight", "-1"], "distillation needs"),
 ])
 def test_bad_teacher_settings_are_one_line_and_exit_code_2(site, tmp_path, capsys, extra, message):

@@ -9,7 +9,7 @@ import torch
 from core.data.config import DataError
 from core.errors import ConfigError
 from core.model.heads import AgeOutput
-from core.train.distill import TeacherTargets, kl_to_teacher
+from core.train.distill import TeacherTargets, WithTeacher, kl_to_teacher
 from core.train.loss import JointLoss, JointLossConfig
 
 CENTRES = torch.tensor([0.0, 12.0, 24.0])
@@ -93,3 +93,31 @@ def test_a_file_that_is_not_teacher_targets_is_a_one_line_error(tmp_path):
         with pytest.raises(ConfigError, match=message) as caught:
             TeacherTargets.load(tmp_path / name)
         assert "\n" not in str(caught.value)
+
+
+class _Split:
+    """A stand-in for a training split: records with ids, items, and the epoch it was told."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.records = [type("Record", (), {"image_id": image_id})() for image_id in ids]
+        self.epochs: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": torch.full((1,), float(index)), "epoch": self.epochs[-1] if self.epochs else None}
+
+
+def test_items_carry_their_own_images_teacher_row_and_the_epoch_reaches_the_split():
+    split = _Split(["b", "a"])
+    items = WithTeacher(split, _targets())
+    assert len(items) == 2
+    items.set_epoch(3)  # the split draws this epoch's augmentations: a wrapper that drops it repeats one epoch's
+    assert split.epochs == [3] and items[0]["epoch"] == 3
+    np.testing.assert_allclose(items[0]["teacher"].numpy(), _targets().probabilities[1])  # "b" is row 1 of the file
+    np.testing.assert_allclose(items[1]["teacher"].numpy(), _targets().probabilities[0])
+    assert float(items[1]["image"][0]) == 1.0
