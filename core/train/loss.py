@@ -159,7 +159,8 @@ class JointLoss(nn.Module):
         soft = None
         if self.config.label_sigma_months > 0:
             soft = smoothed_targets(age_months, self.num_classes, self.class_step_months, self.config.label_sigma_months)
-        age_term = cross_entropy(output.age_logits, self.age_classes(age_months), soft)
+        classes = self.age_classes(age_months)
+        age_term = cross_entropy(output.age_logits, classes, soft)
         total = mad_term + age_term
         terms = {"alpha": alpha, "mad_term": float(mad_term.detach()), "age_ce": float(age_term.detach()),
                  "mean_predictor_mad": float(torch.mean(torch.abs(age_months - torch.mean(age_months.float()))))}
@@ -168,17 +169,17 @@ class JointLoss(nn.Module):
             total = total + sex_term
             terms["sex_ce"] = float(sex_term.detach())
         if self.config.distill_weight > 0:
-            distill_term = self._distill(output.age_logits, age_months, teacher)
+            distill_term = self._distill(output.age_logits, classes, teacher)
             total = total + distill_term
             terms["distill"] = float(distill_term.detach())
         return LossParts(total=total, mad_months=float(torch.mean(error).detach()), terms=terms)
 
-    def _distill(self, logits: torch.Tensor, age_months: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
+    def _distill(self, logits: torch.Tensor, classes: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
         if teacher is None:
             raise ValueError("distillation is on (distill_weight > 0) but the batch carries no teacher targets")
         temperature = self.config.distill_temperature
         divergence = kl_to_teacher(logits, teacher, temperature)
-        reduced = divergence.mean() if self.config.per_sample else class_balanced_mean(divergence, self.age_classes(age_months))
+        reduced = divergence.mean() if self.config.per_sample else class_balanced_mean(divergence, classes)
         return self.config.distill_weight * temperature**2 * reduced
 
     @staticmethod
