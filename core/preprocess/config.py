@@ -79,6 +79,13 @@ class PreprocessConfig:
             mirrored below this confidence is refused (chosen on rsna100's validation split, docs/preprocessing.md).
             Padding (a constant band that is not bright) and every other pose are held to ``min_confidence``.
         exposure_clip: share of pixels at the darkest (brightest) grey level that flags under- (over-) exposure.
+        noise_gate: refuse a film much noisier than the site's own films (`core.preprocess.noise`): the site check
+            measures the site's reference on its folder and fills ``noise_limit``.
+        noise_margin: a film is refused above this many times the site's reference (the 99th percentile of the
+            noise estimate over the site's images; chosen on rsna100 and phantom sites, docs/preprocessing.md).
+        noise_limit: the noise SD above which a film is refused; 0 (no reference measured yet) applies no gate.
+            Filled by the site check on the folder the settings are first resolved on, and kept from then on: a
+            model's recorded settings carry the limit of the folder it was trained on.
     """
 
     canonical: bool = True
@@ -104,6 +111,9 @@ class PreprocessConfig:
     min_confidence: float = 0.25
     collimated_mirror_confidence: float = 0.9
     exposure_clip: float = 0.4
+    noise_gate: bool = True
+    noise_margin: float = 1.25
+    noise_limit: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_side < 8 or self.output_size < 32:
@@ -115,6 +125,9 @@ class PreprocessConfig:
         if not 0.0 <= self.collimated_mirror_confidence < 1.0:
             raise ConfigError(f"preprocess: collimated_mirror_confidence must be in [0, 1), got "
                               f"{self.collimated_mirror_confidence}")
+        if self.noise_margin < 1.0 or self.noise_limit < 0.0:
+            raise ConfigError(f"preprocess: noise_margin must be >= 1 and noise_limit >= 0, got {self.noise_margin}, "
+                              f"{self.noise_limit}")
         if self.region and self.region not in REGION_NAMES:
             raise ConfigError(f"preprocess: region must be one of {', '.join(REGION_NAMES)}, got {self.region!r}")
         if self.region and not self.register:

@@ -1,4 +1,4 @@
-"""The preprocessing pipeline: size check, canonical pose, hand mask, exposure, CLAHE, registration, regions.
+"""The preprocessing pipeline: size check, noise gate, canonical pose, hand mask, exposure, CLAHE, registration, regions.
 
 ``Preprocessor(config)(image)`` takes a decoded 2-D float32 image in [0, 1] (any size, as `core.data.read_image`
 returns it) and gives a `PreprocessResult`: the canonical image, quality flags, a confidence and, when the image
@@ -21,6 +21,7 @@ from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND,
 from core.preprocess.contrast import equalize
 from core.preprocess.field import COLLIMATOR, inpaint_markers, removed_bands
 from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
+from core.preprocess.noise import noise_refusal
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.polarity import settled_polarity
 from core.preprocess.pose import Pose, undo_pose
@@ -82,6 +83,7 @@ class Preprocessor:
         if image.ndim != 2:
             raise ValueError(f"preprocessing needs a 2-D image, got shape {image.shape}")
         flags, refused = size_flags(image, config.min_side)
+        refused = refused or noise_refusal(image, config.noise_limit if config.noise_gate else 0.0)
         if refused:
             return PreprocessResult(image, flags, 0.0, refused)
         pose, confidence = Pose(), 1.0

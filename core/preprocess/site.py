@@ -1,4 +1,8 @@
-"""An orientation model the site's own images can trust: a self-check, and a fit on the site's images when it fails.
+"""The site check: what is measured on a site's own images before its folder is preprocessed.
+
+The noise gate's reference (`core.preprocess.noise`): how noisy the site's own films are, so that a film much noisier
+than them is refused. And an orientation model the site's own images can trust: a self-check, and a fit on the
+site's images when it fails.
 
 A model that names poses correctly agrees with itself: if it says image x is in pose P, it must say that x turned,
 mirrored or inverted by Q is in pose Q after P. That needs no labels, so it is measured on the site's own images
@@ -24,6 +28,7 @@ import numpy as np
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.preprocess.config import PreprocessConfig
+from core.preprocess.noise import REFERENCE_QUANTILE, site_noise_limit
 from core.preprocess.orientation import OrientationModel, load_cached
 from core.preprocess.orientation_train import OrientationTrainConfig, fit_orientation, shrink
 from core.preprocess.pose import Pose, apply_pose, undo_pose
@@ -112,25 +117,28 @@ def _refusal(config: PreprocessConfig, agreement: float, what: str) -> DataError
 
 def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int = 0,
                          fit: bool = True) -> tuple[PreprocessConfig, dict[str, Any]]:
-    """The settings to apply to the images at ``paths``: the orientation model checked, or fitted, on them.
+    """The settings to apply to the images at ``paths``: the noise gate's limit measured on them (unless the settings
+    carry one already, as a model's recorded settings do), and the orientation model checked, or fitted, on them.
 
-    Returns the resolved settings (``orientation_weights`` replaced by the fitted file when a fit ran) and what the
-    check found. ``fit=False`` (a model's recorded preprocessing) refuses instead of fitting.
+    Returns the resolved settings (``noise_limit`` filled, ``orientation_weights`` replaced by the fitted file when a
+    fit ran) and what the check found (the noise reference under "noise"). ``fit=False`` (a model's recorded
+    preprocessing) refuses instead of fitting.
 
     Raises:
         DataError: the model fails the check and cannot be fitted (or ``fit`` is off), in one line with what to run.
     """
-    config = config.resolved()
+    config, noise = _with_noise_limit(config.resolved(), paths)
     if not config.canonical or not config.site_check:
-        return config, {"checked": False}
+        return config, {"checked": False, **noise}
     check_images, _ = _read(_spread(paths, CHECK_IMAGES))
     if len(check_images) < MIN_SITE_IMAGES:
         logger.warning("orientation self-check skipped: %d readable images, it needs %d", len(check_images),
                        MIN_SITE_IMAGES)
-        return config, {"checked": False, "n_images": len(check_images)}
+        return config, {"checked": False, "n_images": len(check_images), **noise}
     model = load_cached(config.weights_path, config.orientation_sha256)
     agreement = self_agreement(model, check_images, seed)
-    report: dict[str, Any] = {"checked": True, "n_images": len(check_images), "agreement": round(agreement, 3)}
+    report: dict[str, Any] = {"checked": True, "n_images": len(check_images), "agreement": round(agreement, 3),
+                              **noise}
     logger.info("orientation self-check on %d of the site's images: %.1f%% agreement (needs %.0f%%)",
                 len(check_images), 100 * agreement, 100 * MIN_AGREEMENT)
     if agreement >= MIN_AGREEMENT:
@@ -161,16 +169,36 @@ def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int 
     return fitted_config, report
 
 
+def _with_noise_limit(config: PreprocessConfig, paths: list[Path]) -> tuple[PreprocessConfig, dict[str, Any]]:
+    """The settings with the noise gate's limit measured on the site's images, unless the gate is off or the
+    settings carry a limit already (a model's recorded settings: the folder it was trained on)."""
+    if not config.noise_gate or config.noise_limit > 0:
+        return config, {}
+    noise = site_noise_limit(paths, config.noise_margin)
+    logger.info("noise gate: %s", describe_noise(noise))
+    return replace(config, noise_limit=noise["limit"]), {"noise": noise}
+
+
+def describe_noise(noise: dict[str, Any]) -> str:
+    """One line for a person: the noise limit measured on the site's images."""
+    if not noise.get("limit"):
+        return f"noise gate off ({noise['n_images']} readable images; the site's reference needs more)"
+    return (f"films with noise SD above {noise['limit']:.4f} refused ({noise['limit'] / noise['reference']:.2f} x "
+            f"{noise['reference']:.4f}, the {100 * REFERENCE_QUANTILE:.0f}th percentile over {noise['n_images']} of "
+            "the site's images)")
+
+
 def describe_check(report: dict[str, Any]) -> str:
     """One line for a person: what the self-check found and what was applied."""
+    noise = f"; {describe_noise(report['noise'])}" if "noise" in report else ""
     if not report.get("checked"):
         return "orientation self-check not run" + (f" ({report['n_images']} images; it needs {MIN_SITE_IMAGES})"
-                                                   if "n_images" in report else "")
+                                                   if "n_images" in report else "") + noise
     line = f"orientation self-check on {report['n_images']} images: {report['agreement']:.1%} agreement"
     if "fitted" in report:
         line += (f" (below {MIN_AGREEMENT:.0%}); fitted on these images ({report['fit_steps']} steps): "
                  f"{report['fitted_agreement']:.1%} of {report['fitted_checked']} copies, {report['fitted']}")
-    return line
+    return line + noise
 
 
 def _budget(n_images: int, round_: int) -> OrientationTrainConfig:
