@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.checkpoint import load_checkpoint
+from core.data import read_image
 from core.data.dataset import refusal_reason
 from core.errors import ConfigError
 from core.preprocess import PreprocessConfig, Preprocessor
 from core.preprocess import noise as noise_module
-from core.preprocess.noise import MIN_REFERENCE_IMAGES, noise_sd
+from core.preprocess.folder import image_paths
+from core.preprocess.noise import MIN_REFERENCE_IMAGES, noise_sd, site_noise_limit
+from core.preprocess.pipeline import preprocessor_for
 from core.preprocess.site import describe_check, orientation_for_site
 from core.preprocess.stress import STRESS, noise
 from sim.phantom.profiles import PRESETS
@@ -128,6 +132,18 @@ def test_an_unreadable_file_is_skipped_by_the_reference(clean_site, tmp_path, ca
     _, report = orientation_for_site(GATE_ONLY, [*folder, tmp_path / "site" / "zz_broken.png"])
     assert report["noise"]["n_images"] == len(images) and "noise reference: skipped" in caplog.text
     assert report["noise"] == orientation_for_site(GATE_ONLY, paths)[1]["noise"]
+
+
+def test_a_model_records_its_training_folders_limit_and_applies_it_to_single_images(region_models) -> None:
+    """`server pretrain --preprocess` measures the limit on its folder; predict applies the recorded one."""
+    metadata = load_checkpoint(region_models.carpal).metadata
+    paths = image_paths(region_models.site)
+    expected = site_noise_limit(paths, PreprocessConfig().noise_margin)["limit"]
+    assert metadata["preprocess"]["noise_limit"] == pytest.approx(expected) and expected > 0
+    preprocessor = preprocessor_for(metadata)  # what predict builds from the checkpoint, no folder in sight
+    film = read_image(paths[0])
+    assert refusal_reason(preprocessor(noise(film, np.random.default_rng(0))).refused or "") == REFUSED
+    assert "noisier" not in (preprocessor(film).refused or "")
 
 
 def test_no_reference_means_no_gate_and_the_gate_can_be_switched_off(clean_site) -> None:
