@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import albumentations as A
@@ -41,6 +42,8 @@ class Preprocessing(Protocol):
     def preprocessor(self) -> Callable[[np.ndarray], Any]: ...
 
     def resolved(self) -> "Preprocessing": ...
+
+    def for_folder(self, paths: list[Path]) -> "Preprocessing": ...
 
     def to_dict(self) -> dict[str, Any]: ...
 

@@ -38,6 +38,8 @@ class DecodedPool:
                  progress: bool = False) -> None:
         self.manifest = load_manifest(data)
         self.image_size = image_size
+        if preprocess is not None:  # the noise gate against this site's own images, as `load_site` measures it
+            preprocess = preprocess.for_folder([record.path for record in self.manifest.records])
         canvases = tuple(sorted({image_size, canvas_size(image_size, AugmentConfig())}))
         self.records, self._images, self.skipped = decode_records(self.manifest.records, image_size, canvases,
                                                                   progress, preprocess)

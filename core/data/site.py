@@ -62,7 +62,7 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
         progress: show a progress bar while decoding.
         splits: the splits to decode; the others are left empty (a site evaluating needs only "test").
         preprocess: the preprocessing of the model the data is for (None: none); refused images are skipped
-            with their reason.
+            with their reason. Its noise gate is measured against this site's own images (``for_folder``).
 
     Returns:
         The site's manifest and datasets.
@@ -71,6 +71,8 @@ def load_site(config: SiteDataConfig, image_size: int, augment_train: AugmentCon
         DataError: a whole-file problem in the manifest (see ``load_manifest``).
     """
     manifest = load_manifest(config)
+    if preprocess is not None:  # a film is refused as noisier than this site's films, not the training site's
+        preprocess = preprocess.for_folder([record.path for record in manifest.records])
     groups = split_records(manifest.records, DEFAULT_FRACTIONS)
     check_decoded_fit(sum(len(groups[name]) for name in splits), canvas_size(image_size, augment_train), image_size)
 

@@ -83,9 +83,10 @@ class PreprocessConfig:
             measures the site's reference on its folder and fills ``noise_limit``.
         noise_margin: a film is refused above this many times the site's reference (the 99th percentile of the
             noise estimate over the site's images; chosen on rsna100 and phantom sites, docs/preprocessing.md).
-        noise_limit: the noise SD above which a film is refused; 0 (no reference measured yet) applies no gate.
-            Filled by the site check on the folder the settings are first resolved on, and kept from then on: a
-            model's recorded settings carry the limit of the folder it was trained on.
+        noise_limit: the noise SD above which a film is refused; 0 (no reference measured) applies no gate.
+            Measured on the site's own folder wherever one is read (``for_folder``: the site check, a site's
+            decoding); a model's recorded settings carry the limit of its training folder, which applies where no
+            folder is read (predict on single images).
     """
 
     canonical: bool = True
@@ -187,6 +188,17 @@ class PreprocessConfig:
         from core.preprocess.pipeline import Preprocessor  # the pipeline is built on this module
 
         return Preprocessor(self)
+
+    def for_folder(self, paths: list[Path]) -> PreprocessConfig:
+        """The same settings with the noise gate's limit measured on the images at ``paths`` (a site's folder,
+        `core.preprocess.noise.site_noise_limit`), replacing any recorded one; unchanged when the gate is off, and
+        when the folder has too few readable images for a reference (a recorded limit then stays)."""
+        if not self.noise_gate:
+            return self
+        from core.preprocess.noise import site_noise_limit  # local: the noise module reads images through core.data
+
+        limit = site_noise_limit(paths, self.noise_margin)["limit"]
+        return type(self)(**{**self.to_dict(), "noise_limit": limit}) if limit else self
 
     def resolved(self) -> PreprocessConfig:
         """The same settings with the orientation model's and the localiser's absolute paths and SHA-256 filled in."""

@@ -117,8 +117,8 @@ def _refusal(config: PreprocessConfig, agreement: float, what: str) -> DataError
 
 def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int = 0,
                          fit: bool = True) -> tuple[PreprocessConfig, dict[str, Any]]:
-    """The settings to apply to the images at ``paths``: the noise gate's limit measured on them (unless the settings
-    carry one already, as a model's recorded settings do), and the orientation model checked, or fitted, on them.
+    """The settings to apply to the images at ``paths``: the noise gate's limit measured on them (replacing the one a
+    model's recorded settings carry), and the orientation model checked, or fitted, on them.
 
     Returns the resolved settings (``noise_limit`` filled, ``orientation_weights`` replaced by the fitted file when a
     fit ran) and what the check found (the noise reference under "noise"). ``fit=False`` (a model's recorded
@@ -170,17 +170,23 @@ def orientation_for_site(config: PreprocessConfig, paths: list[Path], seed: int 
 
 
 def _with_noise_limit(config: PreprocessConfig, paths: list[Path]) -> tuple[PreprocessConfig, dict[str, Any]]:
-    """The settings with the noise gate's limit measured on the site's images, unless the gate is off or the
-    settings carry a limit already (a model's recorded settings: the folder it was trained on)."""
-    if not config.noise_gate or config.noise_limit > 0:
+    """The settings with the noise gate's limit measured on the site's images (`PreprocessConfig.for_folder`,
+    replacing a model's recorded one), and what was measured; unchanged when the gate is off."""
+    if not config.noise_gate:
         return config, {}
-    noise = site_noise_limit(paths, config.noise_margin)
+    noise = site_noise_limit(paths, config.noise_margin)  # cached: for_folder reads it back without measuring
+    config = config.for_folder(paths)
+    if not noise["limit"] and config.noise_limit:  # too few images for the site's own: the recorded one stays
+        noise = {**noise, "limit": config.noise_limit, "recorded": True}
     logger.info("noise gate: %s", describe_noise(noise))
-    return replace(config, noise_limit=noise["limit"]), {"noise": noise}
+    return config, {"noise": noise}
 
 
 def describe_noise(noise: dict[str, Any]) -> str:
     """One line for a person: the noise limit measured on the site's images."""
+    if noise.get("recorded"):
+        return (f"films with noise SD above {noise['limit']:.4f} refused (the model's recorded limit: "
+                f"{noise['n_images']} readable images are too few for the site's own reference)")
     if not noise.get("limit"):
         return f"noise gate off ({noise['n_images']} readable images; the site's reference needs more)"
     return (f"films with noise SD above {noise['limit']:.4f} refused ({noise['limit'] / noise['reference']:.2f} x "

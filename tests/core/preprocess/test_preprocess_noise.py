@@ -111,15 +111,38 @@ def test_a_site_of_mixed_scanners_keeps_its_noisiest_ordinary_films(clean_site, 
         == len(images)
 
 
-def test_the_reference_is_cached_by_the_images_and_a_recorded_limit_is_kept(clean_site, monkeypatch,
-                                                                           tmp_path) -> None:
+def test_a_noisy_site_decoding_for_a_model_of_a_clean_site_keeps_its_films(tmp_path, clean_site) -> None:
+    """A federation's site, finetune: `load_site` (and the pool) measure the gate against the site's own films."""
+    from core.data import load_site
+    from core.data.config import SiteDataConfig
+    from core.data.pool import DecodedPool
+    from sim.phantom.writer import generate_site
+
+    clean_limit = orientation_for_site(GATE_ONLY, clean_site[0])[0].noise_limit
+    recorded = replace(GATE_ONLY, noise_limit=clean_limit)  # a model pretrained on the clean site records this
+    noisy = SiteDataConfig(root=generate_site("rural_cr", 24, tmp_path / "rural", seed=7, image_size=SIDE))
+    site = load_site(noisy, 32, None, seed=0, preprocess=recorded)
+    assert site.summary()["n_skipped_decode"] == 0
+    assert len(DecodedPool(noisy, 32, recorded).skipped) == 0
+    assert Preprocessor(recorded)(site_image(noisy)).refused is not None  # the recorded limit would refuse them
+
+
+def site_image(config) -> np.ndarray:
+    from core.data import load_manifest
+    return read_image(load_manifest(config).records[0].path)
+
+
+def test_the_reference_is_cached_by_the_images_and_replaces_a_recorded_limit(clean_site, monkeypatch,
+                                                                             tmp_path) -> None:
     paths, images = clean_site
     first, _ = orientation_for_site(GATE_ONLY, paths)
+    recorded = replace(GATE_ONLY, noise_limit=0.5)  # a model's recorded settings: the folder it was trained on
+    few, report = orientation_for_site(recorded, paths[:MIN_REFERENCE_IMAGES - 1])
+    assert few.noise_limit == 0.5 and "the model's recorded limit" in describe_check(report)  # too few: it stays
     monkeypatch.setattr(noise_module, "noise_sd", lambda image: pytest.fail("measured again"))
     again, _ = orientation_for_site(GATE_ONLY, paths)
     assert again == first
-    recorded = replace(GATE_ONLY, noise_limit=0.5)  # a model's recorded settings: the folder it was trained on
-    assert orientation_for_site(recorded, paths)[0].noise_limit == 0.5
+    assert orientation_for_site(recorded, paths)[0].noise_limit == first.noise_limit  # the site's own replaces it
     changed = _write(tmp_path / "changed", [noise(images[0], np.random.default_rng(9)), *images[1:]])
     with pytest.raises(pytest.fail.Exception, match="measured again"):
         orientation_for_site(GATE_ONLY, changed)
