@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from core.checkpoint import load_checkpoint
-from core.data import read_image
+from core.data import load_manifest, load_site, read_image
+from core.data.config import SiteDataConfig
 from core.data.dataset import refusal_reason
+from core.data.pool import DecodedPool
 from core.errors import ConfigError
 from core.preprocess import PreprocessConfig, Preprocessor
 from core.preprocess import noise as noise_module
@@ -22,6 +24,7 @@ from core.preprocess.site import describe_check, orientation_for_site
 from core.preprocess.stress import STRESS, noise
 from sim.phantom.profiles import PRESETS
 from sim.phantom.synth import synthesize
+from sim.phantom.writer import generate_site
 
 SIDE = 128
 N_SITE = 24
@@ -113,23 +116,14 @@ def test_a_site_of_mixed_scanners_keeps_its_noisiest_ordinary_films(clean_site, 
 
 def test_a_noisy_site_decoding_for_a_model_of_a_clean_site_keeps_its_films(tmp_path, clean_site) -> None:
     """A federation's site, finetune: `load_site` (and the pool) measure the gate against the site's own films."""
-    from core.data import load_site
-    from core.data.config import SiteDataConfig
-    from core.data.pool import DecodedPool
-    from sim.phantom.writer import generate_site
-
     clean_limit = orientation_for_site(GATE_ONLY, clean_site[0])[0].noise_limit
     recorded = replace(GATE_ONLY, noise_limit=clean_limit)  # a model pretrained on the clean site records this
     noisy = SiteDataConfig(root=generate_site("rural_cr", 24, tmp_path / "rural", seed=7, image_size=SIDE))
     site = load_site(noisy, 32, None, seed=0, preprocess=recorded)
     assert site.summary()["n_skipped_decode"] == 0
     assert len(DecodedPool(noisy, 32, recorded).skipped) == 0
-    assert Preprocessor(recorded)(site_image(noisy)).refused is not None  # the recorded limit would refuse them
-
-
-def site_image(config) -> np.ndarray:
-    from core.data import load_manifest
-    return read_image(load_manifest(config).records[0].path)
+    film = read_image(load_manifest(noisy).records[0].path)
+    assert Preprocessor(recorded)(film).refused is not None  # the recorded limit alone would refuse them
 
 
 def test_the_reference_is_cached_by_the_images_and_replaces_a_recorded_limit(clean_site, monkeypatch,
