@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "client.preprocess_command",
     "client.train_orientation_command",
     "client.train_localiser_command",
+    "client.train_mask_command",
 )
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from core.errors import ConfigError
 
 PACKAGED_WEIGHTS = "phantom"  # the orientation model shipped in core/preprocess/weights/, trained on phantom images
+THRESHOLD_MASK = "threshold"  # the hand mask of core/preprocess/segment.py (no learned model)
+LEARNED_MASK = "learned"      # the U-Net shipped in core/preprocess/weights/, trained on phantom images and masks
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # Quality flags: what the pipeline saw and did. "*_fixed" flags describe a repaired image.
@@ -58,6 +60,13 @@ class PreprocessConfig:
         segment: zero the background outside the hand mask (removes collimation, markers, text); refuses an
             image without a hand. Off by default: the threshold segmentation is reliable on the phantom, not on
             real collimated films (docs/preprocessing.md).
+        mask: which hand mask ``segment`` and the mask registration read: "learned" (the packaged U-Net,
+            `core.preprocess.handmask`; on real radiographs it holds 99 % of reader-drawn box centres, the threshold
+            71 %, docs/preprocessing.md), "threshold" (`core.preprocess.segment`) or the path of a file written by
+            ``python -m client train-mask``. Settings recorded before this setting existed read "threshold", the
+            mask they were made with.
+        mask_sha256: SHA-256 of the learned mask's file; filled by ``resolved()`` when ``segment`` or ``register``
+            reads the mask, so a changed file is noticed.
         equalize: contrast-limited adaptive histogram equalisation (CLAHE) inside the hand.
         clahe_clip: CLAHE clip limit.
         clahe_tiles: CLAHE tiles per side.
@@ -99,6 +108,8 @@ class PreprocessConfig:
     decollimate: bool = True
     inpaint_markers: bool = True
     segment: bool = False
+    mask: str = LEARNED_MASK
+    mask_sha256: str = ""
     equalize: bool = True
     clahe_clip: float = 2.0
     clahe_tiles: int = 4
@@ -143,12 +154,13 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of ``to_dict``; unknown keys are a clear error, missing keys take their defaults."""
+        """Inverse of ``to_dict``; unknown keys are a clear error, missing keys take their defaults, except ``mask``:
+        settings recorded before it existed were made with the threshold mask."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"preprocess settings have unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**{"mask": THRESHOLD_MASK, **values})
 
     @classmethod
     def parse(cls, spec: str) -> PreprocessConfig | None:
@@ -176,6 +188,13 @@ class PreprocessConfig:
         return type(self)(**{**self.to_dict(), "register": True, "region": region})
 
     @property
+    def mask_path(self) -> Path | None:
+        """The learned hand mask's file; None for the threshold mask."""
+        if self.mask == THRESHOLD_MASK:
+            return None
+        return WEIGHTS_DIR / "hand_mask_phantom.pt" if self.mask == LEARNED_MASK else Path(self.mask)
+
+    @property
     def weights_path(self) -> Path:
         """The orientation model's file."""
         if self.orientation_weights == PACKAGED_WEIGHTS:
@@ -201,7 +220,8 @@ class PreprocessConfig:
         return type(self)(**{**self.to_dict(), "noise_limit": limit}) if limit else self
 
     def resolved(self) -> PreprocessConfig:
-        """The same settings with the orientation model's and the localiser's absolute paths and SHA-256 filled in."""
+        """The same settings with the orientation model's, the localiser's and the learned mask's absolute paths and
+        SHA-256 filled in."""
         from core.checkpoint import file_sha256  # local: core.checkpoint imports the model package
 
         config = self
@@ -214,7 +234,21 @@ class PreprocessConfig:
                 raise ConfigError(f"localiser {path} is not the one these settings were made with (SHA-256 "
                                   f"{digest[:12]}..., expected {self.localiser_sha256[:12]}...)")
             config = type(self)(**{**self.to_dict(), "localiser": str(path.resolve()), "localiser_sha256": digest})
-        return config._with_orientation(file_sha256)
+        return config._with_orientation(file_sha256)._with_mask(file_sha256)
+
+    def _with_mask(self, file_sha256: Any) -> PreprocessConfig:
+        path = self.mask_path
+        if path is None or not (self.segment or self.register):
+            return self
+        if not path.is_file():
+            raise ConfigError(f"hand mask model not found: {path} (mask is 'threshold', 'learned' or the path of a "
+                              "file written by python -m client train-mask)")
+        digest = file_sha256(path)
+        if self.mask_sha256 and digest != self.mask_sha256:
+            raise ConfigError(f"hand mask model {path} is not the one these settings were made with (SHA-256 "
+                              f"{digest[:12]}..., expected {self.mask_sha256[:12]}...)")
+        name = self.mask if self.mask == LEARNED_MASK else str(path.resolve())
+        return type(self)(**{**self.to_dict(), "mask": name, "mask_sha256": digest})
 
     def _with_orientation(self, file_sha256: Any) -> PreprocessConfig:
         if not self.canonical:

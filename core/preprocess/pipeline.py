@@ -20,6 +20,7 @@ from core.preprocess.config import (INVERTED, LOW_CONFIDENCE, MIRRORED, NO_HAND,
                                     PreprocessConfig)
 from core.preprocess.contrast import equalize
 from core.preprocess.field import COLLIMATOR, inpaint_markers, removed_bands
+from core.preprocess.handmask import load_hand_mask_cached
 from core.preprocess.landmarks import KEYPOINTS, load_localiser_cached, observed_points
 from core.preprocess.noise import noise_refusal
 from core.preprocess.orientation import OrientationModel, load_cached
@@ -29,7 +30,7 @@ from core.preprocess.quality import exposure_flags, size_flags
 from core.preprocess.register import (MCP3_Y, MIN_LOCALISED_AXIS, WRIST_Y, crop_to_mask, keypoints_from_mask,
                                       localised_keypoints, plausible, region_crop, registration_matrix, regions,
                                       warp)
-from core.preprocess.segment import hand_mask
+from core.preprocess.segment import Segmentation, hand_mask
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class Preprocessor:
             self._orientation = load_cached(self.config.weights_path, self.config.orientation_sha256)
         self._localiser = load_localiser_cached(self.config.localiser, self.config.localiser_sha256) \
             if self.config.localiser else None
+        mask_path = self.config.mask_path
+        self._mask = load_hand_mask_cached(mask_path, self.config.mask_sha256) \
+            if mask_path is not None and (self.config.segment or self.config.register) else None
 
     def __call__(self, image: np.ndarray, polarity_declared: bool = False) -> PreprocessResult:
         """Preprocess one image; ``polarity_declared``: its file declared its polarity (a DICOM's
@@ -106,7 +110,7 @@ class Preprocessor:
         keypoints = self._keypoints(canonical_points, pose, image.shape)
         mask = None
         if config.segment or (config.register and canonical_points is None):  # a localiser needs no mask
-            segmentation = hand_mask(image)
+            segmentation = self._segment(image)
             if not segmentation.found:
                 return PreprocessResult(image, flags + (NO_HAND,), confidence,
                                         f"no hand found (largest foreground region covers {segmentation.share:.0%} "
@@ -146,6 +150,10 @@ class Preprocessor:
         if self.config.inpaint_markers:
             view = inpaint_markers(view)
         return (1.0 - view if inverted else view), bands
+
+    def _segment(self, image: np.ndarray) -> Segmentation:
+        """The hand mask the settings name (`PreprocessConfig.mask`): the learned U-Net's or the threshold's."""
+        return self._mask(image) if self._mask is not None else hand_mask(image)
 
     @staticmethod
     def _keypoints(canonical_points: np.ndarray | None, pose: Pose,

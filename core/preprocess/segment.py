@@ -116,7 +116,7 @@ def hand_mask(image: np.ndarray) -> Segmentation:
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         mask = (labels == largest).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-        mask = _fill_holes(mask)
+        mask = fill_holes(mask)
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     share = float(mask.mean())
     full = np.zeros((h, w), dtype=bool)
@@ -125,7 +125,8 @@ def hand_mask(image: np.ndarray) -> Segmentation:
     return Segmentation(full, (top, bottom, left, right), share)
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask (uint8) with every region it encloses (not reachable from the border) filled."""
     padded = np.pad(mask, 1)
     flood = padded.copy()
     cv2.floodFill(flood, None, (0, 0), 1)

@@ -37,7 +37,7 @@ def test_the_crop_predict_feeds_the_model_is_the_crop_training_decoded(region_mo
 def test_predict_refuses_a_hand_whose_registration_fails(region_models, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     upright = synthesize(canonical_profile(), seed=3, index=0).image  # a canonical phantom hand
-    lying = turned(upright, 90.0)
+    lying = turned(upright, 60.0)  # at 90 degrees the mask key points lean 27-36 degrees, at the 35 degree bound
     folder = tmp_path / "inbox"
     folder.mkdir()
     write_image(folder / "upright.png", upright, "png8")
