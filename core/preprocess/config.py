@@ -221,48 +221,45 @@ class PreprocessConfig:
 
     def resolved(self) -> PreprocessConfig:
         """The same settings with the orientation model's, the localiser's and the learned mask's absolute paths and
-        SHA-256 filled in."""
+        SHA-256 filled in.
+
+        Raises:
+            ConfigError: a named file is missing, or is not the one the settings recorded (its SHA-256 differs).
+        """
         from core.checkpoint import file_sha256  # local: core.checkpoint imports the model package
 
-        config = self
+        changes: dict[str, str] = {}
         if self.localiser:
             path = Path(self.localiser)
-            if not path.is_file():
-                raise ConfigError(f"localiser not found: {path} (train one with python -m client train-localiser)")
-            digest = file_sha256(path)
-            if self.localiser_sha256 and digest != self.localiser_sha256:
-                raise ConfigError(f"localiser {path} is not the one these settings were made with (SHA-256 "
-                                  f"{digest[:12]}..., expected {self.localiser_sha256[:12]}...)")
-            config = type(self)(**{**self.to_dict(), "localiser": str(path.resolve()), "localiser_sha256": digest})
-        return config._with_orientation(file_sha256)._with_mask(file_sha256)
-
-    def _with_mask(self, file_sha256: Any) -> PreprocessConfig:
+            changes["localiser"] = str(path.resolve())
+            changes["localiser_sha256"] = _pinned(file_sha256, path, self.localiser_sha256, "localiser",
+                                                  "train one with python -m client train-localiser")
+        if self.canonical:
+            path = self.weights_path
+            changes["orientation_sha256"] = _pinned(
+                file_sha256, path, self.orientation_sha256, "orientation model",
+                "train one with python -m client train-orientation, or use the packaged 'phantom' weights")
+            if self.orientation_weights != PACKAGED_WEIGHTS:
+                changes["orientation_weights"] = str(path.resolve())
         path = self.mask_path
-        if path is None or not (self.segment or self.register):
-            return self
-        if not path.is_file():
-            raise ConfigError(f"hand mask model not found: {path} (mask is 'threshold', 'learned' or the path of a "
-                              "file written by python -m client train-mask)")
-        digest = file_sha256(path)
-        if self.mask_sha256 and digest != self.mask_sha256:
-            raise ConfigError(f"hand mask model {path} is not the one these settings were made with (SHA-256 "
-                              f"{digest[:12]}..., expected {self.mask_sha256[:12]}...)")
-        name = self.mask if self.mask == LEARNED_MASK else str(path.resolve())
-        return type(self)(**{**self.to_dict(), "mask": name, "mask_sha256": digest})
+        if path is not None and (self.segment or self.register):
+            changes["mask_sha256"] = _pinned(file_sha256, path, self.mask_sha256, "hand mask model",
+                                             "mask is 'threshold', 'learned' or the path of a file written by "
+                                             "python -m client train-mask")
+            if self.mask != LEARNED_MASK:
+                changes["mask"] = str(path.resolve())
+        return type(self)(**{**self.to_dict(), **changes})
 
-    def _with_orientation(self, file_sha256: Any) -> PreprocessConfig:
-        if not self.canonical:
-            return self
-        path = self.weights_path
-        if not path.is_file():
-            raise ConfigError(f"orientation model not found: {path} (train one with python -m client "
-                            "train-orientation, or use the packaged 'phantom' weights)")
-        digest = file_sha256(path)
-        if self.orientation_sha256 and digest != self.orientation_sha256:
-            raise ConfigError(f"orientation model {path} is not the one these settings were made with (SHA-256 "
-                            f"{digest[:12]}..., expected {self.orientation_sha256[:12]}...)")
-        name = PACKAGED_WEIGHTS if self.orientation_weights == PACKAGED_WEIGHTS else str(path.resolve())
-        return type(self)(**{**self.to_dict(), "orientation_weights": name, "orientation_sha256": digest})
+
+def _pinned(file_sha256: Any, path: Path, expected: str, what: str, missing_hint: str) -> str:
+    """The SHA-256 of the model file at ``path``, which must exist and, when the settings recorded one, match it."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path} ({missing_hint})")
+    digest = file_sha256(path)
+    if expected and digest != expected:
+        raise ConfigError(f"{what} {path} is not the one these settings were made with (SHA-256 "
+                          f"{digest[:12]}..., expected {expected[:12]}...)")
+    return digest
 
 
 def _convert(key: str, raw: str, kind: str) -> Any:

@@ -13,7 +13,6 @@ fixed draw of random acquisitions.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
+from core.preprocess.fit_steps import fit_steps
 from core.preprocess.handmask import MASK_INPUT_SIZE, HandMaskModel, HandMaskNet, mask_input, save_hand_mask
 from core.preprocess.orientation_train import shrink
 
@@ -184,25 +184,16 @@ def train_hand_mask(folders: list[Path], out: Path, config: MaskTrainConfig, com
     held_out = [pair for pairs in per_folder for pair in pairs[:max(2, len(pairs) // 10)]]
     train = [pair for pairs in per_folder for pair in pairs[max(2, len(pairs) // 10):]]
     net = HandMaskNet(config.size, config.width)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=config.steps)
-    started = time.perf_counter()
-    net.train()
-    for step in range(config.steps):
+
+    def batch_loss() -> torch.Tensor:
         batch = [randomised_acquisition(*train[i], rng) for i in rng.integers(len(train), size=config.batch_size)]
         x = torch.from_numpy(np.stack([mask_input(image, config.size) for image, _ in batch]))[:, None]
         y = torch.from_numpy(np.stack([_target(mask, config.size) for _, mask in batch]))[:, None]
-        loss = mask_loss(net(x), y)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 100 == 0 or step == config.steps - 1:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step + 1, config.steps, loss.item(),
-                        time.perf_counter() - started)
+        return mask_loss(net(x), y)
+
+    seconds = fit_steps(net, batch_loss, config.steps, config.lr)
     metadata: dict[str, object] = {"trained_on": [str(folder) for folder in folders], "command": command,
-                                   "n_images": len(train), "config": asdict(config),
-                                   "train_seconds": round(time.perf_counter() - started, 1)}
+                                   "n_images": len(train), "config": asdict(config), "train_seconds": round(seconds, 1)}
     save_hand_mask(out, net, metadata)
     metadata["held_out_iou"] = held_out_iou(HandMaskModel.load(out), held_out, config.seed)
     save_hand_mask(out, net, metadata)

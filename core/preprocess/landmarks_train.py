@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
+from core.preprocess.fit_steps import fit_steps
 from core.preprocess.landmarks import (KEYPOINTS, Localiser, LocaliserNet, expected_points, localiser_input,
                                        save_localiser)
 from core.preprocess.register import MCP3_Y, WRIST_Y, localised_keypoints, registration_matrix
@@ -125,25 +125,17 @@ def train_localiser(data: Path, boxes: Path, out: Path, config: LocaliserTrainCo
     if len(images) < 8:
         raise DataError(f"{data}: {len(images)} images with boxes in {boxes}; the localiser needs at least 8")
     net = LocaliserNet(config.size, config.width)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=config.steps)
-    started = time.perf_counter()
-    net.train()
-    for step in range(config.steps):
+
+    def batch_loss() -> torch.Tensor:
         batch = [_augment(images[i], targets[i], config, rng)
                  for i in rng.integers(len(images), size=config.batch_size)]
         x = torch.from_numpy(np.stack([localiser_input(image, config.size) for image, _ in batch]))[:, None]
         y = torch.from_numpy(np.stack([points for _, points in batch])).float()
-        loss = (expected_points(net(x)) - y).abs().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 100 == 0 or step == config.steps - 1:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step + 1, config.steps, loss.item(),
-                        time.perf_counter() - started)
+        return (expected_points(net(x)) - y).abs().mean()
+
+    seconds = fit_steps(net, batch_loss, config.steps, config.lr)
     metadata = {"trained_on": f"{len(images)} images of {data} with boxes from {boxes}", "n_images": len(images),
-                "config": asdict(config), "train_seconds": round(time.perf_counter() - started, 1)}
+                "config": asdict(config), "train_seconds": round(seconds, 1)}
     save_localiser(out, net, metadata)
     if annotations.get(EXPERT):
         metadata["held_out"] = evaluate_localiser(Localiser.load(out), data, annotations)

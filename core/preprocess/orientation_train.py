@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
 from core.data.split import split_of
+from core.preprocess.fit_steps import fit_steps
 from core.preprocess.orientation import (ANGLE_SCALE, INPUT_SIZE, OrientationModel, OrientationNet, network_input,
                                          save_orientation)
 from core.preprocess.pose import Pose, apply_pose, rotate_small
@@ -168,24 +168,16 @@ def fit_orientation(train: list[np.ndarray], held_out: list[np.ndarray], out: Pa
     rng = np.random.default_rng(config.seed)
     net = OrientationModel.load(init).net if init is not None else OrientationNet(config.input_size, config.width)
     size = net.size
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, config.lr, total_steps=config.steps)
-    started = time.perf_counter()
-    net.train()
-    for step in range(config.steps):
+
+    def batch_loss() -> torch.Tensor:
         x, targets = make_batch(train, rng.integers(len(train), size=config.batch_size), size, rng)
-        loss = _loss(net(x), targets)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 100 == 0 or step == config.steps - 1:
-            logger.info("step %d/%d loss %.3f (%.0f s)", step + 1, config.steps, loss.item(),
-                        time.perf_counter() - started)
+        return _loss(net(x), targets)
+
+    seconds = fit_steps(net, batch_loss, config.steps, config.lr)
     accuracy = _accuracy(net, held_out, size, config.seed)
     metadata = {"trained_on": trained_on, "n_images": len(train), "n_held_out": len(held_out),
                 "config": asdict(config), "initialised_from": str(init) if init else None,
-                "held_out_accuracy": accuracy, "train_seconds": round(time.perf_counter() - started, 1)}
+                "held_out_accuracy": accuracy, "train_seconds": round(seconds, 1)}
     save_orientation(out, net, metadata)
     logger.info("held-out accuracy %s; wrote %s", accuracy, out)
     return metadata
