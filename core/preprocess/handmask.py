@@ -12,7 +12,6 @@ hand, its holes are filled. It is trained on phantom images and their true masks
 from __future__ import annotations
 
 import pickle
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 from core.data.config import DataError
 from core.preprocess.orientation import float_state, half_state
 from core.preprocess.segment import Segmentation, fill_holes
+from core.preprocess.small_nets import load_once
 
 MASK_INPUT_SIZE = 64
 THRESHOLD = 0.5  # a pixel is hand when the network's probability reaches this
@@ -130,14 +130,6 @@ class HandMaskModel:
         return Segmentation(mask, (0, h, 0, w), float(mask.mean()))
 
 
-_LOADED: dict[tuple[str, str], HandMaskModel] = {}
-_LOCK = threading.Lock()
-
-
 def load_hand_mask_cached(path: str | Path, sha256: str) -> HandMaskModel:
     """One loaded hand mask model per (file, content) and process."""
-    key = (str(path), sha256)
-    with _LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = HandMaskModel.load(Path(path))
-        return _LOADED[key]
+    return load_once(HandMaskModel.load, path, sha256)

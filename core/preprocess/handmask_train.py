@@ -23,7 +23,7 @@ import torch
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
-from core.preprocess.fit_steps import fit_steps
+from core.preprocess.small_nets import fit_steps
 from core.preprocess.handmask import MASK_INPUT_SIZE, HandMaskModel, HandMaskNet, mask_input, save_hand_mask
 from core.preprocess.orientation_train import shrink
 

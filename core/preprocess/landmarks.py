@@ -9,7 +9,6 @@ and height (0 = left/top). It is trained by ``python -m client train-localiser``
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 from core.data.config import DataError
 from core.preprocess.orientation import float_state, half_state, network_input
 from core.preprocess.pose import Pose
+from core.preprocess.small_nets import load_once
 
 KEYPOINTS = ("wrist", "radius", "ulna", "mcp3")  # the carpal region, distal radius and ulna, third finger's MCP
 
@@ -127,14 +127,6 @@ def observed_points(points: np.ndarray, pose: Pose, shape: tuple[int, int]) -> n
     return xy / [w, h]
 
 
-_LOADED: dict[tuple[str, str], Localiser] = {}
-_LOCK = threading.Lock()
-
-
 def load_localiser_cached(path: str | Path, sha256: str) -> Localiser:
     """One loaded localiser per (file, content) and process."""
-    key = (str(path), sha256)
-    with _LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = Localiser.load(Path(path))
-        return _LOADED[key]
+    return load_once(Localiser.load, path, sha256)

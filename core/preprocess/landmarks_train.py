@@ -22,7 +22,7 @@ import torch
 from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
-from core.preprocess.fit_steps import fit_steps
+from core.preprocess.small_nets import fit_steps
 from core.preprocess.landmarks import (KEYPOINTS, Localiser, LocaliserNet, expected_points, localiser_input,
                                        save_localiser)
 from core.preprocess.register import MCP3_Y, WRIST_Y, localised_keypoints, registration_matrix

@@ -9,7 +9,6 @@ probabilities. Weights are a small ``.pt`` file holding a state dict and the net
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 from core.data.config import DataError
 from core.preprocess.pose import Pose, undo_pose
 from core.preprocess.segment import constant_box
+from core.preprocess.small_nets import load_once
 
 logger = logging.getLogger(__name__)
 
@@ -167,14 +167,6 @@ class OrientationModel:
         return pose, first * second
 
 
-_LOADED: dict[tuple[str, str], OrientationModel] = {}
-_LOCK = threading.Lock()
-
-
 def load_cached(path: Path, sha256: str) -> OrientationModel:
     """One loaded model per (file, content) and process."""
-    key = (str(path), sha256)
-    with _LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = OrientationModel.load(path)
-        return _LOADED[key]
+    return load_once(OrientationModel.load, path, sha256)

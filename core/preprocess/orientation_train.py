@@ -26,7 +26,7 @@ from core.data.config import DataError
 from core.data.images import ImageError, read_image
 from core.data.manifest import IMAGE_EXTENSIONS
 from core.data.split import split_of
-from core.preprocess.fit_steps import fit_steps
+from core.preprocess.small_nets import fit_steps
 from core.preprocess.orientation import (ANGLE_SCALE, INPUT_SIZE, OrientationModel, OrientationNet, network_input,
                                          save_orientation)
 from core.preprocess.pose import Pose, apply_pose, rotate_small

@@ -1,4 +1,5 @@
-"""The training loop the small preprocessing networks share: the orientation model, the localiser and the hand mask.
+"""What the small preprocessing networks share (the orientation model, the localiser and the hand mask): the
+training loop, and one loaded copy of each weights file per process.
 
 Each draws its own batches (its own augmentation and random generator) and defines its own loss; the optimiser,
 schedule and progress log are the same for all three.
@@ -7,13 +8,28 @@ schedule and progress log are the same for all three.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+Model = TypeVar("Model")
+_LOADED: dict[tuple[str, str, str], object] = {}
+_LOCK = threading.Lock()
+
+
+def load_once(load: Callable[[Path], Model], path: str | Path, sha256: str) -> Model:
+    """``load(path)``, once per loader, file and content (``sha256``) and process: later calls get the same object."""
+    key = (load.__qualname__, str(path), sha256)
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = load(Path(path))
+        return _LOADED[key]  # type: ignore[return-value]
 
 
 def fit_steps(net: nn.Module, batch_loss: Callable[[], torch.Tensor], steps: int, lr: float) -> float:
