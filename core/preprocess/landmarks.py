@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.data.config import DataError
-from core.preprocess.orientation import float_state, half_state, network_input
+from core.preprocess.orientation import float_state, half_state
 from core.preprocess.pose import Pose
 from core.preprocess.small_nets import load_once
 
@@ -63,9 +63,14 @@ def expected_points(logits: torch.Tensor) -> torch.Tensor:
 
 
 def localiser_input(image: np.ndarray, size: int) -> np.ndarray:
-    """The image squeezed to a ``size`` square (key points are fractions of width and height), min-max stretched."""
+    """The whole image squeezed to a ``size`` square, min-max stretched: (size, size) float32.
+
+    Nothing is cut: the key points are fractions of the whole image's width and height, so a constant band (black
+    padding, a collimation mask) must stay in the input (the orientation model's `network_input` cuts it).
+    """
     squeezed = cv2.resize(np.asarray(image, dtype=np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return network_input(squeezed, size)
+    low, high = float(squeezed.min()), float(squeezed.max())
+    return (squeezed - low) / max(high - low, 1e-6)
 
 
 def save_localiser(path: Path, net: LocaliserNet, metadata: dict[str, Any]) -> Path:

@@ -12,11 +12,24 @@ from PIL import Image
 from core.data import read_image
 from core.preprocess import Pose, PreprocessConfig, Preprocessor, apply_pose
 from core.preprocess.folder import KEYPOINT_COLUMNS, preprocess_folder
-from core.preprocess.landmarks import KEYPOINTS, Localiser, LocaliserNet, observed_points, save_localiser
+from core.preprocess.landmarks import KEYPOINTS, Localiser, LocaliserNet, localiser_input, observed_points, save_localiser
 from core.preprocess.landmarks_train import LocaliserTrainConfig, evaluate_localiser, read_boxes, train_localiser
 from sim.phantom.writer import generate_site
 
 BOX = 0.02  # half-side of the synthetic boxes (fractions)
+
+
+def test_the_localiser_sees_the_whole_image_with_its_constant_bands() -> None:
+    # Key points are fractions of the whole image: a black band (padding, a collimation mask) must not be cut from
+    # the input, or every point the network finds is shifted (it was, from 6b98245 to this fix).
+    image = np.zeros((100, 100), dtype=np.float32)
+    image[:, 40:] = 0.3  # the film; columns 0-39 are a constant band
+    image[48:52, 68:72] = 1.0  # a bright dot centred at x = 0.70, y = 0.50
+    x = localiser_input(image, 64)
+    y, x_found = np.unravel_index(np.argmax(x), x.shape)
+    assert (x_found + 0.5) / 64 == pytest.approx(0.70, abs=0.03)
+    assert (y + 0.5) / 64 == pytest.approx(0.50, abs=0.03)
+    assert x.min() == 0.0 and x.max() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("pose", [Pose(), Pose(1), Pose(2, True), Pose(3, False, True), Pose(0, True, False, 12.0),
