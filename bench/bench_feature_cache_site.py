@@ -39,21 +39,35 @@ from core.checkpoint import load_checkpoint
 from core.inputs import InputSettings
 from core.data import SiteDataConfig, load_site, make_loader
 from core.preprocess import preprocess_config_of
-from core.train.feature_cache import FeatureCache
+from core.data.dataset import BoneAgeDataset
+from core.model.freeze import parse_freeze_spec
+from core.model.split import cached_depth
+from core.train.feature_cache import FeatureCache, feature_budget_from_env
+from core.train.feature_scoring import ScoringFeatures
 from core.stages.site_finetune import FinetuneConfig, finetune_site
 from core.stats.bootstrap import paired_difference
 from core.train.training import predict
 from core.cli import add_data_arguments, add_shared_options, data_config_from_args
 
 
-def test_errors(checkpoint: Path, data: SiteDataConfig) -> np.ndarray:
-    """Absolute errors (months) of `checkpoint` on the site's test split, in split order, scored with its TTA."""
+def test_errors(checkpoint: Path, data: SiteDataConfig, scoring: ScoringFeatures | None = None,
+                splits: dict[tuple[str, ...], BoneAgeDataset] | None = None) -> np.ndarray:
+    """Absolute errors (months) of `checkpoint` on the site's test split, in split order, scored with its TTA.
+    `scoring`: frozen-block features shared by every arm (each model's frozen blocks checked by their SHA-256, the
+    same predictions as the whole model's: `core.train.feature_scoring`); `splits`: test splits already decoded."""
     loaded = load_checkpoint(checkpoint)
-    site = load_site(data, loaded.model.config.image_size, None, 0, splits=("test",),
-                     preprocess=preprocess_config_of(loaded.metadata))
-    result = predict(loaded.model, make_loader(site.test, 64, shuffle=False, seed=0), torch.device("cpu"),
-                     tta=InputSettings.of(loaded).tta)
-    return np.abs(result.predicted_months - result.true_months)
+    preprocess = preprocess_config_of(loaded.metadata)
+    key = (str(data.root), data.label_unit, str(loaded.model.config.image_size), repr(preprocess))
+    test = splits.get(key) if splits is not None else None
+    if test is None:
+        test = load_site(data, loaded.model.config.image_size, None, 0, splits=("test",), preprocess=preprocess).test
+        if splits is not None:
+            splits[key] = test
+    tta = InputSettings.of(loaded).tta
+    scored = scoring.score(loaded.model, test, torch.device("cpu"), tta) if scoring is not None else None
+    if scored is None:
+        scored = predict(loaded.model, make_loader(test, 64, shuffle=False, seed=0), torch.device("cpu"), tta=tta)
+    return np.abs(scored.predicted_months - scored.true_months)
 
 
 def parse_arms(text: str) -> list[tuple[str, str, int]]:
@@ -114,6 +128,9 @@ def main() -> None:
     print("| seed | cache | wall (s) | CPU (s) | test MAD (months) |")
     print("|---|---|---|---|---|")
     totals = {arm: [0.0, 0.0] for arm in arms}
+    # scoring (untimed) shares the frozen blocks' features of each test set between arms and seeds
+    scoring = ScoringFeatures(cached_depth(parse_freeze_spec(args.freeze)), feature_budget_from_env())
+    splits: dict[tuple[str, ...], BoneAgeDataset] = {}
     with tempfile.TemporaryDirectory() as folder:
         for cached in (True, False):  # warm-up, untimed: a process's first training pays one-off costs
             finetune_site(args.pretrained, data, Path(folder) / "warm.pt",
@@ -132,9 +149,9 @@ def main() -> None:
                 wall, cpu = timed_finetune(args.pretrained, data, out, config, caches.get((kind, batch)))
                 totals[arm][0] += wall
                 totals[arm][1] += cpu
-                errors[arm].append(test_errors(out, data))
+                errors[arm].append(test_errors(out, data, scoring=scoring, splits=splits))
                 if extra is not None:
-                    extra_errors[arm].append(test_errors(out, extra))
+                    extra_errors[arm].append(test_errors(out, extra, scoring=scoring, splits=splits))
                 print(f"| {seed} | {arm} | {wall:.1f} | {cpu:.1f} | {errors[arm][-1].mean():.2f} |"
                       + (f" held-out {extra_errors[arm][-1].mean():.2f} |" if extra is not None else ""), flush=True)
     reference = arms[0]

@@ -19,7 +19,7 @@ def test_every_arm_runs_at_each_batch_size_and_is_compared_with_the_uncached_fir
 
     monkeypatch.setattr(bench, "timed_finetune", timed)
     monkeypatch.setattr(bench, "finetune_site", lambda *args, **kwargs: None)  # the untimed warm-up
-    monkeypatch.setattr(bench, "test_errors", lambda out, data: np.full(4, 2.0 if "off" in out.name else 1.0))
+    monkeypatch.setattr(bench, "test_errors", lambda out, data, **shared: np.full(4, 2.0 if "off" in out.name else 1.0))
     monkeypatch.setattr(sys, "argv", ["bench", "--pretrained", "m.pt", "--data", str(Path("site")), "--label-unit",
                                       "years", "--seeds", "0,1", "--feature-augment", "features",
                                       "--batch-sizes", "16,32", "--no-warm"])
@@ -42,7 +42,7 @@ def test_named_arms_run_in_order_and_the_held_out_set_gets_its_own_paired_interv
                      None if features is None else features.augment_where))
         return 1.0, 1.0
 
-    def errors(out, data):
+    def errors(out, data, **shared):
         scored.append(data.root.name)
         worse = 0.5 if "features" in out.name else 0.0  # the feature-space arm half a month worse, on both sets
         return np.full(3 if data.root.name == "site" else 5, 2.0 + worse)
