@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -30,6 +29,9 @@ from core.data.config import DataError
 from core.data.images import ImageError, declares_polarity, read_image
 from core.data.manifest import Record, Skip
 from core.data.memory import check_decoded_fit
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ class AugmentConfig:
 
 def build_augment(config: AugmentConfig, image_size: int) -> A.Compose:
     """Albumentations pipeline mapping a stored uint8 canvas to an ``image_size`` square."""
+    import albumentations as A  # local: 0.5 CPU s to import, paid only by a process that augments images
+
     transforms: list[A.BasicTransform] = []
     if config.rotate_deg > 0 or config.scale > 0:
         transforms.append(A.Affine(
@@ -230,7 +234,7 @@ class BoneAgeDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.augment = augment
-        self._augment = build_augment(augment, image_size) if augment is not None else None
+        self._augment: A.Compose | None = None  # built when an augmented item is first read (never in feature space)
         canvas = canvas_size(image_size, augment)
         if decoded is None:
             decoded = _decode(records, image_size, canvas, progress, preprocess)
@@ -265,7 +269,9 @@ class BoneAgeDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """One item: ``image`` float32 [1, S, S] normalised, ``male`` 0./1., ``age`` in months."""
         image = self.images[index]
-        if self._augment is not None:
+        if self.augment is not None:
+            if self._augment is None:
+                self._augment = build_augment(self.augment, self.image_size)
             item_seed = np.random.SeedSequence((self.seed, self.epoch, index)).generate_state(1)[0]
             self._augment.set_random_seed(int(item_seed))
             image = self._augment(image=image)["image"]

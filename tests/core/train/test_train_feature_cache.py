@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,12 @@ def test_a_round_trains_on_features_augmented_in_feature_space(records: list) ->
     assert key.in_features and key.views == 1 and list(entry.views) == [0]  # one view served both epochs
     assert np.isfinite(result.val_mad_months)
     assert any(not torch.equal(state[k], _model().state_dict()[k]) for k in state if k.startswith("block4"))
+
+
+def test_feature_space_never_builds_the_image_augmentation(records: list, monkeypatch) -> None:
+    """A round in feature space reads no augmented image, so its process never loads albumentations."""
+    monkeypatch.setitem(sys.modules, "albumentations", None)  # any import of it now fails
+    _, result = _round(records, FeatureCache(views=8, augment_where="features"))  # builds augmented splits, trains
+    assert np.isfinite(result.val_mad_months)
+    with pytest.raises(ImportError):  # the guard holds: reading an augmented image needs the pipeline
+        _dataset(records)[0]
