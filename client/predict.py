@@ -35,7 +35,8 @@ from core.data.patient import read_patient_tags
 from core.predict.explain import heat_map, overlay, png_bytes
 from core.predict.inference import model_input, predict_batch
 from core.inputs import InputSettings
-from core.preprocess import Preprocessor
+from core.preprocess import PreprocessConfig, Preprocessor
+from core.preprocess.pipeline import hand_masker
 from core.train.training import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class Predictor:
         self.tta = inputs.tta
         # the model's own preprocessing and quality gate, one per view (an ensemble of region models reads several)
         self.views = [None if view is None else Preprocessor(view) for view in inputs.views]
+        # the hand of the heat map's "outside the hand" share: the shown view's mask, the default one without settings
+        self.hand_mask = self.views[0].hand_mask if self.views[0] else hand_masker(PreprocessConfig().resolved())
         self.sex_head = has_sex_head(self.model)
         if (settings.heatmap or settings.report) and not hasattr(self.model, "block4"):
             raise CheckpointError(f"{settings.model}: heat maps and reports need a TJ-Net checkpoint")
@@ -264,7 +267,7 @@ class Predictor:
         heat = heat_map(self.model, pending.tensor, self._heat_sex(pending.row), self.settings.heatmap_method)
         display = fit_to_square(pending.pixels, DISPLAY_SIZE, DISPLAY_SIZE)
         heat_png = png_bytes(overlay(display, heat))
-        outside = heat_outside_hand(heat, pending.square)
+        outside = heat_outside_hand(heat, pending.square, self.hand_mask)
         if outside is not None:
             pending.row["heatmap_outside_hand"] = round(outside, 3)
             warning = heat_flag(outside, self.settings.reading)

@@ -10,6 +10,7 @@ calibrated for a given sex (if the patient is that sex, that interval holds), an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from core.intervals.conformal_bands import AgeBand
 from core.preprocess import PreprocessConfig
 from core.preprocess.pipeline import PreprocessResult
-from core.preprocess.segment import hand_mask
+from core.preprocess.segment import Segmentation
 
 SEX_FIELDS = ("bone_age_months_female", "interval_low_months_female", "interval_high_months_female",
               "bone_age_months_male", "interval_low_months_male", "interval_high_months_male")
@@ -128,9 +129,11 @@ def pose_flag(result: PreprocessResult, config: ReadingConfig) -> str | None:
             "check the film is read the right way round")
 
 
-def heat_outside_hand(heat: np.ndarray, square: np.ndarray) -> float | None:
-    """Share of the heat map's mass outside the hand in the image the model read (uint8 square); None when no
-    hand is found or the map is empty."""
+def heat_outside_hand(heat: np.ndarray, square: np.ndarray,
+                      hand_mask: Callable[[np.ndarray], Segmentation]) -> float | None:
+    """Share of the heat map's mass outside the hand in the image the model read (uint8 square), the hand found
+    by ``hand_mask`` (the mask the model's preprocessing names, `core.preprocess.pipeline.hand_masker`); None when
+    no hand is found or the map is empty."""
     segmentation = hand_mask(square.astype(np.float32) / 255.0)
     side = square.shape[0]
     weights = cv2.resize(heat.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR).clip(0.0, None)

@@ -60,13 +60,14 @@ class PreprocessConfig:
         segment: zero the background outside the hand mask (removes collimation, markers, text); refuses an
             image without a hand. Off by default: the threshold segmentation is reliable on the phantom, not on
             real collimated films (docs/preprocessing.md).
-        mask: which hand mask ``segment`` and the mask registration read: "learned" (the packaged U-Net,
+        mask: which hand mask ``segment``, the mask registration, the exposure flags and the reading heat map's
+            share outside the hand read: "learned" (the packaged U-Net,
             `core.preprocess.handmask`; on real radiographs it holds 99 % of reader-drawn box centres, the threshold
             71 %, docs/preprocessing.md), "threshold" (`core.preprocess.segment`) or the path of a file written by
             ``python -m client train-mask``. Settings recorded before this setting existed read "threshold", the
             mask they were made with.
-        mask_sha256: SHA-256 of the learned mask's file; filled by ``resolved()`` when ``segment`` or ``register``
-            reads the mask, so a changed file is noticed.
+        mask_sha256: SHA-256 of the learned mask's file; filled by ``resolved()`` (the exposure flags read the mask
+            whatever else runs), so a changed file is noticed.
         equalize: contrast-limited adaptive histogram equalisation (CLAHE) inside the hand.
         clahe_clip: CLAHE clip limit.
         clahe_tiles: CLAHE tiles per side.
@@ -242,7 +243,7 @@ class PreprocessConfig:
             if self.orientation_weights != PACKAGED_WEIGHTS:
                 changes["orientation_weights"] = str(path.resolve())
         path = self.mask_path
-        if path is not None and (self.segment or self.register):
+        if path is not None:
             changes["mask_sha256"] = _pinned(file_sha256, path, self.mask_sha256, "hand mask model",
                                              "mask is 'threshold', 'learned' or the path of a file written by "
                                              "python -m client train-mask")

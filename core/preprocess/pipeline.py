@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -75,9 +75,7 @@ class Preprocessor:
             self._orientation = load_cached(self.config.weights_path, self.config.orientation_sha256)
         self._localiser = load_localiser_cached(self.config.localiser, self.config.localiser_sha256) \
             if self.config.localiser else None
-        mask_path = self.config.mask_path
-        self._mask = load_hand_mask_cached(mask_path, self.config.mask_sha256) \
-            if mask_path is not None and (self.config.segment or self.config.register) else None
+        self.hand_mask = hand_masker(self.config)
 
     def __call__(self, image: np.ndarray, polarity_declared: bool = False) -> PreprocessResult:
         """Preprocess one image; ``polarity_declared``: its file declared its polarity (a DICOM's
@@ -110,13 +108,13 @@ class Preprocessor:
         keypoints = self._keypoints(canonical_points, pose, image.shape)
         mask = None
         if config.segment or (config.register and canonical_points is None):  # a localiser needs no mask
-            segmentation = self._segment(image)
+            segmentation = self.hand_mask(image)
             if not segmentation.found:
                 return PreprocessResult(image, flags + (NO_HAND,), confidence,
                                         f"no hand found (largest foreground region covers {segmentation.share:.0%} "
                                         "of the image)", pose=pose, bands=bands)
             mask = segmentation.mask
-        flags += exposure_flags(image, mask, config.exposure_clip)
+        flags += exposure_flags(image, mask, config.exposure_clip, self.hand_mask)
         if config.equalize:
             image = equalize(image, mask, config.clahe_clip, config.clahe_tiles)
         elif config.segment and mask is not None:
@@ -151,10 +149,6 @@ class Preprocessor:
             view = inpaint_markers(view)
         return (1.0 - view if inverted else view), bands
 
-    def _segment(self, image: np.ndarray) -> Segmentation:
-        """The hand mask the settings name (`PreprocessConfig.mask`): the learned U-Net's or the threshold's."""
-        return self._mask(image) if self._mask is not None else hand_mask(image)
-
     @staticmethod
     def _keypoints(canonical_points: np.ndarray | None, pose: Pose,
                    shape: tuple[int, int]) -> dict[str, tuple[float, float]]:
@@ -167,6 +161,14 @@ class Preprocessor:
     def describe(self) -> dict[str, Any]:
         """The resolved settings (what a checkpoint stores)."""
         return self.config.to_dict()
+
+
+def hand_masker(config: PreprocessConfig) -> Callable[[np.ndarray], Segmentation]:
+    """The hand mask the settings name (`PreprocessConfig.mask`, resolved): the learned U-Net (loaded once per
+    process) or the threshold's. Every step that reads a hand mask reads this one: ``segment``, the mask
+    registration, the exposure flags and the reading heat map's share outside the hand (`client.reading`)."""
+    path = config.mask_path
+    return hand_mask if path is None else load_hand_mask_cached(path, config.mask_sha256)
 
 
 def _uncertain(confidence: float, pose: Pose, bands: tuple[str, ...], config: PreprocessConfig) -> str | None:

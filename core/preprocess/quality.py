@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from core.preprocess.config import OVEREXPOSED, TOO_SMALL, UNDEREXPOSED
-from core.preprocess.segment import hand_mask
+from core.preprocess.segment import Segmentation
 
 
 def size_flags(image: np.ndarray, min_side: int) -> tuple[tuple[str, ...], str | None]:
@@ -16,11 +18,13 @@ def size_flags(image: np.ndarray, min_side: int) -> tuple[tuple[str, ...], str |
     return (), None
 
 
-def exposure_flags(image: np.ndarray, mask: np.ndarray | None, clip_share: float) -> tuple[str, ...]:
+def exposure_flags(image: np.ndarray, mask: np.ndarray | None, clip_share: float,
+                   hand_mask: Callable[[np.ndarray], Segmentation]) -> tuple[str, ...]:
     """Under-/over-exposed when at least ``clip_share`` of the hand sits at the darkest/brightest 2 % of the range.
 
-    Read on the canonical (bone bright) image inside the hand mask: a burnt-out film has the hand at the bottom of
-    the range, a saturated detector has it at the top.
+    Read on the canonical (bone bright) image inside the hand: ``mask`` when the pipeline has one, else the mask
+    ``hand_mask`` finds (the one the settings name, `pipeline.hand_masker`). A burnt-out film has the hand at the
+    bottom of the range, a saturated detector has it at the top.
     """
     step = max(1, max(image.shape) // 256)  # the shares hardly change on every step-th pixel, and cost far less
     image = image[::step, ::step]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,10 @@ from predict_helpers import tiny_checkpoint
 from client import predict as client_predict
 from client.__main__ import main
 from client.reading import ReadingConfig, describe_preprocessing, heat_outside_hand, pose_flag
+from core.preprocess.pipeline import hand_masker
+from core.preprocess.segment import hand_mask
+from sim.phantom.synth import synthesize
+from tests.core.preprocess.conftest import canonical_profile
 from core.checkpoint import describe, save_checkpoint
 from core.model.config import TJNetConfig
 from core.model.tjnet import TJNet
@@ -30,10 +36,30 @@ def square_with_hand() -> np.ndarray:
 def test_heat_mass_outside_the_hand_is_measured() -> None:
     corner, centre = np.zeros((3, 3), np.float32), np.zeros((3, 3), np.float32)
     corner[0, 0], centre[1, 1] = 1.0, 1.0
-    assert heat_outside_hand(corner, square_with_hand()) > 0.8
-    assert heat_outside_hand(centre, square_with_hand()) < 0.3
-    assert heat_outside_hand(np.zeros((3, 3), np.float32), square_with_hand()) is None  # an empty map
-    assert heat_outside_hand(corner, np.zeros((48, 48), np.uint8)) is None  # no hand found
+    assert heat_outside_hand(corner, square_with_hand(), hand_mask) > 0.8
+    assert heat_outside_hand(centre, square_with_hand(), hand_mask) < 0.3
+    assert heat_outside_hand(np.zeros((3, 3), np.float32), square_with_hand(), hand_mask) is None  # an empty map
+    assert heat_outside_hand(corner, np.zeros((48, 48), np.uint8), hand_mask) is None  # no hand found
+    for masker in (hand_masker(PreprocessConfig().resolved()), hand_masker(PreprocessConfig(mask="threshold"))):
+        assert heat_outside_hand(corner, np.zeros((48, 48), np.uint8), masker) is None  # either mask: a blank film
+
+
+def collimated_film(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A canonical phantom behind a bright, tilted collimator (the threshold mask finds no hand there), as the
+    uint8 square a model reads, and its true hand mask."""
+    profile = canonical_profile(collimation=1.0)
+    sample = synthesize(replace(profile, acquisition=replace(profile.acquisition, collimation_level=0.8)), 21, index)
+    return (sample.image * 255).astype(np.uint8), sample.mask.astype(bool)
+
+
+def test_the_heat_maps_hand_is_the_mask_the_settings_name() -> None:
+    learned, threshold = (hand_masker(PreprocessConfig(mask=mask).resolved()) for mask in ("learned", "threshold"))
+    for index in range(4):
+        square, truth = collimated_film(index)
+        on_hand = truth.astype(np.float32)
+        assert heat_outside_hand(on_hand, square, learned) < 0.15  # the learned mask (the default) holds the hand
+        assert heat_outside_hand(1.0 - on_hand, square, learned) > 0.7
+        assert heat_outside_hand(on_hand, square, threshold) is None  # the threshold's mask finds none here
 
 
 def test_the_pipelines_changes_and_confidence_are_said_and_an_unsure_change_warned() -> None:
@@ -89,3 +115,15 @@ def test_the_report_shows_what_preprocessing_did_with_its_confidence(phantom: tu
         "preprocessing"]
     page = Path(row["report"]).read_text()
     assert row["preprocessing"] in page.replace("&#x27;", "'")
+
+
+def test_predict_measures_the_heat_outside_the_learned_mask_by_default(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    square, truth = collimated_film(0)  # a model without preprocessing settings reads the film as stored
+    image = tmp_path / "films" / "collimated.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), square)
+    monkeypatch.setattr(client_predict, "heat_map", lambda *args: truth.astype(np.float32))
+    row = run(capsys, tiny_checkpoint(tmp_path / "model.pt"), image, tmp_path / "out")
+    assert row["heatmap_outside_hand"] != "" and row["heatmap_outside_hand"] < 0.15
+    assert "mass lies outside the hand" not in (row["quality_flags"] or "")
