@@ -15,6 +15,7 @@ from predict_helpers import tiny_checkpoint
 from client import predict as client_predict
 from client.__main__ import main
 from client.reading import ReadingConfig, describe_preprocessing, heat_outside_hand, pose_flag
+from core.preprocess.handmask import HandMaskModel
 from core.preprocess.pipeline import hand_masker
 from core.preprocess.segment import hand_mask
 from sim.phantom.synth import synthesize
@@ -127,3 +128,12 @@ def test_predict_measures_the_heat_outside_the_learned_mask_by_default(tmp_path:
     row = run(capsys, tiny_checkpoint(tmp_path / "model.pt"), image, tmp_path / "out")
     assert row["heatmap_outside_hand"] != "" and row["heatmap_outside_hand"] < 0.15
     assert "mass lies outside the hand" not in (row["quality_flags"] or "")
+
+
+def test_the_heat_maps_mask_is_the_one_the_models_preprocessing_names(phantom: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    model = TJNet(TJNetConfig(image_size=48, width=0.25))
+    settings = PreprocessConfig(mask="threshold").resolved().to_dict()
+    threshold = save_checkpoint(tmp_path / "threshold.pt", model, describe(model, preprocess=settings))
+    assert client_predict.Predictor(client_predict.PredictSettings(threshold)).hand_mask is hand_mask
+    assert isinstance(client_predict.Predictor(client_predict.PredictSettings(phantom[0])).hand_mask, HandMaskModel)
