@@ -5,6 +5,7 @@ Usage:
                                              [--seeds 0,1,2] [--epochs 8] [--views 4] [--feature-augment images,features]
                                              [--batch-sizes 16,32] [--no-warm] [--threads 1]
                                              [--arms off:16,images:16,features:32] [--extra-test HELDOUT]
+                                             [--save-errors ERRORS.npz]
 
 For each seed, the site fine-tunes the pretrained model as `python -m client finetune --freeze F` does
 (`core.stages.site_finetune.finetune_site`: best epoch by val MAD, then the test split): once with
@@ -20,7 +21,8 @@ when the interval's upper end is small against the seed-to-seed spread. `--arms 
 instead (the first is the reference; MODE off, images or features; no warm arm). `--extra-test FOLDER` scores every
 arm's model on a second, larger held-out set as well (a folder in the site's layout whose images all fall in the
 test split, e.g. `python -m bench.heldout_sites`), with its own paired intervals. Every model is scored with the
-test-time augmentation it records, as the command scores it.
+test-time augmentation it records, as the command scores it. `--save-errors` writes every run's absolute errors
+(`<arm>/test/<seed>`, `<arm>/extra/<seed>`) to an .npz, to pool paired intervals over several sites.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--arms", default=None, help="MODE:BATCH,... instead of the modes and batch sizes above")
     parser.add_argument("--extra-test", type=Path, default=None,
                         help="a second held-out set (site layout, test-split ids) every arm is also scored on")
+    parser.add_argument("--save-errors", type=Path, default=None, help="write every run's absolute errors (.npz)")
     add_shared_options(parser, "threads", threads_default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -154,6 +157,11 @@ def main() -> None:
                     extra_errors[arm].append(test_errors(out, extra, scoring=scoring, splits=splits))
                 print(f"| {seed} | {arm} | {wall:.1f} | {cpu:.1f} | {errors[arm][-1].mean():.2f} |"
                       + (f" held-out {extra_errors[arm][-1].mean():.2f} |" if extra is not None else ""), flush=True)
+    if args.save_errors is not None:
+        seeds = args.seeds.split(",")
+        np.savez(args.save_errors, **{f"{arm}/{kind}/{seed}": values
+                                      for kind, runs_errors in (("test", errors), ("extra", extra_errors))
+                                      for arm in arms for seed, values in zip(seeds, runs_errors[arm])})
     reference = arms[0]
     off, count = totals[reference], len(errors[reference])
     print(f"\nCPU seconds per seed: {reference} {off[1] / count:.2f}, " + ", ".join(

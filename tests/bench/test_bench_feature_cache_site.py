@@ -34,7 +34,7 @@ def test_every_arm_runs_at_each_batch_size_and_is_compared_with_the_uncached_fir
     assert "off b32: speed-up of the whole command (wall, CPU) 1.00x, 1.00x" in out and "warm" not in out
 
 
-def test_named_arms_run_in_order_and_the_held_out_set_gets_its_own_paired_intervals(monkeypatch, capsys):
+def test_named_arms_run_in_order_and_the_held_out_set_gets_its_own_paired_intervals(monkeypatch, capsys, tmp_path):
     runs, scored = [], []
 
     def timed(pretrained, data, out, config, features=None):
@@ -51,7 +51,8 @@ def test_named_arms_run_in_order_and_the_held_out_set_gets_its_own_paired_interv
     monkeypatch.setattr(bench, "finetune_site", lambda *args, **kwargs: None)
     monkeypatch.setattr(bench, "test_errors", errors)
     monkeypatch.setattr(sys, "argv", ["bench", "--pretrained", "m.pt", "--data", "site", "--seeds", "0",
-                                      "--arms", "off:16,images:16,features:32", "--extra-test", "heldout"])
+                                      "--arms", "off:16,images:16,features:32", "--extra-test", "heldout",
+                                      "--save-errors", str(tmp_path / "errors.npz")])
     bench.main()
     assert runs == [(False, "images", 16, None), (True, "images", 16, "images"), (True, "features", 32, "features")]
     assert scored == ["site", "heldout"] * 3
@@ -59,3 +60,7 @@ def test_named_arms_run_in_order_and_the_held_out_set_gets_its_own_paired_interv
     assert "features b32 on heldout: held-out MAD 2.50 months (off b16 2.00); paired difference 0.50 [0.50, 0.50]" \
            " months, 5 image-seed pairs" in out
     assert "images b16 on heldout: held-out MAD 2.00 months" in out and "warm" not in out
+    saved = np.load(tmp_path / "errors.npz")
+    assert sorted(saved.files) == sorted(f"{arm}/{kind}/0" for arm in ("off b16", "images b16", "features b32")
+                                         for kind in ("test", "extra"))
+    assert np.array_equal(saved["features b32/extra/0"], np.full(5, 2.5)) and saved["off b16/test/0"].shape == (3,)
