@@ -104,6 +104,7 @@ class Predictor:
         self.tta = inputs.tta
         # the model's own preprocessing and quality gate, one per view (an ensemble of region models reads several)
         self.views = [None if view is None else Preprocessor(view) for view in inputs.views]
+        self.folder_views: dict[Path, list[Preprocessor | None]] = {}  # per input folder, its own noise limit (run)
         # the hand of the heat map's "outside the hand" share: the shown view's mask, the default one without settings
         self.hand_mask = self.views[0].hand_mask if self.views[0] else hand_masker(PreprocessConfig().resolved())
         self.sex_head = has_sex_head(self.model)
@@ -114,6 +115,7 @@ class Predictor:
 
     def run(self, items: list[WorkItem]) -> Iterator[dict[str, Any]]:
         """Output rows in input order; writes heat maps and reports under `settings.out` when asked."""
+        self.folder_views = self._folder_views(items)
         sections: dict[str, list[ImageSection]] = {}
         bar = tqdm(total=len(items), unit="img", desc="predicting", disable=not self.settings.progress)
         for start in range(0, len(items), self.settings.batch_size):
@@ -129,6 +131,21 @@ class Predictor:
         bar.close()
         if self.settings.report and sections:
             write_reports(self.settings.out / "reports", sections, self.identity)
+
+    def _folder_views(self, items: list[WorkItem]) -> dict[Path, list[Preprocessor | None]]:
+        """Per input folder, the model's preprocessing with the noise gate's limit measured on the folder's own films,
+        as every path that reads a site's folder does (`PreprocessConfig.for_folder`: the same cached reference; a
+        folder of too few readable films keeps the model's limit). Single files and worklist rows keep the limit
+        the model recorded from its training folder."""
+        views: dict[Path, list[Preprocessor | None]] = {}
+        for folder in dict.fromkeys(item.folder for item in items if item.folder is not None):
+            paths = [item.path for item in items if item.folder == folder]
+            views[folder] = [view if view is None else _for_folder(view, paths) for view in self.views]
+            if views[folder][0] is not self.views[0]:
+                logger.info("noise gate for the films of %s: noise SD above %.4f refused (measured on them; the model "
+                            "recorded %.4f)", folder, views[folder][0].config.noise_limit,
+                            self.views[0].config.noise_limit)
+        return views
 
     def _prepare(self, item: WorkItem) -> _Pending:
         tags = read_patient_tags(item.path)
@@ -156,7 +173,7 @@ class Predictor:
         views = []
         declared = declares_polarity(item.path)
         row["preprocessing"] = describe_preprocessing(None, None)
-        for index, preprocessor in enumerate(self.views):
+        for index, preprocessor in enumerate(self.folder_views.get(item.folder, self.views)):
             if preprocessor is None:
                 views.append(pixels)
                 continue
@@ -289,6 +306,12 @@ class Predictor:
         if row["sex"] == "unknown":
             return 1.0 if float(row["sex_head_p_male"]) >= 0.5 else 0.0
         return 1.0 if row["sex"] == "M" else 0.0
+
+
+def _for_folder(view: Preprocessor, paths: list[Path]) -> Preprocessor:
+    """The preprocessor with the noise limit measured on the films at ``paths`` (itself when nothing changes)."""
+    config = view.config.for_folder(paths)
+    return view if config == view.config else Preprocessor(config)
 
 
 def _interval_note(conformal: dict[str, Any] | None, federated: dict[str, Any]) -> str:

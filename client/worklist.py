@@ -42,6 +42,7 @@ class WorkItem:
     path: Path
     given: PatientFacts = PatientFacts()
     problem: str = ""  # why this input is refused before it is read (a bad worklist row), "" when none
+    folder: Path | None = None  # the input folder it was found in (its site's films); None for a file or a row
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def collect(inputs: list[Path]) -> list[WorkItem]:
                            and (p.is_file() or p.is_symlink()))
             if not found:
                 raise DataError(f"{entry}: no images ({', '.join(FOLDER_EXTENSIONS)}) in this folder")
-            items.extend(WorkItem(p) for p in found)
+            items.extend(WorkItem(p, folder=entry) for p in found)
         elif entry.suffix.lower() == ".csv":
             items.extend(read_worklist(entry))
         elif entry.exists():
