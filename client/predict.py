@@ -142,9 +142,10 @@ class Predictor:
             paths = [item.path for item in items if item.folder == folder]
             views[folder] = [view if view is None else _for_folder(view, paths) for view in self.views]
             if views[folder][0] is not self.views[0]:
+                recorded = self.views[0].config.noise_limit
                 logger.info("noise gate for the films of %s: noise SD above %.4f refused (measured on them; the model "
-                            "recorded %.4f)", folder, views[folder][0].config.noise_limit,
-                            self.views[0].config.noise_limit)
+                            "recorded %s)", folder, views[folder][0].config.noise_limit,
+                            f"{recorded:.4f}" if recorded else "none")
         return views
 
     def _prepare(self, item: WorkItem) -> _Pending:
