@@ -95,7 +95,7 @@ def test_the_recorded_settings_carry_the_mask_so_caches_key_on_it() -> None:
 def test_the_exposure_flags_read_the_hand_in_the_learned_mask(exposure: str) -> None:
     """Burnt-out canonical phantoms (all underexposed inside the true hand) and brightened collimated ones (none
     overexposed): the default flags agree with the flags read inside the true hand on every film; the threshold
-    mask's miss 3 of 8 and 2 of 8."""
+    mask's disagree on 3 of 8 and 2 of 8."""
     profile = canonical_profile(collimation=1.0 if exposure == "over" else 0.0)
     change = (lambda x: np.clip(x * 1.6, 0, 1)) if exposure == "over" else (lambda x: np.clip((x - 0.6) * 3, 0, 1))
     preprocessor = Preprocessor(PreprocessConfig(canonical=False, equalize=False))  # the image the flags read
