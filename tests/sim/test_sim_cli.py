@@ -80,6 +80,19 @@ def test_a_report_names_no_winner_the_data_do_not_support():
     assert "give the same predictions on every test image" in text  # not "+0.00 [-0.00, +0.00]" unexplained
 
 
+@pytest.mark.parametrize("federated, expected", [
+    (8.0, "recovers 40 % of the MAD reduction that pooling all images gives over the pretrained model (2.00 of 5.00"),
+    (3.0, "reduces the MAD below the pretrained model's by more than pooling all images does (7.00 against 5.00"),
+    (11.0, "does not reduce the MAD below the pretrained model's (1.00 months worse), where pooling all images "
+           "reduces it by 5.00 months")])
+def test_the_share_of_pooling_recovered_is_a_share_only_between_nothing_and_all(federated, expected):
+    rows = [_evaluation(site, strategy, freeze, offset) for site in ("a", "b") for strategy, freeze, offset in
+            (("pretrained", "all", 10.0), ("pooled", "1-3", 5.0), ("fedavg", "1-3", federated))]
+    text = answers(Comparison(rows), "fedavg", ("1-3",), "1-3")
+    assert f"Federation (freeze 1-3) {expected}" in text
+    assert text.count("Federation (freeze 1-3)") == 1
+
+
 def test_fedbn_is_compared_with_plain_federation_and_each_site_alone():
     rows = ROWS + [_evaluation(site, "fedavg+fedbn", "1-3", offset) for site, offset in (("0-tongji", 1.0),
                                                                                         ("1-eu", 5.0))]
